@@ -1,0 +1,240 @@
+// The one pybind11 file: checks every argument, releases the GIL, dispatches to the core.
+// Arrays must already be C-contiguous (the Python layer copies where needed); nothing is
+// converted here, so a wrong dtype or shape is an error, never a silent copy.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cpu/blas.h"
+#include "cpu/elman_cpu.h"
+
+namespace py = pybind11;
+using rnnkern::Activation;
+using rnnkern::Problem;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& dims) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < dims.size(); ++i) s << (i ? ", " : "") << dims[i];
+  s << (dims.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// The argument as an ndarray; None gives an empty handle when allowed.
+py::array as_array(const char* name, const py::object& obj, bool optional = false) {
+  if (obj.is_none()) {
+    if (optional) return py::array();
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got None");
+  }
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+template <typename T>
+const T* checked(const char* name, const py::array& a, const std::vector<int64_t>& shape) {
+  if (!a) return nullptr;
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         py::str(py::dtype::of<T>()).cast<std::string>() +
+                         " (the dtype of x), got " + dtype_name(a));
+  if (shape_of(a) != shape)
+    throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " +
+                          shape_str(shape_of(a)));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  return static_cast<const T*>(a.data());
+}
+
+Activation parse_nonlinearity(const std::string& s) {
+  if (s == "tanh") return Activation::kTanh;
+  if (s == "relu") return Activation::kRelu;
+  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + s + "'");
+}
+
+void check_blas_size(const char* what, int64_t n) {
+  if (n > rnnkern::cpu::kMaxBlasInt)
+    throw py::value_error(std::string(what) + " has " + std::to_string(n) +
+                          " elements, more than the 32-bit BLAS limit of " +
+                          std::to_string(rnnkern::cpu::kMaxBlasInt));
+}
+
+// Sizes from x, w_ih and batch_sizes, checked. batch_sizes_storage keeps the counts alive.
+Problem make_problem(const py::array& x, const py::array& w_ih, const py::object& batch_sizes,
+                     bool reverse, const std::string& nonlinearity,
+                     std::vector<int64_t>& batch_sizes_storage) {
+  Problem p;
+  p.act = parse_nonlinearity(nonlinearity);
+  p.reverse = reverse;
+  const auto xs = shape_of(x);
+  if (batch_sizes.is_none()) {
+    if (xs.size() != 3)
+      throw py::value_error("x must have 3 dimensions (T, B, I), got shape " + shape_str(xs));
+    p.steps = xs[0];
+    p.batch = xs[1];
+    p.input_size = xs[2];
+  } else {
+    const py::array bs = as_array("batch_sizes", batch_sizes);
+    if (!bs.dtype().is(py::dtype::of<int64_t>()))
+      throw py::type_error("batch_sizes must have dtype int64, got " + dtype_name(bs));
+    if (bs.ndim() != 1)
+      throw py::value_error("batch_sizes must have 1 dimension, got shape " +
+                            shape_str(shape_of(bs)));
+    if (xs.size() != 2)
+      throw py::value_error(
+          "x must have 2 dimensions (N, I) when batch_sizes is given, got shape " +
+          shape_str(xs));
+    const int64_t steps = bs.shape(0);
+    if (steps < 1) throw py::value_error("batch_sizes must have at least one entry, got 0");
+    batch_sizes_storage.resize(steps);
+    int64_t total = 0;
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t v = *static_cast<const int64_t*>(bs.data(t));
+      if (v < 1)
+        throw py::value_error("batch_sizes must be positive, got batch_sizes[" +
+                              std::to_string(t) + "] = " + std::to_string(v));
+      if (t > 0 && v > batch_sizes_storage[t - 1])
+        throw py::value_error("batch_sizes must be non-increasing, got batch_sizes[" +
+                              std::to_string(t) + "] = " + std::to_string(v) + " after " +
+                              std::to_string(batch_sizes_storage[t - 1]));
+      batch_sizes_storage[t] = v;
+      total += v;
+    }
+    if (xs[0] != total)
+      throw py::value_error("x must have sum(batch_sizes) = " + std::to_string(total) +
+                            " rows, got shape " + shape_str(xs));
+    p.steps = steps;
+    p.batch = batch_sizes_storage[0];
+    p.input_size = xs[1];
+    p.batch_sizes = batch_sizes_storage.data();
+  }
+  if (p.steps < 1 || p.batch < 1 || p.input_size < 1)
+    throw py::value_error("x must have at least one step, one sequence and one feature, got shape " +
+                          shape_str(xs));
+  const auto ws = shape_of(w_ih);
+  if (ws.size() != 2 || ws[1] != p.input_size || ws[0] < 1)
+    throw py::value_error("w_ih must have shape (hidden_size, " + std::to_string(p.input_size) +
+                          "), got " + shape_str(ws));
+  p.hidden_size = ws[0];
+  const int64_t n = p.total_rows(), H = p.hidden_size;
+  check_blas_size("x", n * p.input_size);
+  check_blas_size("the output", n * H);
+  check_blas_size("w_hh", H * H);
+  return p;
+}
+
+std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
+  auto s = shape_of(x);
+  s.back() = p.hidden_size;
+  return s;
+}
+
+template <typename T>
+py::array forward_impl(const py::array& x, const py::array& h0, const py::array& w_ih,
+                       const py::array& w_hh, const py::array& b_ih, const py::array& b_hh,
+                       const Problem& p) {
+  const int64_t H = p.hidden_size, B = p.batch;
+  const T* xp = checked<T>("x", x, shape_of(x));
+  const T* wi = checked<T>("w_ih", w_ih, {H, p.input_size});
+  const T* wh = checked<T>("w_hh", w_hh, {H, H});
+  const T* hp = checked<T>("h0", h0, {B, H});
+  const T* bi = checked<T>("b_ih", b_ih, {H});
+  const T* bh = checked<T>("b_hh", b_hh, {H});
+  py::array_t<T> y(output_shape(x, p));
+  T* yp = y.mutable_data();
+  std::unique_ptr<T[]> ws(new T[rnnkern::cpu::forward_workspace_size<T>(p)]);
+  {
+    py::gil_scoped_release release;
+    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws.get());
+  }
+  return y;
+}
+
+template <typename T>
+py::tuple backward_impl(const py::array& x, const py::array& h0, const py::array& w_ih,
+                        const py::array& w_hh, const py::array& y, const py::array& grad_y,
+                        const py::array& grad_hn, const Problem& p) {
+  const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
+  const auto ys = output_shape(x, p);
+  const T* xp = checked<T>("x", x, shape_of(x));
+  const T* wi = checked<T>("w_ih", w_ih, {H, I});
+  const T* wh = checked<T>("w_hh", w_hh, {H, H});
+  const T* hp = checked<T>("h0", h0, {B, H});
+  const T* yp = checked<T>("y", y, ys);
+  const T* gy = checked<T>("grad_y", grad_y, ys);
+  const T* ghn = checked<T>("grad_hn", grad_hn, {B, H});
+  py::array_t<T> gx(shape_of(x)), gh0(std::vector<int64_t>{B, H});
+  py::array_t<T> gwi(std::vector<int64_t>{H, I}), gwh(std::vector<int64_t>{H, H});
+  py::array_t<T> gb(std::vector<int64_t>{H});
+  T *gxp = gx.mutable_data(), *gh0p = gh0.mutable_data(), *gwip = gwi.mutable_data();
+  T *gwhp = gwh.mutable_data(), *gbp = gb.mutable_data();
+  std::unique_ptr<T[]> ws(new T[rnnkern::cpu::backward_workspace_size<T>(p)]);
+  {
+    py::gil_scoped_release release;
+    rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp,
+                              ws.get());
+  }
+  return py::make_tuple(gx, gh0, gwi, gwh, gb);
+}
+
+// float32 or float64, from x.
+bool is_double(const py::array& x) {
+  if (x.dtype().is(py::dtype::of<float>())) return false;
+  if (x.dtype().is(py::dtype::of<double>())) return true;
+  throw py::type_error("x must have dtype float32 or float64, got " + dtype_name(x));
+}
+
+py::array forward(const py::object& x_, const py::object& h0_, const py::object& w_ih_,
+                  const py::object& w_hh_, const py::object& b_ih_, const py::object& b_hh_,
+                  const std::string& nonlinearity, const py::object& batch_sizes, bool reverse) {
+  const py::array x = as_array("x", x_), h0 = as_array("h0", h0_);
+  const py::array w_ih = as_array("w_ih", w_ih_), w_hh = as_array("w_hh", w_hh_);
+  const py::array b_ih = as_array("b_ih", b_ih_, true), b_hh = as_array("b_hh", b_hh_, true);
+  const bool dbl = is_double(x);
+  std::vector<int64_t> storage;
+  const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
+  return dbl ? forward_impl<double>(x, h0, w_ih, w_hh, b_ih, b_hh, p)
+             : forward_impl<float>(x, h0, w_ih, w_hh, b_ih, b_hh, p);
+}
+
+py::tuple backward(const py::object& x_, const py::object& h0_, const py::object& w_ih_,
+                   const py::object& w_hh_, const py::object& y_, const py::object& grad_y_,
+                   const py::object& grad_hn_, const std::string& nonlinearity,
+                   const py::object& batch_sizes, bool reverse) {
+  const py::array x = as_array("x", x_), h0 = as_array("h0", h0_);
+  const py::array w_ih = as_array("w_ih", w_ih_), w_hh = as_array("w_hh", w_hh_);
+  const py::array y = as_array("y", y_), grad_y = as_array("grad_y", grad_y_);
+  const py::array grad_hn = as_array("grad_hn", grad_hn_, true);
+  const bool dbl = is_double(x);
+  std::vector<int64_t> storage;
+  const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
+  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p)
+             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rnnkern's compiled core. Use rnnkern.forward / rnnkern.backward instead.";
+  m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"), py::arg("batch_sizes"),
+        py::arg("reverse"));
+  m.def("backward", &backward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("nonlinearity"),
+        py::arg("batch_sizes"), py::arg("reverse"));
+  m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
+        "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
+}

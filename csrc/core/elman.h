@@ -1,0 +1,184 @@
+// Forward and backward of one Elman RNN layer in one direction (DESIGN.md section 1).
+//
+// The algorithm is written once here, templated on the scalar type T and on a backend K that
+// supplies the primitives (GEMM, packed recurrent step, elementwise passes). Everything is raw
+// pointers to C-contiguous row-major arrays, sizes, and a caller-owned workspace.
+//
+// Layout: the input holds N = Σ_t rows(t) rows of width I, step after step ("packed" as in
+// cuDNN and torch.nn.utils.rnn.PackedSequence). Without batch_sizes every step has `batch`
+// rows and the layout is plain time-major (T, B, I).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "cell.h"
+
+namespace rnnkern {
+
+struct Problem {
+  int64_t steps = 0;        // T
+  int64_t batch = 0;        // B: rows at the first step, rows of h0
+  int64_t input_size = 0;   // I
+  int64_t hidden_size = 0;  // H
+  const int64_t* batch_sizes = nullptr;  // T non-increasing counts, or nullptr for `batch` each
+  bool reverse = false;
+  Activation act = Activation::kTanh;
+
+  int64_t rows_at(int64_t t) const {
+    if (t < 0 || t >= steps) return 0;
+    return batch_sizes ? batch_sizes[t] : batch;
+  }
+  int64_t total_rows() const {
+    if (!batch_sizes) return steps * batch;
+    int64_t n = 0;
+    for (int64_t t = 0; t < steps; ++t) n += batch_sizes[t];
+    return n;
+  }
+  bool uniform() const { return rows_at(steps - 1) == batch; }
+};
+
+// What the step kernel does with the accumulated product acc = A · packed:
+//   kForward:  C = φ(C + acc)             C holds x W_ihᵀ + b on entry, h_t on exit
+//   kBackward: C = (C + acc) ⊙ φ'(Hs)     C holds ∂L/∂y_t on entry, δ_t on exit
+//   kStore:    C = acc
+enum class Epilogue : int { kForward = 0, kBackward = 1, kStore = 2 };
+
+// Calls visit(t, row_offset, rows) for every step: in the order forward() processes them
+// (t ascending, or descending in reverse) when forward_order, else in the order backward() does.
+template <typename F>
+inline void for_each_step(const Problem& p, bool forward_order, F&& visit) {
+  if (p.reverse != forward_order) {
+    int64_t off = 0;
+    for (int64_t t = 0; t < p.steps; ++t) {
+      visit(t, off, p.rows_at(t));
+      off += p.rows_at(t);
+    }
+  } else {
+    int64_t off = p.total_rows();
+    for (int64_t t = p.steps - 1; t >= 0; --t) {
+      off -= p.rows_at(t);
+      visit(t, off, p.rows_at(t));
+    }
+  }
+}
+
+template <typename T, typename K>
+int64_t forward_workspace_size(const Problem& p, const K&) {
+  return K::packed_size(p.hidden_size);
+}
+
+template <typename T, typename K>
+int64_t backward_workspace_size(const Problem& p, const K&) {
+  const int64_t nh = p.total_rows() * p.hidden_size;
+  return K::packed_size(p.hidden_size) + nh + (p.uniform() ? 0 : nh);
+}
+
+// y (N, H) = the hidden state of every row at every step.
+template <typename T, typename K>
+void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
+             const T* b_ih, const T* b_hh, T* y, T* workspace, K& k) {
+  const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows();
+  T* packed = workspace;
+  k.pack(w_hh, H, /*transpose=*/true, packed);
+
+  // The input projection for all N rows at once, bias included.
+  k.broadcast_bias(N, H, b_ih, b_hh, y);
+  k.gemm(false, true, N, H, I, T(1), x, I, w_ih, I, T(1), y, H);
+
+  int64_t prev_off = -1;  // row offset of the previously processed step
+  for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
+    T* c = y + off * H;
+    if (!p.reverse) {
+      const T* a = prev_off < 0 ? h0 : y + prev_off * H;
+      k.step(Epilogue::kForward, p.act, n, H, a, packed, c, nullptr);
+    } else {
+      // Rows [0, m) continue from step t+1; rows [m, n) start here from h0.
+      const int64_t m = p.rows_at(t + 1);
+      if (m > 0) k.step(Epilogue::kForward, p.act, m, H, y + prev_off * H, packed, c, nullptr);
+      if (n > m)
+        k.step(Epilogue::kForward, p.act, n - m, H, h0 + m * H, packed, c + m * H, nullptr);
+    }
+    prev_off = off;
+  });
+}
+
+// Gradients of L with respect to x, h0, W_ih, W_hh and the bias (one array: ∂b_ih = ∂b_hh).
+// grad_y may be nullptr (zero); grad_hn may be nullptr (zero). grad_hn row b belongs to the
+// step at which sequence b ends (its last step forward, step 0 in reverse).
+template <typename T, typename K>
+void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
+              const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
+              T* grad_w_ih, T* grad_w_hh, T* grad_b, T* workspace, K& k) {
+  const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows(), B = p.batch;
+  T* packed = workspace;
+  T* delta = packed + K::packed_size(H);
+  k.pack(w_hh, H, /*transpose=*/false, packed);
+
+  // δ starts as ∂L/∂y; each step then adds the recurrent gradient and applies φ'(h).
+  if (grad_y)
+    std::memcpy(delta, grad_y, sizeof(T) * N * H);
+  else
+    std::memset(delta, 0, sizeof(T) * N * H);
+
+  auto add_grad_hn = [&](int64_t off, int64_t begin, int64_t end) {
+    if (!grad_hn) return;
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t j = 0; j < H; ++j) delta[(off + b) * H + j] += grad_hn[b * H + j];
+  };
+
+  int64_t prev_off = -1;  // offset of the step processed just before (later in time, forward)
+  for_each_step(p, false, [&](int64_t t, int64_t off, int64_t n) {
+    T* d = delta + off * H;
+    const T* h = y + off * H;
+    if (!p.reverse) {
+      // Rows [0, m) receive δ_{t+1} W_hh; rows [m, n) end here and receive grad_hn.
+      const int64_t m = p.rows_at(t + 1);
+      add_grad_hn(off, m, n);
+      if (m > 0) k.step(Epilogue::kBackward, p.act, m, H, delta + prev_off * H, packed, d, h);
+      if (n > m) k.scale_by_derivative(p.act, n - m, H, d + m * H, h + m * H);
+    } else {
+      // Every row continues from step t-1, except at t = 0 where all rows end.
+      if (t == 0) {
+        add_grad_hn(off, 0, n);
+        k.scale_by_derivative(p.act, n, H, d, h);
+      } else {
+        k.step(Epilogue::kBackward, p.act, n, H, delta + prev_off * H, packed, d, h);
+      }
+      // Rows [m, n) started at this step from h0.
+      const int64_t m = p.rows_at(t + 1);
+      if (n > m) k.step(Epilogue::kStore, p.act, n - m, H, d + m * H, packed, grad_h0 + m * H, nullptr);
+    }
+    prev_off = off;
+  });
+  if (!p.reverse) k.step(Epilogue::kStore, p.act, B, H, delta, packed, grad_h0, nullptr);
+
+  // Everything else: one pass over all N rows each.
+  k.column_sums(N, H, delta, grad_b);
+  k.gemm(true, false, H, I, N, T(1), delta, H, x, I, T(0), grad_w_ih, I);
+  k.gemm(false, false, N, I, H, T(1), delta, H, w_ih, I, T(0), grad_x, I);
+
+  // ∂W_hh = Σ δ_tᵀ h_{t-1}. With equal rows per step, the previous states are y shifted by
+  // one step plus h0: two GEMMs, no copy. Otherwise gather them first.
+  const int64_t first = p.reverse ? (p.steps - 1) * B : 0;  // rows whose previous state is h0
+  if (p.uniform()) {
+    k.gemm(true, false, H, H, B, T(1), delta + first * H, H, h0, H, T(0), grad_w_hh, H);
+    if (p.steps > 1) {
+      const T* d = p.reverse ? delta : delta + B * H;
+      const T* hp = p.reverse ? y + B * H : y;
+      k.gemm(true, false, H, H, (p.steps - 1) * B, T(1), d, H, hp, H, T(1), grad_w_hh, H);
+    }
+  } else {
+    T* h_prev = delta + N * H;
+    prev_off = -1;
+    for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
+      const int64_t m = p.reverse ? p.rows_at(t + 1) : (prev_off < 0 ? 0 : n);
+      if (m > 0) std::memcpy(h_prev + off * H, y + prev_off * H, sizeof(T) * m * H);
+      if (n > m) std::memcpy(h_prev + (off + m) * H, h0 + m * H, sizeof(T) * (n - m) * H);
+      prev_off = off;
+    });
+    k.gemm(true, false, H, H, N, T(1), delta, H, h_prev, H, T(0), grad_w_hh, H);
+  }
+}
+
+}  // namespace rnnkern

@@ -1,0 +1,85 @@
+#include "elman_cpu.h"
+
+#include <cstring>
+
+#include "blas.h"
+#include "recurrent.h"
+
+namespace rnnkern::cpu {
+namespace {
+
+// The primitives core/elman.h asks of a backend.
+template <typename T>
+struct Backend {
+  const RecurrentKernels<T>& kernels = recurrent_kernels<T>();
+
+  static int64_t packed_size(int64_t H) { return cpu::packed_size<T>(H); }
+
+  void pack(const T* w, int64_t H, bool transpose, T* packed) const {
+    kernels.pack(w, H, transpose, packed);
+  }
+  void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* packed,
+            T* c, const T* h) const {
+    kernels.step(e, act, rows, H, a, packed, c, h);
+  }
+  void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
+    kernels.scale_by_derivative(act, rows, H, c, h);
+  }
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+            const T* b, int64_t ldb, T beta, T* c, int64_t ldc) const {
+    cpu::gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  // Every row of y gets b_ih + b_hh (either may be absent).
+  void broadcast_bias(int64_t rows, int64_t H, const T* b_ih, const T* b_hh, T* y) const {
+    for (int64_t j = 0; j < H; ++j) y[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+    for (int64_t r = 1; r < rows; ++r) std::memcpy(y + r * H, y, sizeof(T) * H);
+  }
+  void column_sums(int64_t rows, int64_t H, const T* a, T* out) const {
+    std::memset(out, 0, sizeof(T) * H);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < H; ++j) out[j] += a[r * H + j];
+  }
+};
+
+}  // namespace
+
+template <typename T>
+int64_t forward_workspace_size(const Problem& p) {
+  return rnnkern::forward_workspace_size<T>(p, Backend<T>{});
+}
+
+template <typename T>
+int64_t backward_workspace_size(const Problem& p) {
+  return rnnkern::backward_workspace_size<T>(p, Backend<T>{});
+}
+
+template <typename T>
+void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
+             const T* b_ih, const T* b_hh, T* y, T* workspace) {
+  Backend<T> k;
+  rnnkern::forward<T>(p, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, k);
+}
+
+template <typename T>
+void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
+              const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
+              T* grad_w_ih, T* grad_w_hh, T* grad_b, T* workspace) {
+  Backend<T> k;
+  rnnkern::backward<T>(p, x, h0, w_ih, w_hh, y, grad_y, grad_hn, grad_x, grad_h0, grad_w_ih,
+                       grad_w_hh, grad_b, workspace, k);
+}
+
+const char* isa() { return recurrent_kernels<float>().isa; }
+
+#define RNNKERN_INSTANTIATE(T)                                                               \
+  template int64_t forward_workspace_size<T>(const Problem&);                               \
+  template int64_t backward_workspace_size<T>(const Problem&);                              \
+  template void forward<T>(const Problem&, const T*, const T*, const T*, const T*, const T*, \
+                           const T*, T*, T*);                                                \
+  template void backward<T>(const Problem&, const T*, const T*, const T*, const T*,          \
+                            const T*, const T*, const T*, T*, T*, T*, T*, T*, T*);
+RNNKERN_INSTANTIATE(float)
+RNNKERN_INSTANTIATE(double)
+#undef RNNKERN_INSTANTIATE
+
+}  // namespace rnnkern::cpu

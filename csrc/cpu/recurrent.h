@@ -1,0 +1,49 @@
+// The per-step recurrent kernels of the CPU backend, one set per instruction set.
+//
+// step() computes C (rows × H) from acc = A (rows × H) · Bm (H × H), where Bm was packed by
+// pack() from W_hh (Bm = W_hhᵀ for the forward pass, Bm = W_hh for the backward pass), and
+// applies the epilogue (core/elman.h) in the same pass. Packed layout: ceil(H / lanes) panels,
+// each H × lanes, panel p holding columns [p·lanes, (p+1)·lanes) of Bm, zero-padded.
+#pragma once
+
+#include <cstdint>
+
+#include "../core/cell.h"
+#include "../core/elman.h"
+
+namespace rnnkern::cpu {
+
+// Largest vector in bytes; packed buffers are sized for it so any instruction set fits.
+constexpr int64_t kMaxVectorBytes = 64;
+
+template <typename T>
+constexpr int64_t packed_size(int64_t H) {
+  constexpr int64_t lanes = kMaxVectorBytes / sizeof(T);
+  return (H + lanes - 1) / lanes * lanes * H;
+}
+
+template <typename T>
+struct RecurrentKernels {
+  const char* isa;
+  void (*pack)(const T* w, int64_t H, bool transpose, T* packed);
+  void (*step)(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a,
+               const T* packed, T* c, const T* h);
+  void (*scale_by_derivative)(Activation act, int64_t rows, int64_t H, T* c, const T* h);
+};
+
+#define RNNKERN_DECLARE_ISA(name)           \
+  namespace name {                          \
+  RecurrentKernels<float> kernels_float();   \
+  RecurrentKernels<double> kernels_double(); \
+  }
+RNNKERN_DECLARE_ISA(avx512)
+RNNKERN_DECLARE_ISA(avx2)
+RNNKERN_DECLARE_ISA(generic)
+#undef RNNKERN_DECLARE_ISA
+
+// The best set this CPU supports, or the one named by the RNNKERN_ISA environment variable
+// (avx512, avx2, generic), read once.
+template <typename T>
+const RecurrentKernels<T>& recurrent_kernels();
+
+}  // namespace rnnkern::cpu

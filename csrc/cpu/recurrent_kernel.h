@@ -1,0 +1,206 @@
+// The recurrent kernels written once with GCC/Clang vector extensions. Each
+// recurrent_<isa>.cpp defines RNNKERN_ISA (its namespace) and RNNKERN_VECTOR_BYTES, then
+// includes this file, and is compiled with that instruction set's flags. Everything here
+// stays in that namespace and avoids inline library templates, so no code built for one
+// instruction set can be picked by the linker for another.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "recurrent.h"
+
+namespace rnnkern::cpu::RNNKERN_ISA {
+namespace {
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(RNNKERN_VECTOR_BYTES)));
+  static constexpr int64_t lanes = RNNKERN_VECTOR_BYTES / sizeof(T);
+};
+
+template <typename T>
+inline typename Vec<T>::type load(const T* p) {
+  typename Vec<T>::type v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store(T* p, typename Vec<T>::type v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+inline Vec<float>::type activate(Activation act, Vec<float>::type a) {
+  return act == Activation::kTanh ? tanh_rational(a) : relu(a);
+}
+
+inline Vec<double>::type activate(Activation act, Vec<double>::type a) {
+  if (act == Activation::kRelu) return relu(a);
+  for (int64_t i = 0; i < Vec<double>::lanes; ++i) a[i] = std::tanh(a[i]);
+  return a;
+}
+
+template <typename V>
+inline V derivative(Activation act, V h) {
+  return act == Activation::kTanh ? tanh_derivative(h) : relu_derivative(h);
+}
+
+template <typename T>
+void pack(const T* w, int64_t H, bool transpose, T* packed) {
+  constexpr int64_t L = Vec<T>::lanes;
+  const int64_t panels = (H + L - 1) / L;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t jj = 0; jj < L; ++jj) {
+        const int64_t j = p * L + jj;
+        packed[(p * H + k) * L + jj] = j < H ? (transpose ? w[j * H + k] : w[k * H + j]) : T(0);
+      }
+}
+
+template <typename T, Epilogue E>
+inline typename Vec<T>::type finish(Activation act, typename Vec<T>::type acc,
+                                    typename Vec<T>::type c, typename Vec<T>::type h) {
+  if (E == Epilogue::kForward) return activate(act, c + acc);
+  if (E == Epilogue::kBackward) return (c + acc) * derivative(act, h);
+  return acc;
+}
+
+// One register tile: MR rows × NP panels, the whole k loop, then the epilogue.
+template <typename T, Epilogue E, int MR, int NP>
+inline void tile(Activation act, int64_t H, int64_t p, const T* a, const T* packed, T* c,
+                 const T* h) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  V acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NP; ++q) acc[r][q] = V{};
+  const T* b = packed + p * H * L;
+  for (int64_t k = 0; k < H; ++k) {
+    V bv[NP];
+    for (int q = 0; q < NP; ++q) bv[q] = load(b + (q * H + k) * L);
+    for (int r = 0; r < MR; ++r) {
+      const T ar = a[r * H + k];
+      for (int q = 0; q < NP; ++q) acc[r][q] += ar * bv[q];
+    }
+  }
+  for (int q = 0; q < NP; ++q) {
+    const int64_t j = (p + q) * L;
+    const int64_t valid = H - j < L ? H - j : L;
+    for (int r = 0; r < MR; ++r) {
+      T* cr = c + r * H + j;
+      const T* hr = h ? h + r * H + j : nullptr;
+      if (valid == L) {
+        const V cv = E == Epilogue::kStore ? V{} : load(cr);
+        const V hv = E == Epilogue::kBackward ? load(hr) : V{};
+        store(cr, finish<T, E>(act, acc[r][q], cv, hv));
+      } else {
+        V cv{}, hv{};
+        for (int64_t i = 0; i < valid; ++i) {
+          if (E != Epilogue::kStore) cv[i] = cr[i];
+          if (E == Epilogue::kBackward) hv[i] = hr[i];
+        }
+        const V out = finish<T, E>(act, acc[r][q], cv, hv);
+        for (int64_t i = 0; i < valid; ++i) cr[i] = out[i];
+      }
+    }
+  }
+}
+
+constexpr int kRowsPerTile = 6;
+constexpr int kPanelsPerTile = 2;
+
+template <typename T, Epilogue E, int NP>
+inline void row_tail(int rows, Activation act, int64_t H, int64_t p, const T* a,
+                     const T* packed, T* c, const T* h) {
+  switch (rows) {
+    case 1: tile<T, E, 1, NP>(act, H, p, a, packed, c, h); break;
+    case 2: tile<T, E, 2, NP>(act, H, p, a, packed, c, h); break;
+    case 3: tile<T, E, 3, NP>(act, H, p, a, packed, c, h); break;
+    case 4: tile<T, E, 4, NP>(act, H, p, a, packed, c, h); break;
+    case 5: tile<T, E, 5, NP>(act, H, p, a, packed, c, h); break;
+    default: break;
+  }
+}
+
+// Panels [p_begin, p_end) for every row; panels outermost so a panel stays in cache.
+template <typename T, Epilogue E>
+void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_end,
+            const T* a, const T* packed, T* c, const T* h) {
+  constexpr int MR = kRowsPerTile;
+  for (int64_t p = p_begin; p < p_end; p += kPanelsPerTile) {
+    const bool full = p + kPanelsPerTile <= p_end;
+    int64_t r = 0;
+    for (; r + MR <= rows; r += MR) {
+      const T* hr = h ? h + r * H : nullptr;
+      if (full)
+        tile<T, E, MR, kPanelsPerTile>(act, H, p, a + r * H, packed, c + r * H, hr);
+      else
+        tile<T, E, MR, 1>(act, H, p, a + r * H, packed, c + r * H, hr);
+    }
+    if (r < rows) {
+      const T* hr = h ? h + r * H : nullptr;
+      if (full)
+        row_tail<T, E, kPanelsPerTile>(int(rows - r), act, H, p, a + r * H, packed, c + r * H, hr);
+      else
+        row_tail<T, E, 1>(int(rows - r), act, H, p, a + r * H, packed, c + r * H, hr);
+    }
+  }
+}
+
+// Below this many multiply-adds per step, a second thread costs more than it saves.
+constexpr int64_t kParallelMinWork = int64_t(1) << 17;
+
+template <typename T, Epilogue E>
+void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T* packed, T* c,
+                   const T* h) {
+  constexpr int64_t L = Vec<T>::lanes;
+  const int64_t n_panels = (H + L - 1) / L;
+  const int64_t n_pairs = (n_panels + kPanelsPerTile - 1) / kPanelsPerTile;
+  const int threads = omp_get_max_threads();
+  if (threads < 2 || n_pairs < 2 || rows * H * H < kParallelMinWork) {
+    panels<T, E>(act, rows, H, 0, n_panels, a, packed, c, h);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = n_pairs * id / nt * kPanelsPerTile;
+    int64_t end = n_pairs * (id + 1) / nt * kPanelsPerTile;
+    if (end > n_panels) end = n_panels;
+    if (begin < end) panels<T, E>(act, rows, H, begin, end, a, packed, c, h);
+  }
+}
+
+template <typename T>
+void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* packed,
+          T* c, const T* h) {
+  if (rows <= 0) return;
+  switch (e) {
+    case Epilogue::kForward: step_epilogue<T, Epilogue::kForward>(act, rows, H, a, packed, c, h); break;
+    case Epilogue::kBackward: step_epilogue<T, Epilogue::kBackward>(act, rows, H, a, packed, c, h); break;
+    case Epilogue::kStore: step_epilogue<T, Epilogue::kStore>(act, rows, H, a, packed, c, h); break;
+  }
+}
+
+template <typename T>
+void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  const int64_t n = rows * H;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) store(c + i, load(c + i) * derivative(act, load(h + i)));
+  for (; i < n; ++i) c[i] *= activation_derivative(act, h[i]);
+}
+
+template <typename T>
+RecurrentKernels<T> make(const char* name) {
+  return RecurrentKernels<T>{name, &pack<T>, &step<T>, &scale_by_derivative<T>};
+}
+
+}  // namespace
+
+RecurrentKernels<float> kernels_float() { return make<float>(RNNKERN_ISA_NAME); }
+RecurrentKernels<double> kernels_double() { return make<double>(RNNKERN_ISA_NAME); }
+
+}  // namespace rnnkern::cpu::RNNKERN_ISA

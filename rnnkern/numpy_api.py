@@ -1,0 +1,94 @@
+"""NumPy-level forward and backward of one Elman RNN layer in one direction.
+
+No torch needed. See DESIGN.md section 1 for the math and the packed layout.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["Gradients", "forward", "backward"]
+
+
+class Gradients(NamedTuple):
+    """Gradients of the loss with respect to each input of :func:`forward`."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+
+
+def _contiguous(name: str, a):
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    return np.ascontiguousarray(a)
+
+
+def _batch_sizes(batch_sizes):
+    if batch_sizes is None:
+        return None
+    a = np.asarray(batch_sizes)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"batch_sizes must hold integers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh",
+            batch_sizes=None, reverse=False) -> np.ndarray:
+    """Run one Elman RNN layer forward and return every hidden state.
+
+    ``h_t = φ(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)`` with ``h_{-1} = h0`` and φ = tanh or relu.
+
+    Args:
+        x: (T, B, I) time-major input; with ``batch_sizes``, the packed (N, I) rows of all
+            steps, N = sum(batch_sizes), as in ``torch.nn.utils.rnn.PackedSequence.data``.
+        h0: (B, H) initial state. w_ih: (H, I). w_hh: (H, H). b_ih, b_hh: (H,) or None.
+        nonlinearity: "tanh" or "relu".
+        batch_sizes: optional (T,) non-increasing integers: rows live at each step.
+        reverse: walk the sequence from its last step to its first.
+
+    All arrays must share one dtype, float32 or float64. Arrays that are not C-contiguous
+    are copied to contiguous memory first (the result does not depend on strides).
+
+    Returns:
+        y: (T, B, H), or (N, H) with ``batch_sizes``: the state of every row at every step.
+    """
+    return _core.forward(
+        _contiguous("x", x), _contiguous("h0", h0), _contiguous("w_ih", w_ih),
+        _contiguous("w_hh", w_hh), _contiguous("b_ih", b_ih), _contiguous("b_hh", b_hh),
+        nonlinearity, _batch_sizes(batch_sizes), bool(reverse))
+
+
+def backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn=None, nonlinearity="tanh",
+             batch_sizes=None, reverse=False) -> Gradients:
+    """Backpropagate through time for :func:`forward`.
+
+    Args:
+        x, h0, w_ih, w_hh, nonlinearity, batch_sizes, reverse: as given to :func:`forward`.
+        y: what :func:`forward` returned.
+        grad_y: ∂L/∂y, same shape as y.
+        grad_hn: optional (B, H) ∂L/∂h_n, where h_n holds each sequence's state at its own
+            last step (step 0 when ``reverse``).
+
+    Arrays that are not C-contiguous are copied to contiguous memory first.
+
+    Returns:
+        :class:`Gradients` with fields x, h0, w_ih, w_hh, b_ih, b_hh. The two bias
+        gradients are equal (and separate arrays); they are returned whether or not the
+        forward pass used biases.
+    """
+    gx, gh0, gw_ih, gw_hh, gb = _core.backward(
+        _contiguous("x", x), _contiguous("h0", h0), _contiguous("w_ih", w_ih),
+        _contiguous("w_hh", w_hh), _contiguous("y", y), _contiguous("grad_y", grad_y),
+        _contiguous("grad_hn", grad_hn), nonlinearity, _batch_sizes(batch_sizes),
+        bool(reverse))
+    return Gradients(gx, gh0, gw_ih, gw_hh, gb, gb.copy())
