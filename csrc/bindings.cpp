@@ -32,12 +32,8 @@ std::vector<int64_t> shape_of(const py::array& a) {
 
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-// The argument as an ndarray; None gives an empty handle when allowed.
-py::array as_array(const char* name, const py::object& obj, bool optional = false) {
-  if (obj.is_none()) {
-    if (optional) return py::array();
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got None");
-  }
+// The argument as an ndarray, or a TypeError naming it.
+py::array as_array(const char* name, const py::object& obj) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
                          py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
@@ -45,8 +41,10 @@ py::array as_array(const char* name, const py::object& obj, bool optional = fals
 }
 
 template <typename T>
-const T* checked(const char* name, const py::array& a, const std::vector<int64_t>& shape) {
-  if (!a) return nullptr;
+const T* checked(const char* name, const py::object& obj, const std::vector<int64_t>& shape,
+                 bool optional = false) {
+  if (optional && obj.is_none()) return nullptr;
+  const py::array a = as_array(name, obj);
   if (!a.dtype().is(py::dtype::of<T>()))
     throw py::type_error(std::string(name) + " must have dtype " +
                          py::str(py::dtype::of<T>()).cast<std::string>() +
@@ -143,16 +141,16 @@ std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
 }
 
 template <typename T>
-py::array forward_impl(const py::array& x, const py::array& h0, const py::array& w_ih,
-                       const py::array& w_hh, const py::array& b_ih, const py::array& b_hh,
+py::array forward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
+                       const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
                        const Problem& p) {
   const int64_t H = p.hidden_size, B = p.batch;
   const T* xp = checked<T>("x", x, shape_of(x));
   const T* wi = checked<T>("w_ih", w_ih, {H, p.input_size});
   const T* wh = checked<T>("w_hh", w_hh, {H, H});
   const T* hp = checked<T>("h0", h0, {B, H});
-  const T* bi = checked<T>("b_ih", b_ih, {H});
-  const T* bh = checked<T>("b_hh", b_hh, {H});
+  const T* bi = checked<T>("b_ih", b_ih, {H}, true);
+  const T* bh = checked<T>("b_hh", b_hh, {H}, true);
   py::array_t<T> y(output_shape(x, p));
   T* yp = y.mutable_data();
   std::unique_ptr<T[]> ws(new T[rnnkern::cpu::forward_workspace_size<T>(p)]);
@@ -164,9 +162,9 @@ py::array forward_impl(const py::array& x, const py::array& h0, const py::array&
 }
 
 template <typename T>
-py::tuple backward_impl(const py::array& x, const py::array& h0, const py::array& w_ih,
-                        const py::array& w_hh, const py::array& y, const py::array& grad_y,
-                        const py::array& grad_hn, const Problem& p) {
+py::tuple backward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
+                        const py::object& w_hh, const py::object& y, const py::object& grad_y,
+                        const py::object& grad_hn, const Problem& p) {
   const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
   const auto ys = output_shape(x, p);
   const T* xp = checked<T>("x", x, shape_of(x));
@@ -175,7 +173,7 @@ py::tuple backward_impl(const py::array& x, const py::array& h0, const py::array
   const T* hp = checked<T>("h0", h0, {B, H});
   const T* yp = checked<T>("y", y, ys);
   const T* gy = checked<T>("grad_y", grad_y, ys);
-  const T* ghn = checked<T>("grad_hn", grad_hn, {B, H});
+  const T* ghn = checked<T>("grad_hn", grad_hn, {B, H}, true);
   py::array_t<T> gx(shape_of(x)), gh0(std::vector<int64_t>{B, H});
   py::array_t<T> gwi(std::vector<int64_t>{H, I}), gwh(std::vector<int64_t>{H, H});
   py::array_t<T> gb(std::vector<int64_t>{H});
@@ -197,28 +195,25 @@ bool is_double(const py::array& x) {
   throw py::type_error("x must have dtype float32 or float64, got " + dtype_name(x));
 }
 
-py::array forward(const py::object& x_, const py::object& h0_, const py::object& w_ih_,
-                  const py::object& w_hh_, const py::object& b_ih_, const py::object& b_hh_,
+py::array forward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
+                  const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
                   const std::string& nonlinearity, const py::object& batch_sizes, bool reverse) {
-  const py::array x = as_array("x", x_), h0 = as_array("h0", h0_);
-  const py::array w_ih = as_array("w_ih", w_ih_), w_hh = as_array("w_hh", w_hh_);
-  const py::array b_ih = as_array("b_ih", b_ih_, true), b_hh = as_array("b_hh", b_hh_, true);
+  const py::array x = as_array("x", x_);
   const bool dbl = is_double(x);
+  const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
   return dbl ? forward_impl<double>(x, h0, w_ih, w_hh, b_ih, b_hh, p)
              : forward_impl<float>(x, h0, w_ih, w_hh, b_ih, b_hh, p);
 }
 
-py::tuple backward(const py::object& x_, const py::object& h0_, const py::object& w_ih_,
-                   const py::object& w_hh_, const py::object& y_, const py::object& grad_y_,
-                   const py::object& grad_hn_, const std::string& nonlinearity,
+py::tuple backward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
+                   const py::object& w_hh, const py::object& y, const py::object& grad_y,
+                   const py::object& grad_hn, const std::string& nonlinearity,
                    const py::object& batch_sizes, bool reverse) {
-  const py::array x = as_array("x", x_), h0 = as_array("h0", h0_);
-  const py::array w_ih = as_array("w_ih", w_ih_), w_hh = as_array("w_hh", w_hh_);
-  const py::array y = as_array("y", y_), grad_y = as_array("grad_y", grad_y_);
-  const py::array grad_hn = as_array("grad_hn", grad_hn_, true);
+  const py::array x = as_array("x", x_);
   const bool dbl = is_double(x);
+  const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
   return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p)

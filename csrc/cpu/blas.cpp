@@ -1,30 +1,67 @@
 #include "blas.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 namespace rnnkern::cpu {
 namespace {
+
 CBLAS_TRANSPOSE op(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
+void call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  scipy_cblas_sgemm(CblasRowMajor, op(ta), op(tb), blasint(m), blasint(n), blasint(k), alpha, a,
+                    blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
+}
+
+void call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+          int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  scipy_cblas_dgemm(CblasRowMajor, op(ta), op(tb), blasint(m), blasint(n), blasint(k), alpha, a,
+                    blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
+}
+
+// Below this many multiply-adds a GEMM runs on one thread.
+constexpr int64_t kParallelMinWork = int64_t(1) << 21;
+constexpr int64_t kSplitAlign = 16;
+
 }  // namespace
 
-template <>
-void gemm<float>(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-                 int64_t ldc) {
+// OpenBLAS runs single-threaded: its own pool would spin against the OpenMP threads of the
+// recurrent loop (and of torch) on the same cores. Large GEMMs are split over OpenMP instead,
+// by rows of C when it is tall and by columns when it is wide.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  static const bool single_threaded = (scipy_openblas_set_num_threads(1), true);
+  (void)single_threaded;
   if (m == 0 || n == 0) return;
-  scipy_cblas_sgemm(CblasRowMajor, op(trans_a), op(trans_b), blasint(m), blasint(n),
-                    blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c,
-                    blasint(ldc));
+  const int threads = omp_get_max_threads();
+  if (threads < 2 || m * n * k < kParallelMinWork) {
+    call(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  const bool by_rows = m >= n;
+  const int64_t extent = by_rows ? m : n;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t chunk = (extent + nt * kSplitAlign - 1) / (nt * kSplitAlign) * kSplitAlign;
+    const int64_t begin = id * chunk;
+    const int64_t size = begin >= extent ? 0 : (extent - begin < chunk ? extent - begin : chunk);
+    if (size > 0) {
+      if (by_rows)
+        call(ta, tb, size, n, k, alpha, ta ? a + begin : a + begin * lda, lda, b, ldb, beta,
+             c + begin * ldc, ldc);
+      else
+        call(ta, tb, m, size, k, alpha, a, lda, tb ? b + begin * ldb : b + begin, ldb, beta,
+             c + begin, ldc);
+    }
+  }
 }
 
-template <>
-void gemm<double>(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
-                  const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
-                  double* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  scipy_cblas_dgemm(CblasRowMajor, op(trans_a), op(trans_b), blasint(m), blasint(n),
-                    blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c,
-                    blasint(ldc));
-}
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
+                           int64_t, const double*, int64_t, double, double*, int64_t);
 
 }  // namespace rnnkern::cpu

@@ -1,0 +1,136 @@
+"""torch-level API: one Elman RNN layer as torch custom ops.
+
+``rnnkern::rnn_forward`` and ``rnnkern::rnn_backward`` are ``torch.library.custom_op``s with
+fake (meta) implementations and a registered autograd formula, so :func:`rnn` works in eager
+mode, under ``torch.autograd.gradcheck`` and ``torch.library.opcheck``, and inside
+``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _core
+
+__all__ = ["rnn"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _numpy(name: str, t: Optional[Tensor]):
+    """A NumPy view of t (a contiguous copy only if t is not contiguous already)."""
+    if t is None:
+        return None
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise RuntimeError(
+            f"{name} is on {t.device}, but rnnkern was not compiled with CUDA support; "
+            "move the tensors to the CPU")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
+    return t.detach().contiguous().numpy()
+
+
+def _batch_sizes_numpy(batch_sizes: Optional[Tensor]):
+    if batch_sizes is None:
+        return None
+    if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise TypeError("batch_sizes must be an int64 CPU tensor, got "
+                        f"{batch_sizes.dtype} on {batch_sizes.device}")
+    return batch_sizes.contiguous().numpy()
+
+
+@torch.library.custom_op("rnnkern::rnn_forward", mutates_args=())
+def rnn_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                b_hh: Optional[Tensor], nonlinearity: str, batch_sizes: Optional[Tensor],
+                reverse: bool) -> Tensor:
+    """All hidden states y of one layer-direction; see :func:`rnnkern.forward`."""
+    y = _core.forward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
+                      _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
+                      nonlinearity, _batch_sizes_numpy(batch_sizes), reverse)
+    return torch.from_numpy(y)
+
+
+@rnn_forward.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
+    return x.new_empty((*x.shape[:-1], w_hh.shape[0]))
+
+
+@torch.library.custom_op("rnnkern::rnn_backward", mutates_args=())
+def rnn_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor, grad_y: Tensor,
+                 nonlinearity: str, batch_sizes: Optional[Tensor],
+                 reverse: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, h0, w_ih, w_hh, bias) of one layer-direction given ∂L/∂y."""
+    grads = _core.backward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
+                           _numpy("w_hh", w_hh), _numpy("y", y), _numpy("grad_y", grad_y),
+                           None, nonlinearity, _batch_sizes_numpy(batch_sizes), reverse)
+    return tuple(torch.from_numpy(g) for g in grads)
+
+
+@rnn_backward.register_fake
+def _(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse):
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse = inputs
+    ctx.save_for_backward(x, h0, w_ih, w_hh, output, batch_sizes)
+    ctx.nonlinearity = nonlinearity
+    ctx.reverse = reverse
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+
+
+def _backward(ctx, grad_y):
+    x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
+    gx, gh0, gw_ih, gw_hh, gb = rnn_backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity,
+                                             batch_sizes, ctx.reverse)
+    gb_ih = gb if ctx.has_bias[0] else None
+    gb_hh = gb.clone() if ctx.has_bias[1] else None
+    return gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh, None, None, None
+
+
+rnn_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _last_rows(batch_sizes: Tensor) -> Tensor:
+    """Packed row index of each sequence's last step (forward direction)."""
+    batch = int(batch_sizes[0])
+    rows = torch.arange(batch)
+    lengths = (batch_sizes.unsqueeze(0) > rows.unsqueeze(1)).sum(1)
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    return offsets[lengths - 1] + rows
+
+
+def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+        nonlinearity: str = "tanh", *, batch_sizes: Optional[Tensor] = None,
+        reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """One Elman RNN layer in one direction, differentiable in every tensor argument.
+
+    Args:
+        input: (T, B, I) time-major; with ``batch_sizes``, the packed (N, I) rows
+            (``PackedSequence.data``).
+        hx: (B, H) initial state, or None for zeros.
+        w_ih: (H, I). w_hh: (H, H). b_ih, b_hh: (H,) or None.
+        nonlinearity: "tanh" or "relu".
+        batch_sizes: optional int64 CPU tensor (T,), non-increasing (``PackedSequence.batch_sizes``).
+        reverse: run from the last step to the first.
+
+    Returns:
+        (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
+        at its own last step. float32 and float64; all tensors of one dtype, on the CPU.
+    """
+    if hx is None:
+        batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
+        hx = input.new_zeros(batch, w_hh.shape[0])
+    output = rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+    if batch_sizes is None:
+        h_n = output[0] if reverse else output[-1]
+    else:
+        h_n = output[: hx.shape[0]] if reverse else output[_last_rows(batch_sizes)]
+    return output, h_n
