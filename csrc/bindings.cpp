@@ -1,6 +1,6 @@
 // The one pybind11 file: checks every argument, releases the GIL, dispatches to the core.
-// Arrays must already be C-contiguous (the Python layer copies where needed); nothing is
-// converted here, so a wrong dtype or shape is an error, never a silent copy.
+// A wrong dtype or shape is an error, never a conversion. Only after every check passes is an
+// array with other strides copied to C-contiguous memory (documented in rnnkern.forward).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -40,10 +40,12 @@ py::array as_array(const char* name, const py::object& obj) {
   return py::reinterpret_borrow<py::array>(obj);
 }
 
+// The argument checked for dtype and shape, then made C-contiguous (a copy only if it is
+// not already). An absent optional argument stays None.
 template <typename T>
-const T* checked(const char* name, const py::object& obj, const std::vector<int64_t>& shape,
-                 bool optional = false) {
-  if (optional && obj.is_none()) return nullptr;
+py::object checked(const char* name, const py::object& obj, const std::vector<int64_t>& shape,
+                  bool optional = false) {
+  if (optional && obj.is_none()) return py::none();
   const py::array a = as_array(name, obj);
   if (!a.dtype().is(py::dtype::of<T>()))
     throw py::type_error(std::string(name) + " must have dtype " +
@@ -52,9 +54,12 @@ const T* checked(const char* name, const py::object& obj, const std::vector<int6
   if (shape_of(a) != shape)
     throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " +
                           shape_str(shape_of(a)));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
-  return static_cast<const T*>(a.data());
+  return py::array::ensure(a, py::array::c_style);
+}
+
+template <typename T>
+const T* data(const py::object& a) {
+  return a.is_none() ? nullptr : static_cast<const T*>(py::reinterpret_borrow<py::array>(a).data());
 }
 
 Activation parse_nonlinearity(const std::string& s) {
@@ -145,12 +150,13 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
                        const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
                        const Problem& p) {
   const int64_t H = p.hidden_size, B = p.batch;
-  const T* xp = checked<T>("x", x, shape_of(x));
-  const T* wi = checked<T>("w_ih", w_ih, {H, p.input_size});
-  const T* wh = checked<T>("w_hh", w_hh, {H, H});
-  const T* hp = checked<T>("h0", h0, {B, H});
-  const T* bi = checked<T>("b_ih", b_ih, {H}, true);
-  const T* bh = checked<T>("b_hh", b_hh, {H}, true);
+  const py::object xa = checked<T>("x", x, shape_of(x)), h0a = checked<T>("h0", h0, {B, H});
+  const py::object wia = checked<T>("w_ih", w_ih, {H, p.input_size});
+  const py::object wha = checked<T>("w_hh", w_hh, {H, H});
+  const py::object bia = checked<T>("b_ih", b_ih, {H}, true);
+  const py::object bha = checked<T>("b_hh", b_hh, {H}, true);
+  const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
+  const T *bi = data<T>(bia), *bh = data<T>(bha);
   py::array_t<T> y(output_shape(x, p));
   T* yp = y.mutable_data();
   std::unique_ptr<T[]> ws(new T[rnnkern::cpu::forward_workspace_size<T>(p)]);
@@ -167,13 +173,12 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
                         const py::object& grad_hn, const Problem& p) {
   const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
   const auto ys = output_shape(x, p);
-  const T* xp = checked<T>("x", x, shape_of(x));
-  const T* wi = checked<T>("w_ih", w_ih, {H, I});
-  const T* wh = checked<T>("w_hh", w_hh, {H, H});
-  const T* hp = checked<T>("h0", h0, {B, H});
-  const T* yp = checked<T>("y", y, ys);
-  const T* gy = checked<T>("grad_y", grad_y, ys);
-  const T* ghn = checked<T>("grad_hn", grad_hn, {B, H}, true);
+  const py::object xa = checked<T>("x", x, shape_of(x)), h0a = checked<T>("h0", h0, {B, H});
+  const py::object wia = checked<T>("w_ih", w_ih, {H, I}), wha = checked<T>("w_hh", w_hh, {H, H});
+  const py::object ya = checked<T>("y", y, ys), gya = checked<T>("grad_y", grad_y, ys);
+  const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
+  const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
+  const T *yp = data<T>(ya), *gy = data<T>(gya), *ghn = data<T>(ghna);
   py::array_t<T> gx(shape_of(x)), gh0(std::vector<int64_t>{B, H});
   py::array_t<T> gwi(std::vector<int64_t>{H, I}), gwh(std::vector<int64_t>{H, H});
   py::array_t<T> gb(std::vector<int64_t>{H});

@@ -21,7 +21,7 @@ _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def _numpy(name: str, t: Optional[Tensor]):
-    """A NumPy view of t (a contiguous copy only if t is not contiguous already)."""
+    """A NumPy view of t, with t's strides (the core copies only if they are not contiguous)."""
     if t is None:
         return None
     if not isinstance(t, Tensor):
@@ -32,7 +32,7 @@ def _numpy(name: str, t: Optional[Tensor]):
             "move the tensors to the CPU")
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
-    return t.detach().contiguous().numpy()
+    return t.detach().numpy()
 
 
 def _batch_sizes_numpy(batch_sizes: Optional[Tensor]):

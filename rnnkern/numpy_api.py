@@ -25,14 +25,6 @@ class Gradients(NamedTuple):
     b_hh: np.ndarray
 
 
-def _contiguous(name: str, a):
-    if a is None:
-        return None
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    return np.ascontiguousarray(a)
-
-
 def _batch_sizes(batch_sizes):
     if batch_sizes is None:
         return None
@@ -56,16 +48,15 @@ def forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh",
         batch_sizes: optional (T,) non-increasing integers: rows live at each step.
         reverse: walk the sequence from its last step to its first.
 
-    All arrays must share one dtype, float32 or float64. Arrays that are not C-contiguous
-    are copied to contiguous memory first (the result does not depend on strides).
+    All arrays must share one dtype, float32 or float64; nothing is converted. Arrays
+    with other strides than C-contiguous are accepted and copied to contiguous memory
+    after every check has passed (the result does not depend on strides).
 
     Returns:
         y: (T, B, H), or (N, H) with ``batch_sizes``: the state of every row at every step.
     """
-    return _core.forward(
-        _contiguous("x", x), _contiguous("h0", h0), _contiguous("w_ih", w_ih),
-        _contiguous("w_hh", w_hh), _contiguous("b_ih", b_ih), _contiguous("b_hh", b_hh),
-        nonlinearity, _batch_sizes(batch_sizes), bool(reverse))
+    return _core.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity,
+                         _batch_sizes(batch_sizes), bool(reverse))
 
 
 def backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn=None, nonlinearity="tanh",
@@ -79,16 +70,14 @@ def backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn=None, nonlinearity="tanh",
         grad_hn: optional (B, H) ∂L/∂h_n, where h_n holds each sequence's state at its own
             last step (step 0 when ``reverse``).
 
-    Arrays that are not C-contiguous are copied to contiguous memory first.
+    Arrays that are not C-contiguous are copied to contiguous memory, as in :func:`forward`.
 
     Returns:
         :class:`Gradients` with fields x, h0, w_ih, w_hh, b_ih, b_hh. The two bias
         gradients are equal (and separate arrays); they are returned whether or not the
         forward pass used biases.
     """
-    gx, gh0, gw_ih, gw_hh, gb = _core.backward(
-        _contiguous("x", x), _contiguous("h0", h0), _contiguous("w_ih", w_ih),
-        _contiguous("w_hh", w_hh), _contiguous("y", y), _contiguous("grad_y", grad_y),
-        _contiguous("grad_hn", grad_hn), nonlinearity, _batch_sizes(batch_sizes),
-        bool(reverse))
+    gx, gh0, gw_ih, gw_hh, gb = _core.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn,
+                                               nonlinearity, _batch_sizes(batch_sizes),
+                                               bool(reverse))
     return Gradients(gx, gh0, gw_ih, gw_hh, gb, gb.copy())
