@@ -24,12 +24,10 @@ def _numpy(name: str, t: Optional[Tensor]):
     """A NumPy view of t, with t's strides (the core copies only if they are not contiguous)."""
     if t is None:
         return None
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
-        raise RuntimeError(
-            f"{name} is on {t.device}, but rnnkern was not compiled with CUDA support; "
-            "move the tensors to the CPU")
+        why = ("rnnkern was not compiled with CUDA support" if t.device.type == "cuda"
+               else "rnnkern's kernels run on the CPU")
+        raise RuntimeError(f"{name} must be on the CPU, got device {t.device} ({why})")
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
     return t.detach().numpy()
@@ -125,6 +123,10 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
         (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
         at its own last step. float32 and float64; all tensors of one dtype, on the CPU.
     """
+    for name, t in (("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh),
+                    ("b_ih", b_ih), ("b_hh", b_hh), ("batch_sizes", batch_sizes)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if hx is None:
         batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
         hx = input.new_zeros(batch, w_hh.shape[0])

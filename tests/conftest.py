@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+# Odd and tiny shapes (T, B, I, H): every kernel tail (rows, columns, panels) gets hit.
+SHAPES = [
+    (1, 1, 1, 1),
+    (1, 3, 5, 17),
+    (5, 1, 3, 5),
+    (7, 4, 5, 17),
+    (4, 7, 33, 33),
+    (3, 13, 6, 129),
+]
+
+F64_TOL = 1e-10
+# float32 results may be this many times further from float64 than torch's own float32 run.
+F32_FACTOR = 8.0
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| relative to max |b| (b is the more exact value)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    scale = max(np.abs(b).max(initial=0.0), 1e-30)
+    return float(np.abs(a - b).max(initial=0.0) / scale)
+
+
+def assert_f64_close(actual, expected, name=""):
+    err = rel_err(actual, expected)
+    assert err <= F64_TOL, f"{name}: relative error {err:.3e} > {F64_TOL}"
+
+
+def assert_f32_close(actual32, torch32, exact64, name=""):
+    """actual32 is within F32_FACTOR times torch32's own error against exact64."""
+    ours = rel_err(actual32, exact64)
+    theirs = rel_err(torch32, exact64)
+    bound = F32_FACTOR * max(theirs, 1e-6)
+    assert ours <= bound, f"{name}: relative error {ours:.3e} > {bound:.3e} (torch: {theirs:.3e})"
+
+
+def random_batch_sizes(rng, T, B):
+    """Non-increasing batch sizes whose first entry is B and that last T steps."""
+    lengths = np.sort(rng.integers(1, T + 1, size=B))[::-1].copy()
+    lengths[0] = T
+    return np.array([int((lengths > t).sum()) for t in range(T)], dtype=np.int64)
+
+
+def make_problem(T, B, I, H, dtype=np.float64, seed=0, bias=True, packed=False):
+    """Random inputs (dict of NumPy arrays) with torch.nn.RNN's weight scale."""
+    rng = np.random.default_rng(seed)
+    k = 1 / np.sqrt(H)
+    bs = random_batch_sizes(rng, T, B) if packed else None
+    N = int(bs.sum()) if packed else None
+    x_shape = (N, I) if packed else (T, B, I)
+    p = dict(
+        x=rng.standard_normal(x_shape),
+        h0=rng.standard_normal((B, H)) * 0.5,
+        w_ih=rng.uniform(-k, k, (H, I)),
+        w_hh=rng.uniform(-k, k, (H, H)),
+        b_ih=rng.uniform(-k, k, H) if bias else None,
+        b_hh=rng.uniform(-k, k, H) if bias else None,
+    )
+    p = {n: (None if a is None else a.astype(dtype)) for n, a in p.items()}
+    y_shape = (N, H) if packed else (T, B, H)
+    grads = dict(grad_y=rng.standard_normal(y_shape).astype(dtype),
+                 grad_hn=rng.standard_normal((B, H)).astype(dtype))
+    return p, bs, grads
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,35 @@
+"""Every instruction-set variant of the recurrent kernels passes the NumPy-level suite."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rnnkern
+
+HERE = Path(__file__).parent
+ORDER = ["generic", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", ORDER)
+def test_kernel_variant_passes_numpy_suite(isa):
+    best = rnnkern.isa()
+    if ORDER.index(isa) > ORDER.index(best):
+        pytest.skip(f"this CPU runs {best} at best")
+    env = dict(os.environ, RNNKERN_ISA=isa)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(HERE / "test_numpy_api.py")],
+        cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout
+
+
+def test_unknown_isa_is_rejected():
+    env = dict(os.environ, RNNKERN_ISA="sse9")
+    proc = subprocess.run([sys.executable, "-c", "import rnnkern; rnnkern.isa()"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "RNNKERN_ISA must be one of avx512, avx2, generic, got 'sse9'" in proc.stderr
