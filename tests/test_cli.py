@@ -14,7 +14,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "rnnkern", "bench", "--size", "20x2x3x4", "--size", "3x1x1x1",
          "--repeats", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if "train speedup" in line)

@@ -27,9 +27,9 @@ def test_kernel_variant_passes_numpy_suite(isa):
     assert " passed" in proc.stdout
 
 
-def test_unknown_isa_is_rejected():
+def test_unknown_isa_is_rejected(tmp_path):
     env = dict(os.environ, RNNKERN_ISA="sse9")
     proc = subprocess.run([sys.executable, "-c", "import rnnkern; rnnkern.isa()"],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "RNNKERN_ISA must be one of avx512, avx2, generic, got 'sse9'" in proc.stderr
