@@ -124,8 +124,8 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
     p.input_size = xs[1];
     p.batch_sizes = batch_sizes_storage.data();
   }
-  if (p.steps < 1 || p.batch < 1 || p.input_size < 1)
-    throw py::value_error("x must have at least one step, one sequence and one feature, got shape " +
+  if (p.steps < 1 || p.batch < 0 || p.input_size < 1)
+    throw py::value_error("x must have at least one step and one feature, got shape " +
                           shape_str(xs));
   const auto ws = shape_of(w_ih);
   if (ws.size() != 2 || ws[1] != p.input_size || ws[0] < 1)
@@ -167,10 +167,15 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   return y;
 }
 
+// Which gradients backward computes; the others come back as None.
+struct Wanted {
+  bool x, h0, w_ih, w_hh, bias;
+};
+
 template <typename T>
 py::tuple backward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
                         const py::object& w_hh, const py::object& y, const py::object& grad_y,
-                        const py::object& grad_hn, const Problem& p) {
+                        const py::object& grad_hn, const Problem& p, Wanted want) {
   const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
   const auto ys = output_shape(x, p);
   const py::object xa = checked<T>("x", x, shape_of(x)), h0a = checked<T>("h0", h0, {B, H});
@@ -179,11 +184,16 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *yp = data<T>(ya), *gy = data<T>(gya), *ghn = data<T>(ghna);
-  py::array_t<T> gx(shape_of(x)), gh0(std::vector<int64_t>{B, H});
-  py::array_t<T> gwi(std::vector<int64_t>{H, I}), gwh(std::vector<int64_t>{H, H});
-  py::array_t<T> gb(std::vector<int64_t>{H});
-  T *gxp = gx.mutable_data(), *gh0p = gh0.mutable_data(), *gwip = gwi.mutable_data();
-  T *gwhp = gwh.mutable_data(), *gbp = gb.mutable_data();
+  auto output = [](bool wanted, const std::vector<int64_t>& shape, T*& ptr) -> py::object {
+    if (!wanted) return py::none();
+    py::array_t<T> a(shape);
+    ptr = a.mutable_data();
+    return std::move(a);
+  };
+  T *gxp = nullptr, *gh0p = nullptr, *gwip = nullptr, *gwhp = nullptr, *gbp = nullptr;
+  py::object gx = output(want.x, shape_of(x), gxp), gh0 = output(want.h0, {B, H}, gh0p);
+  py::object gwi = output(want.w_ih, {H, I}, gwip), gwh = output(want.w_hh, {H, H}, gwhp);
+  py::object gb = output(want.bias, {H}, gbp);
   std::unique_ptr<T[]> ws(new T[rnnkern::cpu::backward_workspace_size<T>(p)]);
   {
     py::gil_scoped_release release;
@@ -215,14 +225,16 @@ py::array forward(const py::object& x_, const py::object& h0, const py::object& 
 py::tuple backward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
                    const py::object& w_hh, const py::object& y, const py::object& grad_y,
                    const py::object& grad_hn, const std::string& nonlinearity,
-                   const py::object& batch_sizes, bool reverse) {
+                   const py::object& batch_sizes, bool reverse, bool need_x, bool need_h0,
+                   bool need_w_ih, bool need_w_hh, bool need_bias) {
+  const Wanted want{need_x, need_h0, need_w_ih, need_w_hh, need_bias};
   const py::array x = as_array("x", x_);
   const bool dbl = is_double(x);
   const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
-  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p)
-             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p);
+  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want)
+             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want);
 }
 
 }  // namespace
@@ -234,7 +246,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("reverse"));
   m.def("backward", &backward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("nonlinearity"),
-        py::arg("batch_sizes"), py::arg("reverse"));
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,
+        py::arg("need_h0") = true, py::arg("need_w_ih") = true, py::arg("need_w_hh") = true,
+        py::arg("need_bias") = true,
+        "Gradients (x, h0, w_ih, w_hh, bias); those not needed come back as None.");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
 }

@@ -8,7 +8,7 @@ mode, under ``torch.autograd.gradcheck`` and ``torch.library.opcheck``, and insi
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -60,19 +60,24 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
 
 @torch.library.custom_op("rnnkern::rnn_backward", mutates_args=())
 def rnn_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor, grad_y: Tensor,
-                 nonlinearity: str, batch_sizes: Optional[Tensor],
-                 reverse: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, h0, w_ih, w_hh, bias) of one layer-direction given ∂L/∂y."""
+                 nonlinearity: str, batch_sizes: Optional[Tensor], reverse: bool,
+                 output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, h0, w_ih, w_hh, bias) of one layer-direction given ∂L/∂y.
+
+    ``output_mask`` says which of the five to compute; the others come back empty.
+    """
     grads = _core.backward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
                            _numpy("w_hh", w_hh), _numpy("y", y), _numpy("grad_y", grad_y),
-                           None, nonlinearity, _batch_sizes_numpy(batch_sizes), reverse)
-    return tuple(torch.from_numpy(g) for g in grads)
+                           None, nonlinearity, _batch_sizes_numpy(batch_sizes), reverse,
+                           *output_mask)
+    return tuple(x.new_empty(0) if g is None else torch.from_numpy(g) for g in grads)
 
 
 @rnn_backward.register_fake
-def _(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse):
-    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
+def _(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse, output_mask):
+    shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, (w_hh.shape[0],))
+    return tuple(x.new_empty(shape if wanted else (0,))
+                 for shape, wanted in zip(shapes, output_mask))
 
 
 def _setup_context(ctx, inputs, output):
@@ -80,16 +85,17 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, h0, w_ih, w_hh, output, batch_sizes)
     ctx.nonlinearity = nonlinearity
     ctx.reverse = reverse
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
 
 
 def _backward(ctx, grad_y):
     x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], need[2], need[3], need[4] or need[5]]
     gx, gh0, gw_ih, gw_hh, gb = rnn_backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity,
-                                             batch_sizes, ctx.reverse)
-    gb_ih = gb if ctx.has_bias[0] else None
-    gb_hh = gb.clone() if ctx.has_bias[1] else None
-    return gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh, None, None, None
+                                             batch_sizes, ctx.reverse, mask)
+    return (gx if need[0] else None, gh0 if need[1] else None, gw_ih if need[2] else None,
+            gw_hh if need[3] else None, gb if need[4] else None,
+            (gb.clone() if need[4] else gb) if need[5] else None, None, None, None)
 
 
 rnn_forward.register_autograd(_backward, setup_context=_setup_context)

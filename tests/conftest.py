@@ -1,6 +1,12 @@
-import numpy as np
-import pytest
-import torch
+import os
+import tempfile
+
+# A fresh compile cache per run: a cache left by another build could hold a stale op schema.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="rnnkern-inductor-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Odd and tiny shapes (T, B, I, H): every kernel tail (rows, columns, panels) gets hit.
 SHAPES = [

@@ -120,8 +120,9 @@ def opcheck_samples():
             b_ih, b_hh = (t["b_ih"], t["b_hh"]) if bias else (None, None)
             fwd = (t["x"], t["h0"], t["w_ih"], t["w_hh"], b_ih, b_hh, nl, bs_t, reverse)
             y = torch.ops.rnnkern.rnn_forward(*fwd).detach()
+            mask = [True] * 5 if bias else [False, True, True, False, True]
             bwd = (t["x"].detach(), t["h0"].detach(), t["w_ih"].detach(), t["w_hh"].detach(), y,
-                   torch.tensor(grads["grad_y"]), nl, bs_t, reverse)
+                   torch.tensor(grads["grad_y"]), nl, bs_t, reverse, mask)
             samples.append((fwd, bwd))
     return samples
 

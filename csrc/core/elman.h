@@ -104,6 +104,7 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 }
 
 // Gradients of L with respect to x, h0, W_ih, W_hh and the bias (one array: ∂b_ih = ∂b_hh).
+// Each of the five outputs may be nullptr: that gradient is not computed.
 // grad_y may be nullptr (zero); grad_hn may be nullptr (zero). grad_hn row b belongs to the
 // step at which sequence b ends (its last step forward, step 0 in reverse).
 template <typename T, typename K>
@@ -147,16 +148,18 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
       }
       // Rows [m, n) started at this step from h0.
       const int64_t m = p.rows_at(t + 1);
-      if (n > m) k.step(Epilogue::kStore, p.act, n - m, H, d + m * H, packed, grad_h0 + m * H, nullptr);
+      if (n > m && grad_h0)
+        k.step(Epilogue::kStore, p.act, n - m, H, d + m * H, packed, grad_h0 + m * H, nullptr);
     }
     prev_off = off;
   });
-  if (!p.reverse) k.step(Epilogue::kStore, p.act, B, H, delta, packed, grad_h0, nullptr);
+  if (!p.reverse && grad_h0) k.step(Epilogue::kStore, p.act, B, H, delta, packed, grad_h0, nullptr);
 
   // Everything else: one pass over all N rows each.
-  k.column_sums(N, H, delta, grad_b);
-  k.gemm(true, false, H, I, N, T(1), delta, H, x, I, T(0), grad_w_ih, I);
-  k.gemm(false, false, N, I, H, T(1), delta, H, w_ih, I, T(0), grad_x, I);
+  if (grad_b) k.column_sums(N, H, delta, grad_b);
+  if (grad_w_ih) k.gemm(true, false, H, I, N, T(1), delta, H, x, I, T(0), grad_w_ih, I);
+  if (grad_x) k.gemm(false, false, N, I, H, T(1), delta, H, w_ih, I, T(0), grad_x, I);
+  if (!grad_w_hh) return;
 
   // ∂W_hh = Σ δ_tᵀ h_{t-1}. With equal rows per step, the previous states are y shifted by
   // one step plus h0: two GEMMs, no copy. Otherwise gather them first.

@@ -35,6 +35,11 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
   static const bool single_threaded = (scipy_openblas_set_num_threads(1), true);
   (void)single_threaded;
   if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta · C; BLAS may leave C alone, so do it here
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
   const int threads = omp_get_max_threads();
   if (threads < 2 || m * n * k < kParallelMinWork) {
     call(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

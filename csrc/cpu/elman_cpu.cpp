@@ -31,6 +31,7 @@ struct Backend {
   }
   // Every row of y gets b_ih + b_hh (either may be absent).
   void broadcast_bias(int64_t rows, int64_t H, const T* b_ih, const T* b_hh, T* y) const {
+    if (rows == 0) return;
     for (int64_t j = 0; j < H; ++j) y[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
     for (int64_t r = 1; r < rows; ++r) std::memcpy(y + r * H, y, sizeof(T) * H);
   }
