@@ -1,7 +1,8 @@
 """rnnkern: fast, exact backpropagation through time for the Elman RNN.
 
 ``rnnkern.forward`` / ``rnnkern.backward`` work on NumPy arrays. The torch parts load on first
-use: ``rnnkern.functional`` (custom ops) and ``rnnkern.reference`` (the autograd oracle).
+use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom ops) and
+``rnnkern.reference`` (the autograd oracle).
 """
 
 from importlib import import_module
@@ -10,9 +11,9 @@ from . import _core
 from .numpy_api import Gradients, backward, forward
 
 __version__ = "0.1.0"
-__all__ = ["Gradients", "forward", "backward", "functional", "reference", "isa"]
+__all__ = ["RNN", "Gradients", "forward", "backward", "functional", "reference", "isa"]
 
-_TORCH_MODULES = ("functional", "reference")
+_TORCH_MODULES = ("functional", "reference", "modules")
 
 
 def isa() -> str:
@@ -21,6 +22,10 @@ def isa() -> str:
 
 
 def __getattr__(name):
+    if name == "RNN":
+        from .modules import RNN
+
+        return RNN
     if name in _TORCH_MODULES:
         return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'rnnkern' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Benchmark: rnnkern against torch.nn.RNN, forward and train step, timed in one process.
+"""Benchmark: rnnkern.RNN against torch.nn.RNN, forward and train step, in one process.
 
 Implementations are interleaved within each repeat so that machine drift hits all of them
 alike, and each figure is the median over the repeats.
@@ -10,27 +10,43 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from . import functional
+from .modules import RNN
 
-# (T, B, I, H): from latency-bound to GEMM-bound; small enough for `rnnkern bench` to stay short.
-DEFAULT_SIZES: Tuple[Tuple[int, int, int, int], ...] = (
-    (1000, 1, 32, 32),
-    (100, 16, 32, 64),
-    (200, 32, 128, 128),
-    (100, 64, 256, 512),
+
+@dataclass(frozen=True)
+class Case:
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False  # variable lengths (uniform in [1, T]) as an unsorted PackedSequence
+
+    def label(self) -> str:
+        extra = ([f"L{self.layers}"] if self.layers > 1 else []) + \
+            (["bi"] if self.bidirectional else []) + (["packed"] if self.packed else [])
+        return " ".join(extra) or "-"
+
+
+# From latency-bound to GEMM-bound; small enough for `rnnkern bench` to stay short.
+DEFAULT_CASES = (
+    Case(1000, 1, 32, 32),
+    Case(100, 16, 32, 64),
+    Case(200, 32, 128, 128),
+    Case(100, 64, 256, 512),
+    Case(100, 32, 64, 128, layers=2, bidirectional=True, packed=True),
 )
 
 
 @dataclass
 class Result:
-    T: int
-    B: int
-    I: int
-    H: int
+    case: Case
     torch_forward_ms: float
     rnnkern_forward_ms: float
     torch_train_ms: float
@@ -58,44 +74,55 @@ def _median_ms(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int) ->
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def measure(T: int, B: int, I: int, H: int, repeats: int = 7, warmup: int = 2,
-            dtype: torch.dtype = torch.float32, seed: int = 0) -> Result:
+def _input(case: Case, dtype: torch.dtype, generator: torch.Generator):
+    x = torch.randn(case.T, case.B, case.I, dtype=dtype, generator=generator)
+    if not case.packed:
+        return x.requires_grad_()
+    lengths = torch.randint(1, case.T + 1, (case.B,), generator=generator)
+    lengths[0] = case.T
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    packed.data.requires_grad_()
+    return packed
+
+
+def measure(case: Case, repeats: int = 7, warmup: int = 2, dtype: torch.dtype = torch.float32,
+            seed: int = 0) -> Result:
     """Times forward (no grad) and a train step (forward + backward of output.sum())."""
     torch.manual_seed(seed)
-    module = torch.nn.RNN(I, H, dtype=dtype)
-    params = [module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0]
-    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
-    h0 = torch.randn(1, B, H, dtype=dtype, requires_grad=True)
+    kwargs = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
+    theirs = torch.nn.RNN(case.I, case.H, **kwargs)
+    ours = RNN(case.I, case.H, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    x = _input(case, dtype, torch.Generator().manual_seed(seed))
+    leaf = x if isinstance(x, torch.Tensor) else x.data
 
-    def torch_forward():
-        with torch.no_grad():
-            module(x, h0)
+    def forward(module):
+        def run():
+            with torch.no_grad():
+                module(x)
+        return run
 
-    def rnnkern_forward():
-        with torch.no_grad():
-            functional.rnn(x, h0[0], *params)
+    def train(module):
+        def run():
+            leaf.grad = None
+            module.zero_grad(set_to_none=True)
+            out, h_n = module(x)
+            out = out if isinstance(out, torch.Tensor) else out.data
+            (out.sum() + h_n.sum()).backward()
+        return run
 
-    def train(run):
-        def step():
-            for p in (x, h0, *params):
-                p.grad = None
-            run()[0].sum().backward()
-        return step
-
-    fwd = _median_ms({"torch": torch_forward, "rnnkern": rnnkern_forward}, repeats, warmup)
-    train_ms = _median_ms({"torch": train(lambda: module(x, h0)),
-                           "rnnkern": train(lambda: functional.rnn(x, h0[0], *params))},
-                          repeats, warmup)
-    return Result(T, B, I, H, fwd["torch"], fwd["rnnkern"], train_ms["torch"], train_ms["rnnkern"])
+    fwd = _median_ms({"torch": forward(theirs), "rnnkern": forward(ours)}, repeats, warmup)
+    step = _median_ms({"torch": train(theirs), "rnnkern": train(ours)}, repeats, warmup)
+    return Result(case, fwd["torch"], fwd["rnnkern"], step["torch"], step["rnnkern"])
 
 
 def format_table(results: Sequence[Result]) -> str:
-    head = ("T", "B", "I", "H", "torch fwd ms", "rnnkern fwd ms", "fwd speedup",
+    head = ("T", "B", "I", "H", "layout", "torch fwd ms", "rnnkern fwd ms", "fwd speedup",
             "torch train ms", "rnnkern train ms", "train speedup")
     rows = [head] + [
-        (str(r.T), str(r.B), str(r.I), str(r.H), f"{r.torch_forward_ms:.3f}",
-         f"{r.rnnkern_forward_ms:.3f}", f"{r.forward_speedup:.2f}x", f"{r.torch_train_ms:.3f}",
-         f"{r.rnnkern_train_ms:.3f}", f"{r.train_speedup:.2f}x")
+        (str(r.case.T), str(r.case.B), str(r.case.I), str(r.case.H), r.case.label(),
+         f"{r.torch_forward_ms:.3f}", f"{r.rnnkern_forward_ms:.3f}", f"{r.forward_speedup:.2f}x",
+         f"{r.torch_train_ms:.3f}", f"{r.rnnkern_train_ms:.3f}", f"{r.train_speedup:.2f}x")
         for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
@@ -103,16 +130,19 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def run(sizes: Sequence[Tuple[int, int, int, int]] = DEFAULT_SIZES, repeats: int = 7,
+def run(cases: Sequence[Case] = DEFAULT_CASES, repeats: int = 7,
         dtype: torch.dtype = torch.float32, progress=sys.stderr) -> List[Result]:
     results = []
-    for i, (T, B, I, H) in enumerate(sizes, 1):
+    for i, case in enumerate(cases, 1):
         if progress is not None:
-            print(f"[{i}/{len(sizes)}] T={T} B={B} I={I} H={H} ...", file=progress, flush=True)
-        results.append(measure(T, B, I, H, repeats=repeats, dtype=dtype))
+            print(f"[{i}/{len(cases)}] T={case.T} B={case.B} I={case.I} H={case.H} "
+                  f"{case.label()} ...", file=progress, flush=True)
+        results.append(measure(case, repeats=repeats, dtype=dtype))
     return results
 
 
 def as_dicts(results: Sequence[Result]) -> List[dict]:
-    return [dict(asdict(r), forward_speedup=r.forward_speedup, train_speedup=r.train_speedup)
-            for r in results]
+    return [dict(asdict(r.case), torch_forward_ms=r.torch_forward_ms,
+                 rnnkern_forward_ms=r.rnnkern_forward_ms, torch_train_ms=r.torch_train_ms,
+                 rnnkern_train_ms=r.rnnkern_train_ms, forward_speedup=r.forward_speedup,
+                 train_speedup=r.train_speedup) for r in results]

@@ -25,11 +25,15 @@ def _bench(args) -> int:
     from . import bench, isa
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    sizes = args.size or bench.DEFAULT_SIZES
-    print(f"rnnkern vs torch.nn.RNN {torch.__version__}, {args.dtype}, "
+    if args.size:
+        cases = [bench.Case(*size, layers=args.layers, bidirectional=args.bidirectional,
+                            packed=args.packed) for size in args.size]
+    else:
+        cases = bench.DEFAULT_CASES
+    print(f"rnnkern.RNN vs torch.nn.RNN {torch.__version__}, {args.dtype}, "
           f"kernels: {isa()}, torch threads: {torch.get_num_threads()}, "
           f"median of {args.repeats}", flush=True)
-    results = bench.run(sizes, repeats=args.repeats, dtype=dtype)
+    results = bench.run(cases, repeats=args.repeats, dtype=dtype)
     print(bench.format_table(results))
     if args.json:
         with open(args.json, "w") as f:
@@ -43,9 +47,13 @@ def _bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="time rnnkern against torch.nn.RNN and print a table")
+    b = sub.add_parser("bench", help="time rnnkern.RNN against torch.nn.RNN and print a table")
     b.add_argument("--size", type=_size, action="append", metavar="TxBxIxH",
                    help="a size to time (repeatable); default: a short built-in grid")
+    b.add_argument("--layers", type=int, default=1, help="layers, for --size (default 1)")
+    b.add_argument("--bidirectional", action="store_true", help="for --size")
+    b.add_argument("--packed", action="store_true",
+                   help="for --size: variable lengths as an unsorted PackedSequence")
     b.add_argument("--repeats", type=int, default=7, help="timed repeats per size (median)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")

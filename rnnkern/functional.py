@@ -142,3 +142,45 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     else:
         h_n = output[: hx.shape[0]] if reverse else output[_last_rows(batch_sizes)]
     return output, h_n
+
+
+def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
+               bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0,
+               training: bool = False, batch_first: bool = False,
+               batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """A stack of Elman layers, as ``torch._VF.rnn_tanh`` / ``rnn_relu`` compute it.
+
+    Args:
+        input: (T, B, I), (B, T, I) with ``batch_first``, or packed (N, I) with ``batch_sizes``.
+        hx: (num_layers · D, B, H), D = 2 if bidirectional else 1.
+        weights: ``torch.nn.RNN._flat_weights`` order: per layer, per direction,
+            w_ih, w_hh and, if present, b_ih, b_hh.
+        dropout, training: dropout on each layer's output but the last, in training only,
+            drawn from torch's generator in the same order as torch.nn.RNN.
+
+    Returns:
+        (output, h_n): output like input with H · D features; h_n (num_layers · D, B, H).
+    """
+    directions = 2 if bidirectional else 1
+    per_direction = len(weights) // (num_layers * directions)
+    if batch_first and batch_sizes is None:
+        input = input.transpose(0, 1)
+    layer_input = input
+    h_n = []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            w = weights[index * per_direction:(index + 1) * per_direction]
+            b_ih, b_hh = (w[2], w[3]) if per_direction == 4 else (None, None)
+            out, h = rnn(layer_input, hx[index], w[0], w[1], b_ih, b_hh, nonlinearity,
+                         batch_sizes=batch_sizes, reverse=direction == 1)
+            outputs.append(out)
+            h_n.append(h)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
+    output = layer_input
+    if batch_first and batch_sizes is None:
+        output = output.transpose(0, 1)
+    return output, torch.stack(h_n)

@@ -19,8 +19,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if "train speedup" in line)
     assert "torch train ms" in header and "rnnkern train ms" in header
-    rows = [line.split() for line in lines if line.split()[:4] in (["20", "2", "3", "4"],
-                                                                  ["3", "1", "1", "1"])]
+    rows = [line.split() for line in lines if line.split()[:5] in (["20", "2", "3", "4", "-"],
+                                                                  ["3", "1", "1", "1", "-"])]
     assert len(rows) == 2
     assert all(row[-1].endswith("x") and float(row[-1][:-1]) > 0 for row in rows)
     assert "[1/2]" in proc.stderr and "[2/2]" in proc.stderr
@@ -36,7 +36,10 @@ def test_bench_rejects_bad_sizes(bad, capsys):
     assert "expected TxBxIxH" in capsys.readouterr().err
 
 
-def test_measure_returns_positive_times():
-    r = bench.measure(5, 2, 3, 4, repeats=1, warmup=0)
+@pytest.mark.parametrize("case", [bench.Case(5, 2, 3, 4),
+                                  bench.Case(6, 3, 2, 5, layers=2, bidirectional=True,
+                                             packed=True)])
+def test_measure_returns_positive_times(case):
+    r = bench.measure(case, repeats=1, warmup=0)
     assert r.torch_train_ms > 0 and r.rnnkern_train_ms > 0
     assert r.train_speedup == pytest.approx(r.torch_train_ms / r.rnnkern_train_ms)
