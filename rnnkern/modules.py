@@ -32,7 +32,8 @@ class RNN(torch.nn.RNN):
     """``torch.nn.RNN`` with forward and backward on rnnkern's fused CPU kernels.
 
     Use it exactly like ``torch.nn.RNN``; see its documentation for the arguments. float32 and
-    float64 run on the kernels directly; float16 and bfloat16 are computed in float32.
+    float64 run on the kernels directly; float16 and bfloat16 (also under autocast) are
+    computed in float32 and returned in that dtype.
     Creating one sets ``torch._dynamo.config.allow_rnn = True`` so that
     ``torch.compile(fullgraph=True)`` traces through it instead of breaking the graph.
     """
@@ -104,15 +105,15 @@ class RNN(torch.nn.RNN):
 
     def _compute(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]
                  ) -> Tuple[Tensor, Tensor]:
-        weights = list(self._flat_weights)
-        dtype = input.dtype
-        if dtype in _UPCAST:
-            input, hx = input.float(), hx.float()
-            weights = [w.float() for w in weights]
+        result_dtype = input.dtype
+        device_type = input.device.type
+        if input.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+            result_dtype = torch.get_autocast_dtype(device_type)  # as torch.nn.RNN does
+        compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype
+        input, hx = input.to(compute_dtype), hx.to(compute_dtype)
+        weights = [w.to(compute_dtype) for w in self._flat_weights]
         nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         output, hidden = rnn_layers(input, hx, weights, self.num_layers, self.bidirectional,
                                     nonlinearity, self.dropout, self.training, self.batch_first,
                                     batch_sizes)
-        if dtype in _UPCAST:
-            output, hidden = output.to(dtype), hidden.to(dtype)
-        return output, hidden
+        return output.to(result_dtype), hidden.to(result_dtype)

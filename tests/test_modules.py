@@ -279,6 +279,17 @@ def test_half_precision_is_computed_in_float32(dtype):
     assert err_ours <= 2 * err_torch + 1e-3
 
 
+def test_autocast_returns_the_autocast_dtype_like_torch():
+    ours, theirs = build_pair(3, 4, dtype=torch.float32, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_t, h_t = theirs(x)
+        out, h_n = ours(x)
+    assert out.dtype == out_t.dtype == torch.bfloat16
+    assert h_n.dtype == h_t.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), out_t.float(), rtol=0.05, atol=0.05)
+
+
 def test_gradcheck_whole_module_two_layers_bidirectional_packed():
     module = rnnkern.RNN(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
     lengths = torch.tensor([4, 2, 3])
