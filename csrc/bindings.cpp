@@ -167,9 +167,10 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   return y;
 }
 
-// Which gradients backward computes; the others come back as None.
+// Which gradients backward computes (the others come back as None), and whether it also
+// returns ‖d_t‖₂ per row.
 struct Wanted {
-  bool x, h0, w_ih, w_hh, bias;
+  bool x, h0, w_ih, w_hh, bias, grad_norms;
 };
 
 template <typename T>
@@ -194,13 +195,20 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   py::object gx = output(want.x, shape_of(x), gxp), gh0 = output(want.h0, {B, H}, gh0p);
   py::object gwi = output(want.w_ih, {H, I}, gwip), gwh = output(want.w_hh, {H, H}, gwhp);
   py::object gb = output(want.bias, {H}, gbp);
-  std::unique_ptr<T[]> ws(new T[rnnkern::cpu::backward_workspace_size<T>(p)]);
+  double* normsp = nullptr;
+  py::object norms = py::none();
+  if (want.grad_norms) {
+    py::array_t<double> a(std::vector<int64_t>{p.total_rows()});
+    normsp = a.mutable_data();
+    norms = std::move(a);
+  }
+  std::unique_ptr<T[]> ws(new T[rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms)]);
   {
     py::gil_scoped_release release;
-    rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp,
+    rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp, normsp,
                               ws.get());
   }
-  return py::make_tuple(gx, gh0, gwi, gwh, gb);
+  return py::make_tuple(gx, gh0, gwi, gwh, gb, norms);
 }
 
 // float32 or float64, from x.
@@ -226,8 +234,8 @@ py::tuple backward(const py::object& x_, const py::object& h0, const py::object&
                    const py::object& w_hh, const py::object& y, const py::object& grad_y,
                    const py::object& grad_hn, const std::string& nonlinearity,
                    const py::object& batch_sizes, bool reverse, bool need_x, bool need_h0,
-                   bool need_w_ih, bool need_w_hh, bool need_bias) {
-  const Wanted want{need_x, need_h0, need_w_ih, need_w_hh, need_bias};
+                   bool need_w_ih, bool need_w_hh, bool need_bias, bool grad_norms) {
+  const Wanted want{need_x, need_h0, need_w_ih, need_w_hh, need_bias, grad_norms};
   const py::array x = as_array("x", x_);
   const bool dbl = is_double(x);
   const py::array w_ih = as_array("w_ih", w_ih_);
@@ -248,8 +256,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("nonlinearity"),
         py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,
         py::arg("need_h0") = true, py::arg("need_w_ih") = true, py::arg("need_w_hh") = true,
-        py::arg("need_bias") = true,
-        "Gradients (x, h0, w_ih, w_hh, bias); those not needed come back as None.");
+        py::arg("need_bias") = true, py::arg("grad_norms") = false,
+        "Gradients (x, h0, w_ih, w_hh, bias), None where not needed, and the (N,) float64 "
+        "norms of the whole gradient reaching each row's h_t (None unless grad_norms).");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
 }

@@ -1,9 +1,9 @@
-"""torch-level API: one Elman RNN layer as torch custom ops.
+"""torch-level API: one Elman RNN layer (:func:`rnn`) and a stack of them (:func:`rnn_layers`).
 
 ``rnnkern::rnn_forward`` and ``rnnkern::rnn_backward`` are ``torch.library.custom_op``s with
-fake (meta) implementations and a registered autograd formula, so :func:`rnn` works in eager
-mode, under ``torch.autograd.gradcheck`` and ``torch.library.opcheck``, and inside
-``torch.compile(fullgraph=True)``.
+fake (meta) implementations and a registered autograd formula, so :func:`rnn` works under
+``torch.library.opcheck`` and inside ``torch.compile(fullgraph=True)``. In eager mode the same
+kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch.
 """
 
 from __future__ import annotations
@@ -42,15 +42,44 @@ def _batch_sizes_numpy(batch_sizes: Optional[Tensor]):
     return batch_sizes.contiguous().numpy()
 
 
+def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse) -> Tensor:
+    y = _core.forward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
+                      _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
+                      nonlinearity, _batch_sizes_numpy(batch_sizes), reverse)
+    return torch.from_numpy(y)
+
+
+def _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse, output_mask):
+    """(x, h0, w_ih, w_hh, bias) gradients; None where output_mask is False."""
+    grads = _core.backward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
+                           _numpy("w_hh", w_hh), _numpy("y", y), _numpy("grad_y", grad_y),
+                           None, nonlinearity, _batch_sizes_numpy(batch_sizes), reverse,
+                           *output_mask)
+    return tuple(None if g is None else torch.from_numpy(g) for g in grads[:5])
+
+
+def _output_mask(needs_input_grad) -> List[bool]:
+    need = needs_input_grad
+    return [need[0], need[1], need[2], need[3], need[4] or need[5]]
+
+
+def _input_grads(needs_input_grad, grads):
+    """Gradients for the nine inputs of rnn_forward from the five backward results."""
+    need = needs_input_grad
+    gx, gh0, gw_ih, gw_hh, gb = grads
+    return (gx if need[0] else None, gh0 if need[1] else None, gw_ih if need[2] else None,
+            gw_hh if need[3] else None, gb if need[4] else None,
+            (gb.clone() if need[4] else gb) if need[5] else None, None, None, None)
+
+
+# The custom ops: what torch.compile, opcheck and the dispatcher see.
+
 @torch.library.custom_op("rnnkern::rnn_forward", mutates_args=())
 def rnn_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                 b_hh: Optional[Tensor], nonlinearity: str, batch_sizes: Optional[Tensor],
                 reverse: bool) -> Tensor:
     """All hidden states y of one layer-direction; see :func:`rnnkern.forward`."""
-    y = _core.forward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
-                      _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
-                      nonlinearity, _batch_sizes_numpy(batch_sizes), reverse)
-    return torch.from_numpy(y)
+    return _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
 
 
 @rnn_forward.register_fake
@@ -66,11 +95,9 @@ def rnn_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor, g
 
     ``output_mask`` says which of the five to compute; the others come back empty.
     """
-    grads = _core.backward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
-                           _numpy("w_hh", w_hh), _numpy("y", y), _numpy("grad_y", grad_y),
-                           None, nonlinearity, _batch_sizes_numpy(batch_sizes), reverse,
-                           *output_mask)
-    return tuple(x.new_empty(0) if g is None else torch.from_numpy(g) for g in grads)
+    grads = _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse,
+                      output_mask)
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @rnn_backward.register_fake
@@ -87,18 +114,45 @@ def _setup_context(ctx, inputs, output):
     ctx.reverse = reverse
 
 
-def _backward(ctx, grad_y):
+def _op_backward(ctx, grad_y):
     x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[1], need[2], need[3], need[4] or need[5]]
-    gx, gh0, gw_ih, gw_hh, gb = rnn_backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity,
-                                             batch_sizes, ctx.reverse, mask)
-    return (gx if need[0] else None, gh0 if need[1] else None, gw_ih if need[2] else None,
-            gw_hh if need[3] else None, gb if need[4] else None,
-            (gb.clone() if need[4] else gb) if need[5] else None, None, None, None)
+    grads = rnn_backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity, batch_sizes,
+                         ctx.reverse, _output_mask(ctx.needs_input_grad))
+    return _input_grads(ctx.needs_input_grad, grads)
 
 
-rnn_forward.register_autograd(_backward, setup_context=_setup_context)
+rnn_forward.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class _EagerRNN(torch.autograd.Function):
+    """The same forward and backward without the custom-op dispatch, for eager mode, where
+    the op machinery would cost more than the kernel at small sizes."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
+        y = _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, y, batch_sizes)
+        ctx.nonlinearity = nonlinearity
+        ctx.reverse = reverse
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
+        grads = _backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity, batch_sizes,
+                          ctx.reverse, _output_mask(ctx.needs_input_grad))
+        return _input_grads(ctx.needs_input_grad, grads)
+
+
+def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse) -> Tensor:
+    """y for one layer-direction: the custom op under torch.compile, else the eager path."""
+    args = (x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+    if torch.compiler.is_compiling():
+        return rnn_forward(*args)
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)):
+        return _EagerRNN.apply(*args)
+    return _forward(*args)
 
 
 def _last_rows(batch_sizes: Tensor) -> Tensor:
@@ -136,7 +190,7 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     if hx is None:
         batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
         hx = input.new_zeros(batch, w_hh.shape[0])
-    output = rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+    output = _layer(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
     if batch_sizes is None:
         h_n = output[0] if reverse else output[-1]
     else:

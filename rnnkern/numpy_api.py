@@ -77,7 +77,7 @@ def backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn=None, nonlinearity="tanh",
         gradients are equal (and separate arrays); they are returned whether or not the
         forward pass used biases.
     """
-    gx, gh0, gw_ih, gw_hh, gb = _core.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn,
+    gx, gh0, gw_ih, gw_hh, gb, _ = _core.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn,
                                                nonlinearity, _batch_sizes(batch_sizes),
                                                bool(reverse))
     return Gradients(gx, gh0, gw_ih, gw_hh, gb, gb.copy())

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 #include "cell.h"
@@ -41,8 +42,9 @@ struct Problem {
 // What the step kernel does with the accumulated product acc = A · packed:
 //   kForward:  C = φ(C + acc)             C holds x W_ihᵀ + b on entry, h_t on exit
 //   kBackward: C = (C + acc) ⊙ φ'(Hs)     C holds ∂L/∂y_t on entry, δ_t on exit
+//   kBackwardRecord: as kBackward, and D = C + acc (d_t, the whole gradient reaching h_t)
 //   kStore:    C = acc
-enum class Epilogue : int { kForward = 0, kBackward = 1, kStore = 2 };
+enum class Epilogue : int { kForward = 0, kBackward = 1, kStore = 2, kBackwardRecord = 3 };
 
 // Calls visit(t, row_offset, rows) for every step: in the order forward() processes them
 // (t ascending, or descending in reverse) when forward_order, else in the order backward() does.
@@ -69,9 +71,9 @@ int64_t forward_workspace_size(const Problem& p, const K&) {
 }
 
 template <typename T, typename K>
-int64_t backward_workspace_size(const Problem& p, const K&) {
+int64_t backward_workspace_size(const Problem& p, const K&, bool record_norms) {
   const int64_t nh = p.total_rows() * p.hidden_size;
-  return K::packed_size(p.hidden_size) + nh + (p.uniform() ? 0 : nh);
+  return K::packed_size(p.hidden_size) + nh + (p.uniform() ? 0 : nh) + (record_norms ? nh : 0);
 }
 
 // y (N, H) = the hidden state of every row at every step.
@@ -91,13 +93,15 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
     T* c = y + off * H;
     if (!p.reverse) {
       const T* a = prev_off < 0 ? h0 : y + prev_off * H;
-      k.step(Epilogue::kForward, p.act, n, H, a, packed, c, nullptr);
+      k.step(Epilogue::kForward, p.act, n, H, a, packed, c, nullptr, nullptr);
     } else {
       // Rows [0, m) continue from step t+1; rows [m, n) start here from h0.
       const int64_t m = p.rows_at(t + 1);
-      if (m > 0) k.step(Epilogue::kForward, p.act, m, H, y + prev_off * H, packed, c, nullptr);
+      if (m > 0)
+        k.step(Epilogue::kForward, p.act, m, H, y + prev_off * H, packed, c, nullptr, nullptr);
       if (n > m)
-        k.step(Epilogue::kForward, p.act, n - m, H, h0 + m * H, packed, c + m * H, nullptr);
+        k.step(Epilogue::kForward, p.act, n - m, H, h0 + m * H, packed, c + m * H, nullptr,
+               nullptr);
     }
     prev_off = off;
   });
@@ -105,16 +109,27 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 
 // Gradients of L with respect to x, h0, W_ih, W_hh and the bias (one array: ∂b_ih = ∂b_hh).
 // Each of the five outputs may be nullptr: that gradient is not computed.
-// grad_y may be nullptr (zero); grad_hn may be nullptr (zero). grad_hn row b belongs to the
+// grad_y may be nullptr (zero); grad_hn may be nullptr (zero).
+// grad_norms, if not nullptr, receives ‖d_t‖₂ for each of the N rows, where d_t = ∂L/∂y_t +
+// the recurrent gradient is the whole gradient that reaches h_t (computed in the same pass). grad_hn row b belongs to the
 // step at which sequence b ends (its last step forward, step 0 in reverse).
 template <typename T, typename K>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
               const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
-              T* grad_w_ih, T* grad_w_hh, T* grad_b, T* workspace, K& k) {
+              T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace, K& k) {
   const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows(), B = p.batch;
   T* packed = workspace;
   T* delta = packed + K::packed_size(H);
+  T* whole = grad_norms ? delta + N * H * (p.uniform() ? 1 : 2) : nullptr;  // d_t per row
   k.pack(w_hh, H, /*transpose=*/false, packed);
+  const Epilogue kRecurrent = whole ? Epilogue::kBackwardRecord : Epilogue::kBackward;
+  // Rows that get no recurrent gradient at this step: δ = d ⊙ φ'(h).
+  auto scale = [&](int64_t off, int64_t begin, int64_t end) {
+    if (end <= begin) return;
+    T* d = delta + (off + begin) * H;
+    if (whole) std::memcpy(whole + (off + begin) * H, d, sizeof(T) * (end - begin) * H);
+    k.scale_by_derivative(p.act, end - begin, H, d, y + (off + begin) * H);
+  };
 
   // δ starts as ∂L/∂y; each step then adds the recurrent gradient and applies φ'(h).
   if (grad_y)
@@ -136,24 +151,36 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
       // Rows [0, m) receive δ_{t+1} W_hh; rows [m, n) end here and receive grad_hn.
       const int64_t m = p.rows_at(t + 1);
       add_grad_hn(off, m, n);
-      if (m > 0) k.step(Epilogue::kBackward, p.act, m, H, delta + prev_off * H, packed, d, h);
-      if (n > m) k.scale_by_derivative(p.act, n - m, H, d + m * H, h + m * H);
+      if (m > 0)
+        k.step(kRecurrent, p.act, m, H, delta + prev_off * H, packed, d, h,
+               whole ? whole + off * H : nullptr);
+      scale(off, m, n);
     } else {
       // Every row continues from step t-1, except at t = 0 where all rows end.
       if (t == 0) {
         add_grad_hn(off, 0, n);
-        k.scale_by_derivative(p.act, n, H, d, h);
+        scale(off, 0, n);
       } else {
-        k.step(Epilogue::kBackward, p.act, n, H, delta + prev_off * H, packed, d, h);
+        k.step(kRecurrent, p.act, n, H, delta + prev_off * H, packed, d, h,
+               whole ? whole + off * H : nullptr);
       }
       // Rows [m, n) started at this step from h0.
       const int64_t m = p.rows_at(t + 1);
       if (n > m && grad_h0)
-        k.step(Epilogue::kStore, p.act, n - m, H, d + m * H, packed, grad_h0 + m * H, nullptr);
+        k.step(Epilogue::kStore, p.act, n - m, H, d + m * H, packed, grad_h0 + m * H, nullptr,
+               nullptr);
     }
     prev_off = off;
   });
-  if (!p.reverse && grad_h0) k.step(Epilogue::kStore, p.act, B, H, delta, packed, grad_h0, nullptr);
+  if (!p.reverse && grad_h0)
+    k.step(Epilogue::kStore, p.act, B, H, delta, packed, grad_h0, nullptr, nullptr);
+  if (whole) {
+    for (int64_t r = 0; r < N; ++r) {
+      double sum = 0;
+      for (int64_t j = 0; j < H; ++j) sum += double(whole[r * H + j]) * double(whole[r * H + j]);
+      grad_norms[r] = std::sqrt(sum);
+    }
+  }
 
   // Everything else: one pass over all N rows each.
   if (grad_b) k.column_sums(N, H, delta, grad_b);

@@ -19,8 +19,8 @@ struct Backend {
     kernels.pack(w, H, transpose, packed);
   }
   void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* packed,
-            T* c, const T* h) const {
-    kernels.step(e, act, rows, H, a, packed, c, h);
+            T* c, const T* h, T* d) const {
+    kernels.step(e, act, rows, H, a, packed, c, h, d);
   }
   void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
     kernels.scale_by_derivative(act, rows, H, c, h);
@@ -50,8 +50,8 @@ int64_t forward_workspace_size(const Problem& p) {
 }
 
 template <typename T>
-int64_t backward_workspace_size(const Problem& p) {
-  return rnnkern::backward_workspace_size<T>(p, Backend<T>{});
+int64_t backward_workspace_size(const Problem& p, bool record_norms) {
+  return rnnkern::backward_workspace_size<T>(p, Backend<T>{}, record_norms);
 }
 
 template <typename T>
@@ -64,21 +64,21 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 template <typename T>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
               const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
-              T* grad_w_ih, T* grad_w_hh, T* grad_b, T* workspace) {
+              T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace) {
   Backend<T> k;
   rnnkern::backward<T>(p, x, h0, w_ih, w_hh, y, grad_y, grad_hn, grad_x, grad_h0, grad_w_ih,
-                       grad_w_hh, grad_b, workspace, k);
+                       grad_w_hh, grad_b, grad_norms, workspace, k);
 }
 
 const char* isa() { return recurrent_kernels<float>().isa; }
 
 #define RNNKERN_INSTANTIATE(T)                                                               \
   template int64_t forward_workspace_size<T>(const Problem&);                               \
-  template int64_t backward_workspace_size<T>(const Problem&);                              \
+  template int64_t backward_workspace_size<T>(const Problem&, bool);                        \
   template void forward<T>(const Problem&, const T*, const T*, const T*, const T*, const T*, \
                            const T*, T*, T*);                                                \
   template void backward<T>(const Problem&, const T*, const T*, const T*, const T*,          \
-                            const T*, const T*, const T*, T*, T*, T*, T*, T*, T*);
+                            const T*, const T*, const T*, T*, T*, T*, T*, T*, double*, T*);
 RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)
 #undef RNNKERN_INSTANTIATE

@@ -2,7 +2,7 @@
 //
 // step() computes C (rows × H) from acc = A (rows × H) · Bm (H × H), where Bm was packed by
 // pack() from W_hh (Bm = W_hhᵀ for the forward pass, Bm = W_hh for the backward pass), and
-// applies the epilogue (core/elman.h) in the same pass. Packed layout: ceil(H / lanes) panels,
+// applies the epilogue (core/elman.h) in the same pass; h and d are the epilogue's Hs and D. Packed layout: ceil(H / lanes) panels,
 // each H × lanes, panel p holding columns [p·lanes, (p+1)·lanes) of Bm, zero-padded.
 #pragma once
 
@@ -27,7 +27,7 @@ struct RecurrentKernels {
   const char* isa;
   void (*pack)(const T* w, int64_t H, bool transpose, T* packed);
   void (*step)(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a,
-               const T* packed, T* c, const T* h);
+               const T* packed, T* c, const T* h, T* d);
   void (*scale_by_derivative)(Activation act, int64_t rows, int64_t H, T* c, const T* h);
 };
 

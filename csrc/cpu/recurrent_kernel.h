@@ -62,14 +62,16 @@ template <typename T, Epilogue E>
 inline typename Vec<T>::type finish(Activation act, typename Vec<T>::type acc,
                                     typename Vec<T>::type c, typename Vec<T>::type h) {
   if (E == Epilogue::kForward) return activate(act, c + acc);
-  if (E == Epilogue::kBackward) return (c + acc) * derivative(act, h);
+  if (E == Epilogue::kBackward || E == Epilogue::kBackwardRecord)
+    return (c + acc) * derivative(act, h);
   return acc;
 }
 
 // One register tile: MR rows × NP panels, the whole k loop, then the epilogue.
 template <typename T, Epilogue E, int MR, int NP>
 inline void tile(Activation act, int64_t H, int64_t p, const T* a, const T* packed, T* c,
-                 const T* h) {
+                 const T* h, T* d) {
+  constexpr bool kReadsH = E == Epilogue::kBackward || E == Epilogue::kBackwardRecord;
   typedef typename Vec<T>::type V;
   constexpr int64_t L = Vec<T>::lanes;
   V acc[MR][NP];
@@ -89,19 +91,24 @@ inline void tile(Activation act, int64_t H, int64_t p, const T* a, const T* pack
     const int64_t valid = H - j < L ? H - j : L;
     for (int r = 0; r < MR; ++r) {
       T* cr = c + r * H + j;
-      const T* hr = h ? h + r * H + j : nullptr;
+      const T* hr = kReadsH ? h + r * H + j : nullptr;
+      T* dr = E == Epilogue::kBackwardRecord ? d + r * H + j : nullptr;
       if (valid == L) {
         const V cv = E == Epilogue::kStore ? V{} : load(cr);
-        const V hv = E == Epilogue::kBackward ? load(hr) : V{};
+        const V hv = kReadsH ? load(hr) : V{};
+        if (E == Epilogue::kBackwardRecord) store(dr, cv + acc[r][q]);
         store(cr, finish<T, E>(act, acc[r][q], cv, hv));
       } else {
         V cv{}, hv{};
         for (int64_t i = 0; i < valid; ++i) {
           if (E != Epilogue::kStore) cv[i] = cr[i];
-          if (E == Epilogue::kBackward) hv[i] = hr[i];
+          if (kReadsH) hv[i] = hr[i];
         }
         const V out = finish<T, E>(act, acc[r][q], cv, hv);
-        for (int64_t i = 0; i < valid; ++i) cr[i] = out[i];
+        for (int64_t i = 0; i < valid; ++i) {
+          if (E == Epilogue::kBackwardRecord) dr[i] = cv[i] + acc[r][q][i];
+          cr[i] = out[i];
+        }
       }
     }
   }
@@ -112,13 +119,13 @@ constexpr int kPanelsPerTile = 2;
 
 template <typename T, Epilogue E, int NP>
 inline void row_tail(int rows, Activation act, int64_t H, int64_t p, const T* a,
-                     const T* packed, T* c, const T* h) {
+                     const T* packed, T* c, const T* h, T* d) {
   switch (rows) {
-    case 1: tile<T, E, 1, NP>(act, H, p, a, packed, c, h); break;
-    case 2: tile<T, E, 2, NP>(act, H, p, a, packed, c, h); break;
-    case 3: tile<T, E, 3, NP>(act, H, p, a, packed, c, h); break;
-    case 4: tile<T, E, 4, NP>(act, H, p, a, packed, c, h); break;
-    case 5: tile<T, E, 5, NP>(act, H, p, a, packed, c, h); break;
+    case 1: tile<T, E, 1, NP>(act, H, p, a, packed, c, h, d); break;
+    case 2: tile<T, E, 2, NP>(act, H, p, a, packed, c, h, d); break;
+    case 3: tile<T, E, 3, NP>(act, H, p, a, packed, c, h, d); break;
+    case 4: tile<T, E, 4, NP>(act, H, p, a, packed, c, h, d); break;
+    case 5: tile<T, E, 5, NP>(act, H, p, a, packed, c, h, d); break;
     default: break;
   }
 }
@@ -126,24 +133,25 @@ inline void row_tail(int rows, Activation act, int64_t H, int64_t p, const T* a,
 // Panels [p_begin, p_end) for every row; panels outermost so a panel stays in cache.
 template <typename T, Epilogue E>
 void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_end,
-            const T* a, const T* packed, T* c, const T* h) {
+            const T* a, const T* packed, T* c, const T* h, T* d) {
   constexpr int MR = kRowsPerTile;
   for (int64_t p = p_begin; p < p_end; p += kPanelsPerTile) {
     const bool full = p + kPanelsPerTile <= p_end;
-    int64_t r = 0;
-    for (; r + MR <= rows; r += MR) {
+    for (int64_t r = 0; r < rows; r += MR) {
       const T* hr = h ? h + r * H : nullptr;
-      if (full)
-        tile<T, E, MR, kPanelsPerTile>(act, H, p, a + r * H, packed, c + r * H, hr);
-      else
-        tile<T, E, MR, 1>(act, H, p, a + r * H, packed, c + r * H, hr);
-    }
-    if (r < rows) {
-      const T* hr = h ? h + r * H : nullptr;
-      if (full)
-        row_tail<T, E, kPanelsPerTile>(int(rows - r), act, H, p, a + r * H, packed, c + r * H, hr);
-      else
-        row_tail<T, E, 1>(int(rows - r), act, H, p, a + r * H, packed, c + r * H, hr);
+      T* dr = d ? d + r * H : nullptr;
+      const T* ar = a + r * H;
+      T* cr = c + r * H;
+      if (r + MR <= rows) {
+        if (full)
+          tile<T, E, MR, kPanelsPerTile>(act, H, p, ar, packed, cr, hr, dr);
+        else
+          tile<T, E, MR, 1>(act, H, p, ar, packed, cr, hr, dr);
+      } else if (full) {
+        row_tail<T, E, kPanelsPerTile>(int(rows - r), act, H, p, ar, packed, cr, hr, dr);
+      } else {
+        row_tail<T, E, 1>(int(rows - r), act, H, p, ar, packed, cr, hr, dr);
+      }
     }
   }
 }
@@ -153,13 +161,13 @@ constexpr int64_t kParallelMinWork = int64_t(1) << 17;
 
 template <typename T, Epilogue E>
 void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T* packed, T* c,
-                   const T* h) {
+                   const T* h, T* d) {
   constexpr int64_t L = Vec<T>::lanes;
   const int64_t n_panels = (H + L - 1) / L;
   const int64_t n_pairs = (n_panels + kPanelsPerTile - 1) / kPanelsPerTile;
   const int threads = omp_get_max_threads();
   if (threads < 2 || n_pairs < 2 || rows * H * H < kParallelMinWork) {
-    panels<T, E>(act, rows, H, 0, n_panels, a, packed, c, h);
+    panels<T, E>(act, rows, H, 0, n_panels, a, packed, c, h, d);
     return;
   }
 #pragma omp parallel num_threads(threads)
@@ -168,24 +176,32 @@ void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T*
     const int64_t begin = n_pairs * id / nt * kPanelsPerTile;
     int64_t end = n_pairs * (id + 1) / nt * kPanelsPerTile;
     if (end > n_panels) end = n_panels;
-    if (begin < end) panels<T, E>(act, rows, H, begin, end, a, packed, c, h);
+    if (begin < end) panels<T, E>(act, rows, H, begin, end, a, packed, c, h, d);
   }
 }
 
 template <typename T>
 void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* packed,
-          T* c, const T* h) {
+          T* c, const T* h, T* d) {
   if (rows <= 0) return;
   switch (e) {
-    case Epilogue::kForward: step_epilogue<T, Epilogue::kForward>(act, rows, H, a, packed, c, h); break;
-    case Epilogue::kBackward: step_epilogue<T, Epilogue::kBackward>(act, rows, H, a, packed, c, h); break;
-    case Epilogue::kStore: step_epilogue<T, Epilogue::kStore>(act, rows, H, a, packed, c, h); break;
+    case Epilogue::kForward:
+      step_epilogue<T, Epilogue::kForward>(act, rows, H, a, packed, c, h, d);
+      break;
+    case Epilogue::kBackward:
+      step_epilogue<T, Epilogue::kBackward>(act, rows, H, a, packed, c, h, d);
+      break;
+    case Epilogue::kStore:
+      step_epilogue<T, Epilogue::kStore>(act, rows, H, a, packed, c, h, d);
+      break;
+    case Epilogue::kBackwardRecord:
+      step_epilogue<T, Epilogue::kBackwardRecord>(act, rows, H, a, packed, c, h, d);
+      break;
   }
 }
 
 template <typename T>
 void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) {
-  typedef typename Vec<T>::type V;
   constexpr int64_t L = Vec<T>::lanes;
   const int64_t n = rows * H;
   int64_t i = 0;
