@@ -1,8 +1,8 @@
 """rnnkern: fast, exact backpropagation through time for the Elman RNN.
 
 ``rnnkern.forward`` / ``rnnkern.backward`` work on NumPy arrays. The torch parts load on first
-use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom ops) and
-``rnnkern.reference`` (the autograd oracle).
+use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom ops),
+``rnnkern.reference`` (the autograd oracle) and ``rnnkern.diagnostics`` (gradient flow).
 """
 
 from importlib import import_module
@@ -11,9 +11,10 @@ from . import _core
 from .numpy_api import Gradients, backward, forward
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "Gradients", "forward", "backward", "functional", "reference", "isa"]
+__all__ = ["RNN", "Gradients", "forward", "backward", "functional", "reference", "diagnostics",
+           "isa"]
 
-_TORCH_MODULES = ("functional", "reference", "modules")
+_TORCH_MODULES = ("functional", "reference", "modules", "diagnostics")
 
 
 def isa() -> str:

@@ -8,7 +8,8 @@ kernels run through a plain ``torch.autograd.Function``, which skips the op disp
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import functools
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -49,13 +50,16 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse) 
     return torch.from_numpy(y)
 
 
-def _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse, output_mask):
-    """(x, h0, w_ih, w_hh, bias) gradients; None where output_mask is False."""
-    grads = _core.backward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
-                           _numpy("w_hh", w_hh), _numpy("y", y), _numpy("grad_y", grad_y),
-                           None, nonlinearity, _batch_sizes_numpy(batch_sizes), reverse,
-                           *output_mask)
-    return tuple(None if g is None else torch.from_numpy(g) for g in grads[:5])
+def _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse, output_mask,
+              grad_norms=False):
+    """(x, h0, w_ih, w_hh, bias) gradients, None where output_mask is False, and the (N,)
+    float64 norms of the whole gradient reaching each row's h_t (None unless grad_norms)."""
+    *grads, norms = _core.backward(
+        _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
+        _numpy("y", y), _numpy("grad_y", grad_y), None, nonlinearity,
+        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms)
+    grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
+    return grads, None if norms is None else torch.from_numpy(norms)
 
 
 def _output_mask(needs_input_grad) -> List[bool]:
@@ -95,8 +99,8 @@ def rnn_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor, g
 
     ``output_mask`` says which of the five to compute; the others come back empty.
     """
-    grads = _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse,
-                      output_mask)
+    grads, _ = _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse,
+                         output_mask)
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
@@ -126,32 +130,42 @@ rnn_forward.register_autograd(_op_backward, setup_context=_setup_context)
 
 class _EagerRNN(torch.autograd.Function):
     """The same forward and backward without the custom-op dispatch, for eager mode, where
-    the op machinery would cost more than the kernel at small sizes."""
+    the op machinery would cost more than the kernel at small sizes. It can also hand the
+    per-row gradient norms of each backward to a callback (gradient-flow recording)."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
+                on_grad_norms):
         y = _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
         ctx.save_for_backward(x, h0, w_ih, w_hh, y, batch_sizes)
         ctx.nonlinearity = nonlinearity
         ctx.reverse = reverse
+        ctx.on_grad_norms = on_grad_norms
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
-        grads = _backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity, batch_sizes,
-                          ctx.reverse, _output_mask(ctx.needs_input_grad))
-        return _input_grads(ctx.needs_input_grad, grads)
+        record = ctx.on_grad_norms is not None
+        grads, norms = _backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity, batch_sizes,
+                                 ctx.reverse, _output_mask(ctx.needs_input_grad), record)
+        if record:
+            ctx.on_grad_norms(norms)
+        return (*_input_grads(ctx.needs_input_grad, grads), None)
 
 
-def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse) -> Tensor:
+def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
+           on_grad_norms=None) -> Tensor:
     """y for one layer-direction: the custom op under torch.compile, else the eager path."""
     args = (x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
     if torch.compiler.is_compiling():
+        if on_grad_norms is not None:
+            raise RuntimeError("gradient-flow recording runs in eager mode only, "
+                               "not under torch.compile")
         return rnn_forward(*args)
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)):
-        return _EagerRNN.apply(*args)
+        return _EagerRNN.apply(*args, on_grad_norms)
     return _forward(*args)
 
 
@@ -167,7 +181,8 @@ def _last_rows(batch_sizes: Tensor) -> Tensor:
 def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
         b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
         nonlinearity: str = "tanh", *, batch_sizes: Optional[Tensor] = None,
-        reverse: bool = False) -> Tuple[Tensor, Tensor]:
+        reverse: bool = False, on_grad_norms: Optional[Callable[[Tensor], None]] = None
+        ) -> Tuple[Tensor, Tensor]:
     """One Elman RNN layer in one direction, differentiable in every tensor argument.
 
     Args:
@@ -178,6 +193,8 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
         nonlinearity: "tanh" or "relu".
         batch_sizes: optional int64 CPU tensor (T,), non-increasing (``PackedSequence.batch_sizes``).
         reverse: run from the last step to the first.
+        on_grad_norms: eager mode only; called at each backward with the (N,) float64 norms
+            ‖∂L/∂h_t‖₂ of every row, in the layout of output (see rnnkern.diagnostics).
 
     Returns:
         (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
@@ -190,7 +207,8 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     if hx is None:
         batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
         hx = input.new_zeros(batch, w_hh.shape[0])
-    output = _layer(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+    output = _layer(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
+                    on_grad_norms)
     if batch_sizes is None:
         h_n = output[0] if reverse else output[-1]
     else:
@@ -201,7 +219,9 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
 def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
                bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0,
                training: bool = False, batch_first: bool = False,
-               batch_sizes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+               batch_sizes: Optional[Tensor] = None,
+               on_grad_norms: Optional[Callable[[int, Tensor], None]] = None
+               ) -> Tuple[Tensor, Tensor]:
     """A stack of Elman layers, as ``torch._VF.rnn_tanh`` / ``rnn_relu`` compute it.
 
     Args:
@@ -211,6 +231,8 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
             w_ih, w_hh and, if present, b_ih, b_hh.
         dropout, training: dropout on each layer's output but the last, in training only,
             drawn from torch's generator in the same order as torch.nn.RNN.
+        on_grad_norms: called as on_grad_norms(layer · D + direction, norms) at backward;
+            see :func:`rnn`.
 
     Returns:
         (output, h_n): output like input with H · D features; h_n (num_layers · D, B, H).
@@ -227,8 +249,9 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
             index = layer * directions + direction
             w = weights[index * per_direction:(index + 1) * per_direction]
             b_ih, b_hh = (w[2], w[3]) if per_direction == 4 else (None, None)
+            record = None if on_grad_norms is None else functools.partial(on_grad_norms, index)
             out, h = rnn(layer_input, hx[index], w[0], w[1], b_ih, b_hh, nonlinearity,
-                         batch_sizes=batch_sizes, reverse=direction == 1)
+                         batch_sizes=batch_sizes, reverse=direction == 1, on_grad_norms=record)
             outputs.append(out)
             h_n.append(h)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)

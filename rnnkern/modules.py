@@ -29,6 +29,8 @@ def _let_dynamo_trace_rnn_modules() -> None:
 
 
 class RNN(torch.nn.RNN):
+    _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
+
     """``torch.nn.RNN`` with forward and backward on rnnkern's fused CPU kernels.
 
     Use it exactly like ``torch.nn.RNN``; see its documentation for the arguments. float32 and
@@ -81,7 +83,15 @@ class RNN(torch.nn.RNN):
         self.check_forward_args(input, hx, batch_sizes)
         self._check_hidden_matches_input(input, hx, batch_sizes)
 
-        output, hidden = self._compute(input, hx, batch_sizes)
+        on_grad_norms = None
+        if self._gradient_flow is not None:
+            from .diagnostics import _flow_callback
+
+            steps = input.size(1 if self.batch_first else 0) if batch_sizes is None \
+                else batch_sizes.numel()
+            on_grad_norms = _flow_callback(self, batch_sizes, steps, max_batch_size,
+                                           unsorted_indices)
+        output, hidden = self._compute(input, hx, batch_sizes, on_grad_norms)
 
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
@@ -103,8 +113,8 @@ class RNN(torch.nn.RNN):
         if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-    def _compute(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]
-                 ) -> Tuple[Tensor, Tensor]:
+    def _compute(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor],
+                 on_grad_norms=None) -> Tuple[Tensor, Tensor]:
         result_dtype = input.dtype
         device_type = input.device.type
         if input.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
@@ -115,5 +125,5 @@ class RNN(torch.nn.RNN):
         nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         output, hidden = rnn_layers(input, hx, weights, self.num_layers, self.bidirectional,
                                     nonlinearity, self.dropout, self.training, self.batch_first,
-                                    batch_sizes)
+                                    batch_sizes, on_grad_norms)
         return output.to(result_dtype), hidden.to(result_dtype)

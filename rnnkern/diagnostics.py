@@ -1,0 +1,184 @@
+"""Gradient-flow diagnostics: how the gradient vanishes or explodes through time.
+
+BPTT multiplies one Jacobian diag(φ'(a_t)) W_hh per step, so ‖∂h_T/∂h_t‖ ≤ σ_max(W_hh)^(T-t)
+for tanh and relu (Pascanu, Mikolov and Bengio, 2013).
+
+- :func:`record_gradient_flow` records ‖∂L/∂h_t‖₂ inside the fused backward of an
+  ``rnnkern.RNN`` (the kernel has d_t in hand; no autograd hooks).
+- :func:`jacobian_norms` gives the spectral norms of the Jacobian products themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, List, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from .functional import rnn_layers
+from .modules import RNN
+
+__all__ = ["GradientFlow", "record_gradient_flow", "JacobianNorms", "jacobian_norms"]
+
+
+class GradientFlow:
+    """What :func:`record_gradient_flow` collects.
+
+    Attributes:
+        norms: float64 (num_layers · num_directions, T, B): ‖∂L/∂h_t‖₂, the norm of the whole
+            gradient that reaches each hidden state, per layer-direction, step and sample, in
+            the caller's batch order, from the last backward pass. NaN where a packed
+            sequence has no such step. None until a backward pass has run.
+        history: the norms of every backward pass in the block, oldest first.
+    """
+
+    def __init__(self) -> None:
+        self.history: List[Tensor] = []
+
+    @property
+    def norms(self) -> Optional[Tensor]:
+        return self.history[-1] if self.history else None
+
+    def _expect(self, count: int, to_steps: Callable[[Tensor], Tensor]):
+        """A callback for one forward pass: collects ``count`` layer-directions' norms."""
+        parts: List[Optional[Tensor]] = [None] * count
+
+        def receive(index: int, row_norms: Tensor) -> None:
+            parts[index] = to_steps(row_norms)
+            if all(p is not None for p in parts):
+                self.history.append(torch.stack(parts))
+                parts[:] = [None] * count
+
+        return receive
+
+
+def _steps_by_batch(T: int, B: int, batch_sizes: Optional[Tensor],
+                    unsorted_indices: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
+    """Maps per-row values in the kernel's layout to a (T, B) tensor in the caller's order."""
+    if batch_sizes is None:
+        return lambda rows: rows.reshape(T, B)
+    sizes = batch_sizes.tolist()
+
+    def to_steps(rows: Tensor) -> Tensor:
+        out = torch.full((T, B), math.nan, dtype=torch.float64)
+        offset = 0
+        for t, n in enumerate(sizes):
+            out[t, :n] = rows[offset:offset + n]
+            offset += n
+        return out if unsorted_indices is None else out[:, unsorted_indices]
+
+    return to_steps
+
+
+@contextlib.contextmanager
+def record_gradient_flow(rnn: RNN) -> Iterator[GradientFlow]:
+    """Record ‖∂L/∂h_t‖₂ during the backward passes of ``rnn`` inside the block.
+
+    The fused kernel computes the norms in the backward pass it runs anyway. Eager mode only.
+
+    >>> with record_gradient_flow(rnn) as flow:
+    ...     loss(rnn(x)).backward()
+    >>> flow.norms.shape            # (num_layers * num_directions, T, B)
+    """
+    if not isinstance(rnn, RNN):
+        raise TypeError(f"rnn must be an rnnkern.RNN, got {type(rnn).__name__}")
+    if rnn._gradient_flow is not None:
+        raise RuntimeError("this rnnkern.RNN is already recording its gradient flow")
+    flow = GradientFlow()
+    rnn._gradient_flow = flow
+    try:
+        yield flow
+    finally:
+        rnn._gradient_flow = None
+
+
+def _flow_callback(rnn: RNN, batch_sizes: Optional[Tensor], T: int, B: int,
+                   unsorted_indices: Optional[Tensor]):
+    """The on_grad_norms callback for one forward pass of a recording rnn, else None."""
+    flow = rnn._gradient_flow
+    if flow is None:
+        return None
+    count = rnn.num_layers * (2 if rnn.bidirectional else 1)
+    return flow._expect(count, _steps_by_batch(T, B, batch_sizes, unsorted_indices))
+
+
+class JacobianNorms(NamedTuple):
+    norms: Tensor      # (T, B) float64: ‖∂h_last/∂h_{last-k}‖₂ for k = 0 … T-1
+    sigma_max: float   # σ_max(W_hh)
+    bound: Tensor      # (T,) float64: sigma_max ** k
+
+
+def jacobian_norms(rnn: RNN, input: Union[Tensor, PackedSequence], layer: int = 0,
+                   direction: int = 0, hx: Optional[Tensor] = None) -> JacobianNorms:
+    """Spectral norms of the products of step Jacobians along each sample's trajectory.
+
+    ``norms[k, b]`` is ‖∂h_last/∂h_{last-k}‖₂ = ‖Π diag(φ'(a)) W_hh‖₂ over the last k steps
+    that the layer-direction processes for sample b (k = 0 is the identity; "last" is the
+    final step in processing order, step 0 for the reverse direction). NaN where k is not
+    shorter than the sample's length. Computed in float64, in the caller's batch order.
+    ``bound[k] = sigma_max ** k`` bounds the norms for tanh and relu.
+    """
+    if not isinstance(rnn, torch.nn.RNN):
+        raise TypeError(f"rnn must be a torch.nn.RNN or rnnkern.RNN, got {type(rnn).__name__}")
+    directions = 2 if rnn.bidirectional else 1
+    if not 0 <= layer < rnn.num_layers:
+        raise ValueError(f"layer must be in [0, {rnn.num_layers}), got {layer}")
+    if not 0 <= direction < directions:
+        raise ValueError(f"direction must be in [0, {directions}), got {direction}")
+    nonlinearity = "tanh" if rnn.mode == "RNN_TANH" else "relu"
+    weights = [w.detach().double() for w in rnn._flat_weights]
+    per_direction = len(weights) // (rnn.num_layers * directions)
+    index = layer * directions + direction
+    w_hh = weights[index * per_direction + 1]
+
+    with torch.no_grad():
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes = input.data.double(), input.batch_sizes
+            B = int(batch_sizes[0])
+        else:
+            data, batch_sizes = input.double(), None
+            if data.dim() == 2:
+                data = data.unsqueeze(0 if rnn.batch_first else 1)
+            B = data.shape[0 if rnn.batch_first else 1]
+        if hx is None:
+            hx = torch.zeros(rnn.num_layers * directions, B, rnn.hidden_size, dtype=torch.float64)
+        elif packed:
+            hx = rnn.permute_hidden(hx.double(), input.sorted_indices)
+        hx = hx.double()
+        # Outputs of layers 0 … layer; keep the chosen direction's half.
+        out, _ = rnn_layers(data, hx, weights[:(layer + 1) * directions * per_direction],
+                            layer + 1, rnn.bidirectional, nonlinearity,
+                            batch_first=rnn.batch_first, batch_sizes=batch_sizes)
+        h = out[..., direction * rnn.hidden_size:(direction + 1) * rnn.hidden_size]
+        if packed:
+            h, lengths = pad_packed_sequence(
+                PackedSequence(h, batch_sizes, input.sorted_indices, input.unsorted_indices))
+        else:
+            if rnn.batch_first:
+                h = h.transpose(0, 1)
+            lengths = torch.full((B,), h.shape[0], dtype=torch.int64)
+        T = h.shape[0]
+        # φ'(a) at the k-th step from the last one each sample processes.
+        dphi = torch.zeros(T, B, rnn.hidden_size, dtype=torch.float64)
+        for b in range(B):
+            n = int(lengths[b])
+            steps = h[:n, b]
+            if direction == 1:
+                steps = steps.flip(0)  # processing order of the reverse direction
+            from_last = steps.flip(0)
+            dphi[:n, b] = 1 - from_last * from_last if nonlinearity == "tanh" else \
+                (from_last > 0).double()
+        norms = torch.full((T, B), math.nan, dtype=torch.float64)
+        product = torch.eye(rnn.hidden_size, dtype=torch.float64).expand(B, -1, -1)
+        for k in range(T):
+            if k > 0:
+                product = product @ (dphi[k - 1].unsqueeze(-1) * w_hh)
+            live = lengths > k
+            norms[k, live] = torch.linalg.matrix_norm(product[live], ord=2)
+        sigma_max = float(torch.linalg.matrix_norm(w_hh, ord=2))
+        bound = torch.tensor([sigma_max ** k for k in range(T)], dtype=torch.float64)
+    return JacobianNorms(norms, sigma_max, bound)
