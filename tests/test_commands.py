@@ -1,0 +1,75 @@
+"""`rnnkern vanish` and `rnnkern train adding`, and the pieces behind them."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnnkern import adding, vanish
+
+
+def run_cli(args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "rnnkern", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_vanish_rnn_and_tied_mlp_curves_are_the_same_and_under_the_bound():
+    curves = vanish.compute(T=30, B=4, H=8, I=3, gains=(0.5, 1.0, 1.5))
+    for (nl, gain), norms in curves.rnn.items():
+        assert norms.shape == (30,)
+        torch.testing.assert_close(norms, curves.mlp[nl, gain], rtol=1e-10, atol=0)
+        # the Pascanu bound, from the loss's own gradient norm
+        assert torch.all(norms <= curves.bound[gain] * norms[0] * (1 + 1e-9))
+    # contraction vanishes, relu with gain 1.5 explodes
+    assert curves.rnn["tanh", 0.5][-1] < 1e-6 * curves.rnn["tanh", 0.5][0]
+    assert curves.rnn["relu", 1.5][-1] > curves.rnn["relu", 1.5][0]
+
+
+def test_vanish_command_prints_table_and_writes_png(tmp_path):
+    proc = run_cli(["vanish", "--T", "12", "--hidden", "6", "--batch-size", "2",
+                    "--gains", "0.5", "1.5", "--out", "plots/v.png"], tmp_path)
+    assert "max |RNN-MLP|/MLP" in proc.stdout
+    assert len([line for line in proc.stdout.splitlines()
+                if line.strip().startswith(("tanh", "relu"))]) == 4
+    png = tmp_path / "plots" / "v.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adding_batch():
+    x, y = adding.batch(10, 32, torch.Generator().manual_seed(0))
+    assert x.shape == (32, 10, 2) and y.shape == (32, 1)
+    markers = x[..., 1]
+    assert torch.all(markers.sum(1) == 2)
+    assert torch.all(markers[:, :5].sum(1) == 1) and torch.all(markers[:, 5:].sum(1) == 1)
+    torch.testing.assert_close(y[:, 0], (x[..., 0] * markers).sum(1))
+    _, y_many = adding.batch(10, 20000, torch.Generator().manual_seed(1))
+    assert float(((1 - y_many) ** 2).mean()) == pytest.approx(adding.BASELINE_MSE, abs=0.01)
+
+
+@pytest.mark.parametrize("engine", ["rnnkern", "torch"])
+def test_train_adding_command(tmp_path, engine):
+    proc = run_cli(["train", "adding", "--T", "8", "--steps", "20", "--hidden", "8",
+                    "--engine", engine, "--init", "orthogonal", "--out", "out"], tmp_path)
+    assert "wall time" in proc.stdout and "test MSE" in proc.stdout
+    assert "20/20 loss" in proc.stderr  # the progress bar
+    stem = f"adding-T8-tanh-orthogonal-{engine}"
+    assert (tmp_path / "out" / f"{stem}-loss.png").exists()
+    assert (tmp_path / "out" / f"{stem}-gradient-flow.png").exists() == (engine == "rnnkern")
+
+
+def test_train_records_flow_per_iteration_and_engines_agree():
+    ours = adding.train(T=6, steps=5, hidden=5, engine="rnnkern", seed=3)
+    theirs = adding.train(T=6, steps=5, hidden=5, engine="torch", seed=3)
+    assert len(ours.flow) == 5 and ours.flow[0].shape == (6,)
+    assert torch.all(ours.flow[0] > 0)
+    torch.testing.assert_close(torch.tensor(ours.losses), torch.tensor(theirs.losses),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_identity_init_is_the_irnn():
+    model = adding.Model(4, "relu", "identity", "rnnkern")
+    torch.testing.assert_close(model.rnn.weight_hh_l0.detach(), torch.eye(4))
+    assert torch.all(model.rnn.bias_hh_l0 == 0)
