@@ -139,6 +139,21 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
   return p;
 }
 
+// Workspace that stays allocated between calls, one per thread: fresh large allocations
+// would be page-faulted in again on every call.
+template <typename T>
+T* workspace(int64_t elements) {
+  thread_local std::unique_ptr<char[]> buffer;
+  thread_local int64_t capacity = 0;
+  const int64_t bytes = elements * int64_t(sizeof(T));
+  if (bytes > capacity) {
+    buffer.reset();
+    buffer.reset(new char[bytes]);
+    capacity = bytes;
+  }
+  return reinterpret_cast<T*>(buffer.get());
+}
+
 std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
   auto s = shape_of(x);
   s.back() = p.hidden_size;
@@ -159,10 +174,10 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   const T *bi = data<T>(bia), *bh = data<T>(bha);
   py::array_t<T> y(output_shape(x, p));
   T* yp = y.mutable_data();
-  std::unique_ptr<T[]> ws(new T[rnnkern::cpu::forward_workspace_size<T>(p)]);
+  T* ws = workspace<T>(rnnkern::cpu::forward_workspace_size<T>(p));
   {
     py::gil_scoped_release release;
-    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws.get());
+    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws);
   }
   return y;
 }
@@ -202,11 +217,11 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
     normsp = a.mutable_data();
     norms = std::move(a);
   }
-  std::unique_ptr<T[]> ws(new T[rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms)]);
+  T* ws = workspace<T>(rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
   {
     py::gil_scoped_release release;
     rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp, normsp,
-                              ws.get());
+                              ws);
   }
   return py::make_tuple(gx, gh0, gwi, gwh, gb, norms);
 }

@@ -87,6 +87,8 @@ def _vanish(args) -> int:
 def _train(args) -> int:
     if not _torch_or_exit():
         return 1
+    import torch
+
     from . import adding
 
     title = (f"adding problem T={args.T}, {args.nonlinearity}, init {args.init}, "
@@ -99,6 +101,12 @@ def _train(args) -> int:
     print(f"wall time {run.seconds:.2f} s ({1e3 * run.seconds / args.steps:.2f} ms per step)")
     print(f"final training MSE {run.losses[-1]:.4f}, test MSE {run.test_mse:.4f} "
           f"(predicting 1: {adding.BASELINE_MSE:.3f})")
+    if run.flow:
+        def reach(norms):
+            return float(norms[0] / norms[-1])
+        late = torch.stack(run.flow[-max(len(run.flow) // 10, 1):]).mean(0)
+        print(f"‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖: {reach(run.flow[0]):.2e} at the first iteration, "
+              f"{reach(late):.2e} over the last 10%")
     os.makedirs(args.out, exist_ok=True)
     stem = f"adding-T{args.T}-{args.nonlinearity}-{args.init}-{args.engine}"
     try:

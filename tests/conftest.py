@@ -16,6 +16,7 @@ SHAPES = [
     (7, 4, 5, 17),
     (4, 7, 33, 33),
     (3, 13, 6, 129),
+    (2, 7, 3, 385),  # more than one k block of the recurrent kernel
 ]
 
 F64_TOL = 1e-10

@@ -58,27 +58,47 @@ void pack(const T* w, int64_t H, bool transpose, T* packed) {
       }
 }
 
+// The epilogue applied to sum = C (on entry) + A·B; what is stored in C.
 template <typename T, Epilogue E>
-inline typename Vec<T>::type finish(Activation act, typename Vec<T>::type acc,
-                                    typename Vec<T>::type c, typename Vec<T>::type h) {
-  if (E == Epilogue::kForward) return activate(act, c + acc);
+inline typename Vec<T>::type finish(Activation act, typename Vec<T>::type sum,
+                                    typename Vec<T>::type h) {
+  if (E == Epilogue::kForward) return activate(act, sum);
   if (E == Epilogue::kBackward || E == Epilogue::kBackwardRecord)
-    return (c + acc) * derivative(act, h);
-  return acc;
+    return sum * derivative(act, h);
+  return sum;
 }
 
-// One register tile: MR rows × NP panels, the whole k loop, then the epilogue.
+// A block of the k loop. Blocks after the first start from the partial sums left in C;
+// only the last block applies the epilogue.
+struct KBlock {
+  int64_t begin, end;
+  bool first, last;
+};
+
+// One register tile: MR rows × NP panels over one k block.
 template <typename T, Epilogue E, int MR, int NP>
-inline void tile(Activation act, int64_t H, int64_t p, const T* a, const T* packed, T* c,
-                 const T* h, T* d) {
+inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, const T* packed,
+                 T* c, const T* h, T* d) {
   constexpr bool kReadsH = E == Epilogue::kBackward || E == Epilogue::kBackwardRecord;
   typedef typename Vec<T>::type V;
   constexpr int64_t L = Vec<T>::lanes;
+  const bool from_c = !(kb.first && E == Epilogue::kStore);
   V acc[MR][NP];
-  for (int r = 0; r < MR; ++r)
-    for (int q = 0; q < NP; ++q) acc[r][q] = V{};
+  for (int q = 0; q < NP; ++q) {
+    const int64_t j = (p + q) * L;
+    const int64_t valid = H - j < L ? H - j : L;
+    for (int r = 0; r < MR; ++r) {
+      acc[r][q] = V{};
+      if (!from_c) continue;
+      if (valid == L) {
+        acc[r][q] = load(c + r * H + j);
+      } else {
+        for (int64_t i = 0; i < valid; ++i) acc[r][q][i] = c[r * H + j + i];
+      }
+    }
+  }
   const T* b = packed + p * H * L;
-  for (int64_t k = 0; k < H; ++k) {
+  for (int64_t k = kb.begin; k < kb.end; ++k) {
     V bv[NP];
     for (int q = 0; q < NP; ++q) bv[q] = load(b + (q * H + k) * L);
     for (int r = 0; r < MR; ++r) {
@@ -91,24 +111,30 @@ inline void tile(Activation act, int64_t H, int64_t p, const T* a, const T* pack
     const int64_t valid = H - j < L ? H - j : L;
     for (int r = 0; r < MR; ++r) {
       T* cr = c + r * H + j;
-      const T* hr = kReadsH ? h + r * H + j : nullptr;
-      T* dr = E == Epilogue::kBackwardRecord ? d + r * H + j : nullptr;
+      V out = acc[r][q];
+      if (kb.last) {
+        V hv{};
+        if (kReadsH) {
+          if (valid == L) {
+            hv = load(h + r * H + j);
+          } else {
+            for (int64_t i = 0; i < valid; ++i) hv[i] = h[r * H + j + i];
+          }
+        }
+        if (E == Epilogue::kBackwardRecord) {
+          T* dr = d + r * H + j;
+          if (valid == L) {
+            store(dr, out);
+          } else {
+            for (int64_t i = 0; i < valid; ++i) dr[i] = out[i];
+          }
+        }
+        out = finish<T, E>(act, out, hv);
+      }
       if (valid == L) {
-        const V cv = E == Epilogue::kStore ? V{} : load(cr);
-        const V hv = kReadsH ? load(hr) : V{};
-        if (E == Epilogue::kBackwardRecord) store(dr, cv + acc[r][q]);
-        store(cr, finish<T, E>(act, acc[r][q], cv, hv));
+        store(cr, out);
       } else {
-        V cv{}, hv{};
-        for (int64_t i = 0; i < valid; ++i) {
-          if (E != Epilogue::kStore) cv[i] = cr[i];
-          if (kReadsH) hv[i] = hr[i];
-        }
-        const V out = finish<T, E>(act, acc[r][q], cv, hv);
-        for (int64_t i = 0; i < valid; ++i) {
-          if (E == Epilogue::kBackwardRecord) dr[i] = cv[i] + acc[r][q][i];
-          cr[i] = out[i];
-        }
+        for (int64_t i = 0; i < valid; ++i) cr[i] = out[i];
       }
     }
   }
@@ -116,48 +142,56 @@ inline void tile(Activation act, int64_t H, int64_t p, const T* a, const T* pack
 
 constexpr int kRowsPerTile = 6;
 constexpr int kPanelsPerTile = 2;
+// k block length: the panels' share of a block, kBlock · kPanelsPerTile vectors, stays in L1
+// while every row tile reads it.
+constexpr int64_t kBlock = 192;
 
 template <typename T, Epilogue E, int NP>
-inline void row_tail(int rows, Activation act, int64_t H, int64_t p, const T* a,
+inline void row_tail(int rows, Activation act, int64_t H, int64_t p, KBlock kb, const T* a,
                      const T* packed, T* c, const T* h, T* d) {
   switch (rows) {
-    case 1: tile<T, E, 1, NP>(act, H, p, a, packed, c, h, d); break;
-    case 2: tile<T, E, 2, NP>(act, H, p, a, packed, c, h, d); break;
-    case 3: tile<T, E, 3, NP>(act, H, p, a, packed, c, h, d); break;
-    case 4: tile<T, E, 4, NP>(act, H, p, a, packed, c, h, d); break;
-    case 5: tile<T, E, 5, NP>(act, H, p, a, packed, c, h, d); break;
+    case 1: tile<T, E, 1, NP>(act, H, p, kb, a, packed, c, h, d); break;
+    case 2: tile<T, E, 2, NP>(act, H, p, kb, a, packed, c, h, d); break;
+    case 3: tile<T, E, 3, NP>(act, H, p, kb, a, packed, c, h, d); break;
+    case 4: tile<T, E, 4, NP>(act, H, p, kb, a, packed, c, h, d); break;
+    case 5: tile<T, E, 5, NP>(act, H, p, kb, a, packed, c, h, d); break;
     default: break;
   }
 }
 
-// Panels [p_begin, p_end) for every row; panels outermost so a panel stays in cache.
+// Panels [p_begin, p_end) for every row: panels outermost, then k blocks, then row tiles,
+// so a block of the panels stays in cache while all rows use it.
 template <typename T, Epilogue E>
 void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_end,
             const T* a, const T* packed, T* c, const T* h, T* d) {
   constexpr int MR = kRowsPerTile;
   for (int64_t p = p_begin; p < p_end; p += kPanelsPerTile) {
     const bool full = p + kPanelsPerTile <= p_end;
-    for (int64_t r = 0; r < rows; r += MR) {
-      const T* hr = h ? h + r * H : nullptr;
-      T* dr = d ? d + r * H : nullptr;
-      const T* ar = a + r * H;
-      T* cr = c + r * H;
-      if (r + MR <= rows) {
-        if (full)
-          tile<T, E, MR, kPanelsPerTile>(act, H, p, ar, packed, cr, hr, dr);
-        else
-          tile<T, E, MR, 1>(act, H, p, ar, packed, cr, hr, dr);
-      } else if (full) {
-        row_tail<T, E, kPanelsPerTile>(int(rows - r), act, H, p, ar, packed, cr, hr, dr);
-      } else {
-        row_tail<T, E, 1>(int(rows - r), act, H, p, ar, packed, cr, hr, dr);
+    for (int64_t k0 = 0; k0 < H; k0 += kBlock) {
+      const int64_t k1 = H - k0 > kBlock ? k0 + kBlock : H;
+      const KBlock kb{k0, k1, k0 == 0, k1 == H};
+      for (int64_t r = 0; r < rows; r += MR) {
+        const T* hr = h ? h + r * H : nullptr;
+        T* dr = d ? d + r * H : nullptr;
+        const T* ar = a + r * H;
+        T* cr = c + r * H;
+        if (r + MR <= rows) {
+          if (full)
+            tile<T, E, MR, kPanelsPerTile>(act, H, p, kb, ar, packed, cr, hr, dr);
+          else
+            tile<T, E, MR, 1>(act, H, p, kb, ar, packed, cr, hr, dr);
+        } else if (full) {
+          row_tail<T, E, kPanelsPerTile>(int(rows - r), act, H, p, kb, ar, packed, cr, hr, dr);
+        } else {
+          row_tail<T, E, 1>(int(rows - r), act, H, p, kb, ar, packed, cr, hr, dr);
+        }
       }
     }
   }
 }
 
 // Below this many multiply-adds per step, a second thread costs more than it saves.
-constexpr int64_t kParallelMinWork = int64_t(1) << 17;
+constexpr int64_t kParallelMinWork = int64_t(1) << 19;
 
 template <typename T, Epilogue E>
 void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T* packed, T* c,
