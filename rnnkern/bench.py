@@ -1,21 +1,26 @@
-"""Benchmark: rnnkern.RNN against torch.nn.RNN, forward and train step, in one process.
+"""Benchmark: rnnkern.RNN against torch.nn.RNN, the autograd loop (rnnkern.reference) and
+torch.compile of that loop; forward (no grad) and train step (forward + backward).
 
-Implementations are interleaved within each repeat so that machine drift hits all of them
-alike, and each figure is the median over the repeats.
+Implementations are interleaved: every repeat times a block of calls of each in turn, so
+machine drift hits all of them alike; each figure is the median over the repeats.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from . import reference
 from .modules import RNN
+
+IMPLEMENTATIONS = ("torch", "rnnkern", "reference", "compiled")
 
 
 @dataclass(frozen=True)
@@ -33,44 +38,92 @@ class Case:
             (["bi"] if self.bidirectional else []) + (["packed"] if self.packed else [])
         return " ".join(extra) or "-"
 
+    def name(self) -> str:
+        return f"{self.T}x{self.B}x{self.I}x{self.H}" + "".join(
+            " " + part for part in self.label().split() if part != "-")
 
-# From latency-bound to GEMM-bound; small enough for `rnnkern bench` to stay short.
+
+# `rnnkern bench`: short, from latency-bound to GEMM-bound.
 DEFAULT_CASES = (
     Case(1000, 1, 32, 32),
     Case(100, 16, 32, 64),
     Case(200, 32, 128, 128),
-    Case(100, 64, 256, 512),
     Case(100, 32, 64, 128, layers=2, bidirectional=True, packed=True),
 )
+
+# `rnnkern bench --full`: tiny to large, B=1 cases, a 2-layer bidirectional packed case.
+FULL_CASES = (
+    Case(1000, 1, 32, 32),
+    Case(100, 1, 256, 256),
+    Case(50, 8, 16, 16),
+    Case(100, 16, 32, 64),
+    Case(200, 32, 128, 128),
+    Case(100, 64, 256, 512),
+    Case(50, 64, 1024, 1024),
+    Case(100, 32, 64, 128, layers=2, bidirectional=True, packed=True),
+)
+
+# torch.compile unrolls the reference loop; beyond this many steps compiling takes too long.
+COMPILE_MAX_STEPS = 100
 
 
 @dataclass
 class Result:
     case: Case
-    torch_forward_ms: float
-    rnnkern_forward_ms: float
-    torch_train_ms: float
-    rnnkern_train_ms: float
+    forward_ms: Dict[str, float] = field(default_factory=dict)
+    train_ms: Dict[str, float] = field(default_factory=dict)
+    saved_bytes: Dict[str, int] = field(default_factory=dict)
+    train_flop: float = 0.0
+    sgemm_gflops: float = 0.0
 
-    @property
-    def forward_speedup(self) -> float:
-        return self.torch_forward_ms / self.rnnkern_forward_ms
+    def speedup(self, impl: str, what: str = "train") -> float:
+        times = self.train_ms if what == "train" else self.forward_ms
+        return times["torch"] / times[impl] if impl in times and "torch" in times else math.nan
 
-    @property
-    def train_speedup(self) -> float:
-        return self.torch_train_ms / self.rnnkern_train_ms
+    def gflops(self, impl: str) -> float:
+        return self.train_flop / self.train_ms[impl] / 1e6 if impl in self.train_ms else math.nan
 
 
-def _median_ms(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, float]:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
+def train_flop(case: Case, rows: int) -> float:
+    """FLOPs of a train step: per layer-direction 2·N·(I·H + H·H) forward and twice that
+    backward (recurrent product, ∂W_hh, ∂W_ih, ∂x)."""
+    D = 2 if case.bidirectional else 1
+    total = 0.0
+    for layer in range(case.layers):
+        inputs = case.I if layer == 0 else D * case.H
+        total += D * 6.0 * rows * (inputs * case.H + case.H * case.H)
+    return total
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 GEMM rate (torch.mm), measured now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _timed_blocks(fns: Dict[str, Callable[[], None]], repeats: int,
+                  min_block_s: float = 0.02) -> Dict[str, float]:
+    """Median ms per call; each repeat runs a block of calls of every implementation."""
+    numbers = {}
+    for name, fn in fns.items():  # warm-up, and calls per block
+        fn()
+        start = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - start, 1e-7)
+        numbers[name] = max(1, min(1000, int(min_block_s / once)))
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            for _ in range(numbers[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) * 1e3 / numbers[name])
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -85,9 +138,32 @@ def _input(case: Case, dtype: torch.dtype, generator: torch.Generator):
     return packed
 
 
-def measure(case: Case, repeats: int = 7, warmup: int = 2, dtype: torch.dtype = torch.float32,
-            seed: int = 0) -> Result:
-    """Times forward (no grad) and a train step (forward + backward of output.sum())."""
+def _reference_loop(module: torch.nn.RNN):
+    """The autograd loop for a one-layer, one-direction module on tensor input."""
+    def run(x):
+        w = module._flat_weights
+        return reference.rnn(x, None, *w, module.nonlinearity)
+    return run
+
+
+def _saved_bytes(run: Callable[[], tuple], exclude: Sequence[torch.Tensor]) -> int:
+    """Bytes that autograd saves for backward in one forward, parameters excluded."""
+    skip = {t.data_ptr() for t in exclude}
+    seen: Dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in skip and t.numel():
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(seen.values())
+
+
+def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: int = 5,
+            dtype: torch.dtype = torch.float32, seed: int = 0,
+            sgemm: Optional[float] = None) -> Result:
     torch.manual_seed(seed)
     kwargs = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
     theirs = torch.nn.RNN(case.I, case.H, **kwargs)
@@ -95,54 +171,123 @@ def measure(case: Case, repeats: int = 7, warmup: int = 2, dtype: torch.dtype = 
     ours.load_state_dict(theirs.state_dict())
     x = _input(case, dtype, torch.Generator().manual_seed(seed))
     leaf = x if isinstance(x, torch.Tensor) else x.data
+    simple = case.layers == 1 and not case.bidirectional and not case.packed
+    calls: Dict[str, Callable] = {"torch": theirs, "rnnkern": ours}
+    if simple and "reference" in impls:
+        calls["reference"] = _reference_loop(theirs)
+    if simple and "compiled" in impls and case.T <= COMPILE_MAX_STEPS:
+        torch._dynamo.reset()
+        calls["compiled"] = torch.compile(_reference_loop(theirs))
+    calls = {k: v for k, v in calls.items() if k in impls or k == "torch"}
 
-    def forward(module):
+    def forward(fn):
         def run():
             with torch.no_grad():
-                module(x)
+                fn(x)
         return run
 
-    def train(module):
+    def train(fn):
         def run():
             leaf.grad = None
-            module.zero_grad(set_to_none=True)
-            out, h_n = module(x)
-            out = out if isinstance(out, torch.Tensor) else out.data
+            theirs.zero_grad(set_to_none=True)
+            ours.zero_grad(set_to_none=True)
+            out, h_n = fn(x)
+            out = out.data if isinstance(out, PackedSequence) else out
             (out.sum() + h_n.sum()).backward()
         return run
 
-    fwd = _median_ms({"torch": forward(theirs), "rnnkern": forward(ours)}, repeats, warmup)
-    step = _median_ms({"torch": train(theirs), "rnnkern": train(ours)}, repeats, warmup)
-    return Result(case, fwd["torch"], fwd["rnnkern"], step["torch"], step["rnnkern"])
+    result = Result(case)
+    result.forward_ms = _timed_blocks({k: forward(f) for k, f in calls.items()}, repeats)
+    result.train_ms = _timed_blocks({k: train(f) for k, f in calls.items()}, repeats)
+    params = list(theirs.parameters()) + list(ours.parameters())
+    result.saved_bytes = {k: _saved_bytes(lambda f=f: f(x), params) for k, f in calls.items()}
+    result.train_flop = train_flop(case, leaf.shape[0] if case.packed else case.T * case.B)
+    result.sgemm_gflops = sgemm if sgemm is not None else sgemm_gflops()
+    return result
 
 
-def format_table(results: Sequence[Result]) -> str:
-    head = ("T", "B", "I", "H", "layout", "torch fwd ms", "rnnkern fwd ms", "fwd speedup",
-            "torch train ms", "rnnkern train ms", "train speedup")
-    rows = [head] + [
-        (str(r.case.T), str(r.case.B), str(r.case.I), str(r.case.H), r.case.label(),
-         f"{r.torch_forward_ms:.3f}", f"{r.rnnkern_forward_ms:.3f}", f"{r.forward_speedup:.2f}x",
-         f"{r.torch_train_ms:.3f}", f"{r.rnnkern_train_ms:.3f}", f"{r.train_speedup:.2f}x")
-        for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+def _fmt_table(rows: List[List[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def run(cases: Sequence[Case] = DEFAULT_CASES, repeats: int = 7,
-        dtype: torch.dtype = torch.float32, progress=sys.stderr) -> List[Result]:
+def format_table(results: Sequence[Result]) -> str:
+    impls = [i for i in IMPLEMENTATIONS if any(i in r.train_ms for r in results)]
+    head = ["T", "B", "I", "H", "layout"]
+    for impl in impls:
+        head += [f"{impl} fwd ms", f"{impl} train ms"]
+    head += [f"{impl} speedup" for impl in impls if impl != "torch"]
+    head += ["rnnkern GFLOP/s", "% of sgemm", "saved MB torch", "saved MB rnnkern"]
+    rows = [head]
+    for r in results:
+        c = r.case
+        row = [str(c.T), str(c.B), str(c.I), str(c.H), c.label()]
+        for impl in impls:
+            row += [f"{r.forward_ms[impl]:.3f}" if impl in r.forward_ms else "-",
+                    f"{r.train_ms[impl]:.3f}" if impl in r.train_ms else "-"]
+        row += [f"{r.speedup(impl):.2f}x" if impl in r.train_ms else "-"
+                for impl in impls if impl != "torch"]
+        row += [f"{r.gflops('rnnkern'):.0f}", f"{100 * r.gflops('rnnkern') / r.sgemm_gflops:.0f}%",
+                f"{r.saved_bytes['torch'] / 1e6:.2f}", f"{r.saved_bytes['rnnkern'] / 1e6:.2f}"]
+        rows.append(row)
+    return _fmt_table(rows)
+
+
+def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", "rnnkern"),
+        repeats: int = 5, dtype: torch.dtype = torch.float32,
+        progress=sys.stderr) -> List[Result]:
+    sgemm = sgemm_gflops()
+    if progress is not None:
+        print(f"sgemm (torch.mm 2048x2048, float32): {sgemm:.0f} GFLOP/s", file=progress,
+              flush=True)
     results = []
     for i, case in enumerate(cases, 1):
         if progress is not None:
-            print(f"[{i}/{len(cases)}] T={case.T} B={case.B} I={case.I} H={case.H} "
-                  f"{case.label()} ...", file=progress, flush=True)
-        results.append(measure(case, repeats=repeats, dtype=dtype))
+            print(f"[{i}/{len(cases)}] {case.name()} ...", file=progress, flush=True)
+        results.append(measure(case, impls, repeats=repeats, dtype=dtype, sgemm=sgemm))
     return results
 
 
 def as_dicts(results: Sequence[Result]) -> List[dict]:
-    return [dict(asdict(r.case), torch_forward_ms=r.torch_forward_ms,
-                 rnnkern_forward_ms=r.rnnkern_forward_ms, torch_train_ms=r.torch_train_ms,
-                 rnnkern_train_ms=r.rnnkern_train_ms, forward_speedup=r.forward_speedup,
-                 train_speedup=r.train_speedup) for r in results]
+    out = []
+    for r in results:
+        c = r.case
+        out.append(dict(T=c.T, B=c.B, I=c.I, H=c.H, layers=c.layers,
+                        bidirectional=c.bidirectional, packed=c.packed,
+                        forward_ms=r.forward_ms, train_ms=r.train_ms,
+                        saved_bytes=r.saved_bytes, train_flop=r.train_flop,
+                        sgemm_gflops=r.sgemm_gflops,
+                        train_speedup={k: r.speedup(k) for k in r.train_ms if k != "torch"},
+                        forward_speedup={k: r.speedup(k, "forward")
+                                         for k in r.forward_ms if k != "torch"},
+                        rnnkern_gflops=r.gflops("rnnkern")))
+    return out
+
+
+def plot(results: Sequence[Result], path: str) -> None:
+    """Train-step and forward speedup over torch.nn.RNN against the FLOPs of the case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(results, key=lambda r: r.train_flop)
+    labels = [r.case.name() for r in order]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for impl, style in (("rnnkern", "o-"), ("reference", "s--"), ("compiled", "^--")):
+        values = [r.speedup(impl) for r in order]
+        if any(not math.isnan(v) for v in values):
+            ax.semilogy(range(len(order)), values, style, label=f"{impl}: train step")
+    ax.semilogy(range(len(order)), [r.speedup("rnnkern", "forward") for r in order], "o:",
+                label="rnnkern: forward (no grad)")
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xticks(range(len(order)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup over torch.nn.RNN")
+    ax.set_xlabel("T x B x I x H, by train-step FLOPs")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+import time
 from typing import List, Optional
 
 
@@ -35,19 +36,40 @@ def _bench(args) -> int:
         cases = [bench.Case(*size, layers=args.layers, bidirectional=args.bidirectional,
                             packed=args.packed) for size in args.size]
     else:
-        cases = bench.DEFAULT_CASES
+        cases = bench.FULL_CASES if args.full else bench.DEFAULT_CASES
+    impls = args.impl or (bench.IMPLEMENTATIONS if args.full else ("torch", "rnnkern"))
     print(f"rnnkern.RNN vs torch.nn.RNN {torch.__version__}, {args.dtype}, "
-          f"kernels: {isa()}, torch threads: {torch.get_num_threads()}, "
-          f"median of {args.repeats}", flush=True)
-    results = bench.run(cases, repeats=args.repeats, dtype=dtype)
+          f"kernels: {isa()}, threads: {torch.get_num_threads()}, "
+          f"median of {args.repeats}; {platform.machine()} {_cpu_name()}", flush=True)
+    results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype)
     print(bench.format_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": platform.processor() or platform.machine(),
-                       "torch": torch.__version__, "dtype": args.dtype,
-                       "results": bench.as_dicts(results)}, f, indent=2)
-        print(f"wrote {args.json}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "bench.json")
+        with open(path, "w") as f:
+            json.dump({"machine": _cpu_name(), "torch": torch.__version__, "dtype": args.dtype,
+                       "kernels": isa(), "threads": torch.get_num_threads(),
+                       "date": time.strftime("%Y-%m-%d"), "results": bench.as_dicts(results)},
+                      f, indent=2)
+        print(f"wrote {path}")
+        try:
+            bench.plot(results, os.path.join(args.out, "speedup.png"))
+            print(f"wrote {os.path.join(args.out, 'speedup.png')}")
+        except ImportError:
+            print("no plot: matplotlib is not installed (pip install matplotlib)",
+                  file=sys.stderr)
     return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _torch_or_exit() -> bool:
@@ -129,15 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="time rnnkern.RNN against torch.nn.RNN and print a table")
+    b.add_argument("--full", action="store_true",
+                   help="the whole grid, with the reference loop and its torch.compile")
     b.add_argument("--size", type=_size, action="append", metavar="TxBxIxH",
                    help="a size to time (repeatable); default: a short built-in grid")
     b.add_argument("--layers", type=int, default=1, help="layers, for --size (default 1)")
     b.add_argument("--bidirectional", action="store_true", help="for --size")
     b.add_argument("--packed", action="store_true",
                    help="for --size: variable lengths as an unsorted PackedSequence")
-    b.add_argument("--repeats", type=int, default=7, help="timed repeats per size (median)")
+    b.add_argument("--impl", choices=["torch", "rnnkern", "reference", "compiled"],
+                   action="append", help="implementations to time (repeatable)")
+    b.add_argument("--repeats", type=_positive, default=5, help="timed repeats (median)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    b.add_argument("--out", metavar="DIR", help="also write DIR/bench.json and DIR/speedup.png")
     b.set_defaults(func=_bench)
 
     v = sub.add_parser("vanish", help="gradient norms through time for several W_hh gains, "

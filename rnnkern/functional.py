@@ -43,20 +43,37 @@ def _batch_sizes_numpy(batch_sizes: Optional[Tensor]):
     return batch_sizes.contiguous().numpy()
 
 
-def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse) -> Tensor:
-    y = _core.forward(_numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih),
-                      _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
-                      nonlinearity, _batch_sizes_numpy(batch_sizes), reverse)
-    return torch.from_numpy(y)
+def _last_rows(batch_sizes: Tensor) -> Tensor:
+    """Packed row index of each sequence's last step (forward direction)."""
+    batch = int(batch_sizes[0])
+    rows = torch.arange(batch)
+    lengths = (batch_sizes.unsqueeze(0) > rows.unsqueeze(1)).sum(1)
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    return offsets[lengths - 1] + rows
 
 
-def _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse, output_mask,
-              grad_norms=False):
+def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: bool) -> Tensor:
+    """h_n: each sequence's state at its own last step, as a tensor of its own."""
+    if batch_sizes is None:
+        return (y[0] if reverse else y[-1]).clone()
+    return y[:batch].clone() if reverse else y[_last_rows(batch_sizes)]
+
+
+def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
+    y = torch.from_numpy(_core.forward(
+        _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
+        _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), nonlinearity,
+        _batch_sizes_numpy(batch_sizes), reverse))
+    return y, _final_state(y, h0.shape[0], batch_sizes, reverse)
+
+
+def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, reverse,
+              output_mask, grad_norms=False):
     """(x, h0, w_ih, w_hh, bias) gradients, None where output_mask is False, and the (N,)
     float64 norms of the whole gradient reaching each row's h_t (None unless grad_norms)."""
     *grads, norms = _core.backward(
         _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
-        _numpy("y", y), _numpy("grad_y", grad_y), None, nonlinearity,
+        _numpy("y", y), _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), nonlinearity,
         _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms)
     grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
     return grads, None if norms is None else torch.from_numpy(norms)
@@ -81,31 +98,32 @@ def _input_grads(needs_input_grad, grads):
 @torch.library.custom_op("rnnkern::rnn_forward", mutates_args=())
 def rnn_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                 b_hh: Optional[Tensor], nonlinearity: str, batch_sizes: Optional[Tensor],
-                reverse: bool) -> Tensor:
-    """All hidden states y of one layer-direction; see :func:`rnnkern.forward`."""
+                reverse: bool) -> Tuple[Tensor, Tensor]:
+    """(y, h_n) of one layer-direction: every hidden state, and each sequence's last one."""
     return _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
 
 
 @rnn_forward.register_fake
 def _(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
-    return x.new_empty((*x.shape[:-1], w_hh.shape[0]))
+    return x.new_empty((*x.shape[:-1], w_hh.shape[0])), h0.new_empty(h0.shape)
 
 
 @torch.library.custom_op("rnnkern::rnn_backward", mutates_args=())
 def rnn_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor, grad_y: Tensor,
-                 nonlinearity: str, batch_sizes: Optional[Tensor], reverse: bool,
-                 output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, h0, w_ih, w_hh, bias) of one layer-direction given ∂L/∂y.
+                 grad_hn: Tensor, nonlinearity: str, batch_sizes: Optional[Tensor],
+                 reverse: bool, output_mask: List[bool]
+                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, h0, w_ih, w_hh, bias) of one layer-direction given ∂L/∂y and ∂L/∂h_n.
 
     ``output_mask`` says which of the five to compute; the others come back empty.
     """
-    grads, _ = _backward(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse,
-                         output_mask)
+    grads, _ = _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes,
+                         reverse, output_mask)
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @rnn_backward.register_fake
-def _(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse, output_mask):
+def _(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, reverse, output_mask):
     shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, (w_hh.shape[0],))
     return tuple(x.new_empty(shape if wanted else (0,))
                  for shape, wanted in zip(shapes, output_mask))
@@ -113,14 +131,14 @@ def _(x, h0, w_ih, w_hh, y, grad_y, nonlinearity, batch_sizes, reverse, output_m
 
 def _setup_context(ctx, inputs, output):
     x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse = inputs
-    ctx.save_for_backward(x, h0, w_ih, w_hh, output, batch_sizes)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, output[0], batch_sizes)
     ctx.nonlinearity = nonlinearity
     ctx.reverse = reverse
 
 
-def _op_backward(ctx, grad_y):
+def _op_backward(ctx, grad_y, grad_hn):
     x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
-    grads = rnn_backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity, batch_sizes,
+    grads = rnn_backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, ctx.nonlinearity, batch_sizes,
                          ctx.reverse, _output_mask(ctx.needs_input_grad))
     return _input_grads(ctx.needs_input_grad, grads)
 
@@ -136,27 +154,28 @@ class _EagerRNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
                 on_grad_norms):
-        y = _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+        y, h_n = _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
         ctx.save_for_backward(x, h0, w_ih, w_hh, y, batch_sizes)
         ctx.nonlinearity = nonlinearity
         ctx.reverse = reverse
         ctx.on_grad_norms = on_grad_norms
-        return y
+        return y, h_n
 
     @staticmethod
-    def backward(ctx, grad_y):
+    def backward(ctx, grad_y, grad_hn):
         x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
         record = ctx.on_grad_norms is not None
-        grads, norms = _backward(x, h0, w_ih, w_hh, y, grad_y, ctx.nonlinearity, batch_sizes,
-                                 ctx.reverse, _output_mask(ctx.needs_input_grad), record)
+        grads, norms = _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, ctx.nonlinearity,
+                                 batch_sizes, ctx.reverse, _output_mask(ctx.needs_input_grad),
+                                 record)
         if record:
             ctx.on_grad_norms(norms)
         return (*_input_grads(ctx.needs_input_grad, grads), None)
 
 
 def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
-           on_grad_norms=None) -> Tensor:
-    """y for one layer-direction: the custom op under torch.compile, else the eager path."""
+           on_grad_norms=None) -> Tuple[Tensor, Tensor]:
+    """(y, h_n) of one layer-direction: the custom op under torch.compile, else eager."""
     args = (x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
     if torch.compiler.is_compiling():
         if on_grad_norms is not None:
@@ -167,15 +186,6 @@ def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
             t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)):
         return _EagerRNN.apply(*args, on_grad_norms)
     return _forward(*args)
-
-
-def _last_rows(batch_sizes: Tensor) -> Tensor:
-    """Packed row index of each sequence's last step (forward direction)."""
-    batch = int(batch_sizes[0])
-    rows = torch.arange(batch)
-    lengths = (batch_sizes.unsqueeze(0) > rows.unsqueeze(1)).sum(1)
-    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
-    return offsets[lengths - 1] + rows
 
 
 def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -207,13 +217,8 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     if hx is None:
         batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
         hx = input.new_zeros(batch, w_hh.shape[0])
-    output = _layer(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
-                    on_grad_norms)
-    if batch_sizes is None:
-        h_n = output[0] if reverse else output[-1]
-    else:
-        h_n = output[: hx.shape[0]] if reverse else output[_last_rows(batch_sizes)]
-    return output, h_n
+    return _layer(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
+                  on_grad_norms)
 
 
 def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,

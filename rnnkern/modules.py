@@ -120,10 +120,14 @@ class RNN(torch.nn.RNN):
         if input.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
             result_dtype = torch.get_autocast_dtype(device_type)  # as torch.nn.RNN does
         compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype
-        input, hx = input.to(compute_dtype), hx.to(compute_dtype)
-        weights = [w.to(compute_dtype) for w in self._flat_weights]
+        weights = self._flat_weights
+        if input.dtype != compute_dtype or any(w.dtype != compute_dtype for w in weights):
+            input, hx = input.to(compute_dtype), hx.to(compute_dtype)
+            weights = [w.to(compute_dtype) for w in weights]
         nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         output, hidden = rnn_layers(input, hx, weights, self.num_layers, self.bidirectional,
                                     nonlinearity, self.dropout, self.training, self.batch_first,
                                     batch_sizes, on_grad_norms)
-        return output.to(result_dtype), hidden.to(result_dtype)
+        if output.dtype != result_dtype:
+            output, hidden = output.to(result_dtype), hidden.to(result_dtype)
+        return output, hidden

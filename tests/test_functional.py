@@ -119,10 +119,11 @@ def opcheck_samples():
         for nl, reverse, bias in (("tanh", False, True), ("relu", True, False)):
             b_ih, b_hh = (t["b_ih"], t["b_hh"]) if bias else (None, None)
             fwd = (t["x"], t["h0"], t["w_ih"], t["w_hh"], b_ih, b_hh, nl, bs_t, reverse)
-            y = torch.ops.rnnkern.rnn_forward(*fwd).detach()
+            y, _ = torch.ops.rnnkern.rnn_forward(*fwd)
             mask = [True] * 5 if bias else [False, True, True, False, True]
-            bwd = (t["x"].detach(), t["h0"].detach(), t["w_ih"].detach(), t["w_hh"].detach(), y,
-                   torch.tensor(grads["grad_y"]), nl, bs_t, reverse, mask)
+            bwd = (t["x"].detach(), t["h0"].detach(), t["w_ih"].detach(), t["w_hh"].detach(),
+                   y.detach(), torch.tensor(grads["grad_y"]), torch.tensor(grads["grad_hn"]), nl,
+                   bs_t, reverse, mask)
             samples.append((fwd, bwd))
     return samples
 
@@ -174,3 +175,15 @@ def test_non_contiguous_tensors():
     out, _ = functional.rnn(x_nc, t["h0"], t["w_ih"], w_hh_nc, t["b_ih"], t["b_hh"])
     ref, _ = functional.rnn(t["x"], t["h0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"])
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck_through_the_custom_op(packed):
+    p, bs, _ = make_problem(4, 3, 3, 4, packed=packed, seed=2)
+    t = tensors(p)
+    bs_t = None if bs is None else torch.as_tensor(bs)
+
+    def fn(*args):
+        return torch.ops.rnnkern.rnn_forward(*args, "tanh", bs_t, packed)
+
+    assert torch.autograd.gradcheck(fn, [t[n] for n in ARGS])
