@@ -1,4 +1,5 @@
-"""Every instruction-set variant of the recurrent kernels passes the NumPy-level suite."""
+"""Every instruction-set variant of the recurrent kernels passes the NumPy-level and the
+gradient-flow suites."""
 
 import os
 import subprocess
@@ -14,14 +15,14 @@ ORDER = ["generic", "avx2", "avx512"]
 
 
 @pytest.mark.parametrize("isa", ORDER)
-def test_kernel_variant_passes_numpy_suite(isa):
+def test_kernel_variant_passes_kernel_suites(isa):
     best = rnnkern.isa()
     if ORDER.index(isa) > ORDER.index(best):
         pytest.skip(f"this CPU runs {best} at best")
     env = dict(os.environ, RNNKERN_ISA=isa)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(HERE / "test_numpy_api.py")],
+         str(HERE / "test_numpy_api.py"), str(HERE / "test_diagnostics.py")],
         cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout

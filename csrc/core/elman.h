@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cmath>
 #include <cstring>
 
 #include "cell.h"
@@ -42,7 +41,8 @@ struct Problem {
 // What the step kernel does with the accumulated product acc = A · packed:
 //   kForward:  C = φ(C + acc)             C holds x W_ihᵀ + b on entry, h_t on exit
 //   kBackward: C = (C + acc) ⊙ φ'(Hs)     C holds ∂L/∂y_t on entry, δ_t on exit
-//   kBackwardRecord: as kBackward, and D = C + acc (d_t, the whole gradient reaching h_t)
+//   kBackwardRecord: as kBackward, and the sums of squares of C + acc (d_t, the whole gradient
+//                    reaching h_t) go to the backend's per-row norm slots D
 //   kStore:    C = acc
 enum class Epilogue : int { kForward = 0, kBackward = 1, kStore = 2, kBackwardRecord = 3 };
 
@@ -73,7 +73,8 @@ int64_t forward_workspace_size(const Problem& p, const K&) {
 template <typename T, typename K>
 int64_t backward_workspace_size(const Problem& p, const K&, bool record_norms) {
   const int64_t nh = p.total_rows() * p.hidden_size;
-  return K::packed_size(p.hidden_size) + nh + (p.uniform() ? 0 : nh) + (record_norms ? nh : 0);
+  const int64_t slots = record_norms ? p.total_rows() * K::norm_slots(p.hidden_size) : 0;
+  return K::packed_size(p.hidden_size) + nh + (p.uniform() ? 0 : nh) + slots;
 }
 
 // y (N, H) = the hidden state of every row at every step.
@@ -110,9 +111,10 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 // Gradients of L with respect to x, h0, W_ih, W_hh and the bias (one array: ∂b_ih = ∂b_hh).
 // Each of the five outputs may be nullptr: that gradient is not computed.
 // grad_y may be nullptr (zero); grad_hn may be nullptr (zero).
-// grad_norms, if not nullptr, receives ‖d_t‖₂ for each of the N rows, where d_t = ∂L/∂y_t +
-// the recurrent gradient is the whole gradient that reaches h_t (computed in the same pass). grad_hn row b belongs to the
-// step at which sequence b ends (its last step forward, step 0 in reverse).
+// grad_hn row b belongs to the step at which sequence b ends (its last step forward, step 0 in
+// reverse). grad_norms, if not nullptr, receives ‖d_t‖₂ for each of the N rows, where
+// d_t = ∂L/∂y_t + the recurrent gradient is the whole gradient that reaches h_t; it is
+// summed up in the same pass.
 template <typename T, typename K>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
               const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
@@ -120,14 +122,16 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
   const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows(), B = p.batch;
   T* packed = workspace;
   T* delta = packed + K::packed_size(H);
-  T* whole = grad_norms ? delta + N * H * (p.uniform() ? 1 : 2) : nullptr;  // d_t per row
+  // Partial sums of d_t² per row, norm_slots(H) of them.
+  T* slots = grad_norms ? delta + N * H * (p.uniform() ? 1 : 2) : nullptr;
+  const int64_t slots_per_row = K::norm_slots(H);
   k.pack(w_hh, H, /*transpose=*/false, packed);
-  const Epilogue kRecurrent = whole ? Epilogue::kBackwardRecord : Epilogue::kBackward;
+  const Epilogue kRecurrent = slots ? Epilogue::kBackwardRecord : Epilogue::kBackward;
   // Rows that get no recurrent gradient at this step: δ = d ⊙ φ'(h).
   auto scale = [&](int64_t off, int64_t begin, int64_t end) {
     if (end <= begin) return;
     T* d = delta + (off + begin) * H;
-    if (whole) std::memcpy(whole + (off + begin) * H, d, sizeof(T) * (end - begin) * H);
+    if (slots) k.row_square_sums(end - begin, H, d, slots + (off + begin) * slots_per_row);
     k.scale_by_derivative(p.act, end - begin, H, d, y + (off + begin) * H);
   };
 
@@ -153,7 +157,7 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
       add_grad_hn(off, m, n);
       if (m > 0)
         k.step(kRecurrent, p.act, m, H, delta + prev_off * H, packed, d, h,
-               whole ? whole + off * H : nullptr);
+               slots ? slots + off * slots_per_row : nullptr);
       scale(off, m, n);
     } else {
       // Every row continues from step t-1, except at t = 0 where all rows end.
@@ -162,7 +166,7 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
         scale(off, 0, n);
       } else {
         k.step(kRecurrent, p.act, n, H, delta + prev_off * H, packed, d, h,
-               whole ? whole + off * H : nullptr);
+               slots ? slots + off * slots_per_row : nullptr);
       }
       // Rows [m, n) started at this step from h0.
       const int64_t m = p.rows_at(t + 1);
@@ -174,13 +178,7 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
   });
   if (!p.reverse && grad_h0)
     k.step(Epilogue::kStore, p.act, B, H, delta, packed, grad_h0, nullptr, nullptr);
-  if (whole) {
-    for (int64_t r = 0; r < N; ++r) {
-      double sum = 0;
-      for (int64_t j = 0; j < H; ++j) sum += double(whole[r * H + j]) * double(whole[r * H + j]);
-      grad_norms[r] = std::sqrt(sum);
-    }
-  }
+  if (slots) k.row_norms(N, H, slots, grad_norms);
 
   // Everything else: one pass over all N rows each.
   if (grad_b) k.column_sums(N, H, delta, grad_b);

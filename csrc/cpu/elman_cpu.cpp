@@ -14,6 +14,7 @@ struct Backend {
   const RecurrentKernels<T>& kernels = recurrent_kernels<T>();
 
   static int64_t packed_size(int64_t H) { return cpu::packed_size<T>(H); }
+  static int64_t norm_slots(int64_t H) { return cpu::norm_slots<T>(H); }
 
   void pack(const T* w, int64_t H, bool transpose, T* packed) const {
     kernels.pack(w, H, transpose, packed);
@@ -24,6 +25,12 @@ struct Backend {
   }
   void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
     kernels.scale_by_derivative(act, rows, H, c, h);
+  }
+  void row_square_sums(int64_t rows, int64_t H, const T* d, T* slots) const {
+    kernels.row_square_sums(rows, H, d, slots);
+  }
+  void row_norms(int64_t rows, int64_t H, const T* slots, double* out) const {
+    kernels.row_norms(rows, H, slots, out);
   }
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
             const T* b, int64_t ldb, T beta, T* c, int64_t ldc) const {

@@ -2,7 +2,8 @@
 //
 // step() computes C (rows × H) from acc = A (rows × H) · Bm (H × H), where Bm was packed by
 // pack() from W_hh (Bm = W_hhᵀ for the forward pass, Bm = W_hh for the backward pass), and
-// applies the epilogue (core/elman.h) in the same pass; h and d are the epilogue's Hs and D. Packed layout: ceil(H / lanes) panels,
+// applies the epilogue (core/elman.h) in the same pass; h is the epilogue's Hs, d the norm
+// slots of its first row (kBackwardRecord): d[r · norm_slots(H) + panel]. Packed layout: ceil(H / lanes) panels,
 // each H × lanes, panel p holding columns [p·lanes, (p+1)·lanes) of Bm, zero-padded.
 #pragma once
 
@@ -13,13 +14,21 @@
 
 namespace rnnkern::cpu {
 
-// Largest vector in bytes; packed buffers are sized for it so any instruction set fits.
+// Largest and smallest vector in bytes; buffers are sized so that any instruction set fits.
 constexpr int64_t kMaxVectorBytes = 64;
+constexpr int64_t kMinVectorBytes = 16;
 
 template <typename T>
 constexpr int64_t packed_size(int64_t H) {
   constexpr int64_t lanes = kMaxVectorBytes / sizeof(T);
   return (H + lanes - 1) / lanes * lanes * H;
+}
+
+// Per-row slots for partial sums of squares: one per panel of the narrowest vector.
+template <typename T>
+constexpr int64_t norm_slots(int64_t H) {
+  constexpr int64_t lanes = kMinVectorBytes / sizeof(T);
+  return (H + lanes - 1) / lanes;
 }
 
 template <typename T>
@@ -29,6 +38,11 @@ struct RecurrentKernels {
   void (*step)(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a,
                const T* packed, T* c, const T* h, T* d);
   void (*scale_by_derivative)(Activation act, int64_t rows, int64_t H, T* c, const T* h);
+  // Norm slots (see norm_slots) of rows whose d_t is given whole: the sum of squares goes
+  // to the first slot, zero to the others.
+  void (*row_square_sums)(int64_t rows, int64_t H, const T* d, T* slots);
+  // out[r] = the square root of the sum of row r's slots (the first ceil(H / lanes)).
+  void (*row_norms)(int64_t rows, int64_t H, const T* slots, double* out);
 };
 
 #define RNNKERN_DECLARE_ISA(name)           \

@@ -122,12 +122,9 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, co
           }
         }
         if (E == Epilogue::kBackwardRecord) {
-          T* dr = d + r * H + j;
-          if (valid == L) {
-            store(dr, out);
-          } else {
-            for (int64_t i = 0; i < valid; ++i) dr[i] = out[i];
-          }
+          T sum = 0;
+          for (int64_t i = 0; i < valid; ++i) sum += out[i] * out[i];
+          d[r * norm_slots<T>(H) + p + q] = sum;
         }
         out = finish<T, E>(act, out, hv);
       }
@@ -172,7 +169,7 @@ void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_
       const KBlock kb{k0, k1, k0 == 0, k1 == H};
       for (int64_t r = 0; r < rows; r += MR) {
         const T* hr = h ? h + r * H : nullptr;
-        T* dr = d ? d + r * H : nullptr;
+        T* dr = d ? d + r * norm_slots<T>(H) : nullptr;
         const T* ar = a + r * H;
         T* cr = c + r * H;
         if (r + MR <= rows) {
@@ -244,8 +241,40 @@ void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T*
 }
 
 template <typename T>
+void row_square_sums(int64_t rows, int64_t H, const T* d, T* slots) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  const int64_t used = (H + L - 1) / L, stride = norm_slots<T>(H);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = d + r * H;
+    V acc{};
+    int64_t j = 0;
+    for (; j + L <= H; j += L) {
+      const V v = load(row + j);
+      acc += v * v;
+    }
+    T sum = 0;
+    for (int64_t i = 0; i < L; ++i) sum += acc[i];
+    for (; j < H; ++j) sum += row[j] * row[j];
+    slots[r * stride] = sum;
+    for (int64_t s = 1; s < used; ++s) slots[r * stride + s] = 0;
+  }
+}
+
+template <typename T>
+void row_norms(int64_t rows, int64_t H, const T* slots, double* out) {
+  const int64_t used = (H + Vec<T>::lanes - 1) / Vec<T>::lanes, stride = norm_slots<T>(H);
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int64_t s = 0; s < used; ++s) sum += double(slots[r * stride + s]);
+    out[r] = std::sqrt(sum);
+  }
+}
+
+template <typename T>
 RecurrentKernels<T> make(const char* name) {
-  return RecurrentKernels<T>{name, &pack<T>, &step<T>, &scale_by_derivative<T>};
+  return RecurrentKernels<T>{name,          &pack<T>,           &step<T>,
+                            &scale_by_derivative<T>, &row_square_sums<T>, &row_norms<T>};
 }
 
 }  // namespace
