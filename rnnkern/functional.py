@@ -13,10 +13,11 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import _core
 
-__all__ = ["rnn"]
+__all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -162,6 +163,7 @@ class _EagerRNN(torch.autograd.Function):
         return y, h_n
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y, grad_hn):
         x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
         record = ctx.on_grad_norms is not None
