@@ -135,5 +135,5 @@ def plot(curves: Curves, path: str) -> None:
     fig.suptitle("Vanishing and exploding gradients: an RNN over T steps is a T-layer network "
                  "with tied weights", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
