@@ -17,6 +17,7 @@ SHAPES = [
     (4, 7, 33, 33),
     (3, 13, 6, 129),
     (2, 7, 3, 385),  # more than one k block of the recurrent kernel
+    (12, 11, 4, 150),  # enough work to split the time loop by rows over threads
 ]
 
 F64_TOL = 1e-10

@@ -63,19 +63,25 @@ CASES = [
     dict(layers=2, bidirectional=True, nonlinearity="tanh", packed=False, batch_first=True),
     dict(layers=2, bidirectional=True, nonlinearity="relu", packed=True, batch_first=False),
     dict(layers=3, bidirectional=False, nonlinearity="tanh", packed=True, batch_first=True),
+    # large enough for the kernel to split the time loop by rows over threads
+    dict(layers=1, bidirectional=True, nonlinearity="tanh", packed=True, batch_first=False,
+         size=(12, 11, 4, 160)),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_recorded_norms_equal_autograd_on_unrolled_network(case):
     torch.manual_seed(0)
-    T, B, I, H = 6, 4, 3, 5
+    T, B, I, H = case.get("size", (6, 4, 3, 5))
     module = rnnkern.RNN(I, H, num_layers=case["layers"], bidirectional=case["bidirectional"],
                          nonlinearity=case["nonlinearity"], batch_first=case["batch_first"],
                          dtype=torch.float64)
     D = 2 if case["bidirectional"] else 1
     x = torch.randn(T, B, I, dtype=torch.float64)  # time-major, caller order
-    lengths = torch.tensor([4, 6, 1, 5]) if case["packed"] else torch.full((B,), T)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(1))
+    lengths[1] = T
+    if not case["packed"]:
+        lengths = torch.full((B,), T)
     hx = torch.randn(case["layers"] * D, B, H, dtype=torch.float64)
 
     if case["packed"]:

@@ -65,6 +65,19 @@ inline void for_each_step(const Problem& p, bool forward_order, F&& visit) {
   }
 }
 
+// Rows never interact: row b at step t depends only on row b at the neighbouring step. So
+// the time loop runs on row ranges [begin, end), one per thread (K::for_row_ranges), and
+// every per-step operation is clipped to the range: visit(a, b) for [lo, hi) ∩ [begin, end).
+struct RowRange {
+  int64_t begin, end;
+  template <typename F>
+  void clip(int64_t lo, int64_t hi, F&& visit) const {
+    lo = lo > begin ? lo : begin;
+    hi = hi < end ? hi : end;
+    if (hi > lo) visit(lo, hi);
+  }
+};
+
 template <typename T, typename K>
 int64_t forward_workspace_size(const Problem& p, const K&) {
   return K::packed_size(p.hidden_size);
@@ -89,22 +102,26 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
   k.broadcast_bias(N, H, b_ih, b_hh, y);
   k.gemm(false, true, N, H, I, T(1), x, I, w_ih, I, T(1), y, H);
 
-  int64_t prev_off = -1;  // row offset of the previously processed step
-  for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
-    T* c = y + off * H;
-    if (!p.reverse) {
-      const T* a = prev_off < 0 ? h0 : y + prev_off * H;
-      k.step(Epilogue::kForward, p.act, n, H, a, packed, c, nullptr, nullptr);
-    } else {
-      // Rows [0, m) continue from step t+1; rows [m, n) start here from h0.
-      const int64_t m = p.rows_at(t + 1);
-      if (m > 0)
-        k.step(Epilogue::kForward, p.act, m, H, y + prev_off * H, packed, c, nullptr, nullptr);
-      if (n > m)
-        k.step(Epilogue::kForward, p.act, n - m, H, h0 + m * H, packed, c + m * H, nullptr,
-               nullptr);
-    }
-    prev_off = off;
+  k.for_row_ranges(p, [&](RowRange rows) {
+    int64_t prev_off = -1;  // row offset of the previously processed step
+    for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
+      T* c = y + off * H;
+      auto forward_rows = [&](const T* h_prev) {  // rows whose previous state is h_prev[0]
+        return [&, h_prev](int64_t a, int64_t b) {
+          k.step(Epilogue::kForward, p.act, b - a, H, h_prev + a * H, packed, c + a * H,
+                 nullptr, nullptr);
+        };
+      };
+      if (!p.reverse) {
+        rows.clip(0, n, forward_rows(prev_off < 0 ? h0 : y + prev_off * H));
+      } else {
+        // Rows [0, m) continue from step t+1; rows [m, n) start here from h0.
+        const int64_t m = p.rows_at(t + 1);
+        if (prev_off >= 0) rows.clip(0, m, forward_rows(y + prev_off * H));
+        rows.clip(m, n, forward_rows(h0));
+      }
+      prev_off = off;
+    });
   });
 }
 
@@ -147,37 +164,43 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
       for (int64_t j = 0; j < H; ++j) delta[(off + b) * H + j] += grad_hn[b * H + j];
   };
 
-  int64_t prev_off = -1;  // offset of the step processed just before (later in time, forward)
-  for_each_step(p, false, [&](int64_t t, int64_t off, int64_t n) {
-    T* d = delta + off * H;
-    const T* h = y + off * H;
-    if (!p.reverse) {
-      // Rows [0, m) receive δ_{t+1} W_hh; rows [m, n) end here and receive grad_hn.
-      const int64_t m = p.rows_at(t + 1);
-      add_grad_hn(off, m, n);
-      if (m > 0)
-        k.step(kRecurrent, p.act, m, H, delta + prev_off * H, packed, d, h,
-               slots ? slots + off * slots_per_row : nullptr);
-      scale(off, m, n);
-    } else {
-      // Every row continues from step t-1, except at t = 0 where all rows end.
-      if (t == 0) {
-        add_grad_hn(off, 0, n);
-        scale(off, 0, n);
+  auto store_grad_h0 = [&](const T* d) {  // ∂L/∂h0 rows: d W_hh for rows that began from h0
+    return [&, d](int64_t a, int64_t b) {
+      k.step(Epilogue::kStore, p.act, b - a, H, d + a * H, packed, grad_h0 + a * H, nullptr,
+             nullptr);
+    };
+  };
+  k.for_row_ranges(p, [&](RowRange rows) {
+    int64_t prev_off = -1;  // the step processed just before (later in time, forward)
+    for_each_step(p, false, [&](int64_t t, int64_t off, int64_t n) {
+      T* d = delta + off * H;
+      const T* h = y + off * H;
+      auto recurrent = [&](int64_t a, int64_t b) {  // δ_t = (d + δ_prev W_hh) ⊙ φ'(h_t)
+        k.step(kRecurrent, p.act, b - a, H, delta + prev_off * H + a * H, packed, d + a * H,
+               h + a * H, slots ? slots + (off + a) * slots_per_row : nullptr);
+      };
+      auto ending = [&](int64_t a, int64_t b) {  // no recurrent gradient: grad_hn instead
+        add_grad_hn(off, a, b);
+        scale(off, a, b);
+      };
+      if (!p.reverse) {
+        // Rows [0, m) receive δ_{t+1} W_hh; rows [m, n) end here and receive grad_hn.
+        const int64_t m = p.rows_at(t + 1);
+        rows.clip(0, m, recurrent);
+        rows.clip(m, n, ending);
+        if (t == 0 && grad_h0) rows.clip(0, n, store_grad_h0(d));
       } else {
-        k.step(kRecurrent, p.act, n, H, delta + prev_off * H, packed, d, h,
-               slots ? slots + off * slots_per_row : nullptr);
+        // Every row continues from step t-1, except at t = 0 where all rows end.
+        if (t == 0)
+          rows.clip(0, n, ending);
+        else
+          rows.clip(0, n, recurrent);
+        // Rows [m, n) started at this step from h0.
+        if (grad_h0) rows.clip(p.rows_at(t + 1), n, store_grad_h0(d));
       }
-      // Rows [m, n) started at this step from h0.
-      const int64_t m = p.rows_at(t + 1);
-      if (n > m && grad_h0)
-        k.step(Epilogue::kStore, p.act, n - m, H, d + m * H, packed, grad_h0 + m * H, nullptr,
-               nullptr);
-    }
-    prev_off = off;
+      prev_off = off;
+    });
   });
-  if (!p.reverse && grad_h0)
-    k.step(Epilogue::kStore, p.act, B, H, delta, packed, grad_h0, nullptr, nullptr);
   if (slots) k.row_norms(N, H, slots, grad_norms);
 
   // Everything else: one pass over all N rows each.
@@ -198,7 +221,7 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
     }
   } else {
     T* h_prev = delta + N * H;
-    prev_off = -1;
+    int64_t prev_off = -1;
     for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
       const int64_t m = p.reverse ? p.rows_at(t + 1) : (prev_off < 0 ? 0 : n);
       if (m > 0) std::memcpy(h_prev + off * H, y + prev_off * H, sizeof(T) * m * H);

@@ -1,12 +1,22 @@
 #include "elman_cpu.h"
 
+#include <omp.h>
+
 #include <cstring>
+#include <vector>
 
 #include "blas.h"
 #include "recurrent.h"
 
 namespace rnnkern::cpu {
 namespace {
+
+// Splitting the time loop by rows pays from this many rows per thread and this much work, and
+// up to this hidden size; above it each thread streaming all of W_hh every step costs more
+// than sharing h between cores, and each step is split by columns instead (measured).
+constexpr int64_t kMinRowsPerThread = 4;
+constexpr int64_t kRowSplitMinWork = int64_t(1) << 20;
+constexpr int64_t kRowSplitMaxHidden = 384;
 
 // The primitives core/elman.h asks of a backend.
 template <typename T>
@@ -42,6 +52,36 @@ struct Backend {
     for (int64_t j = 0; j < H; ++j) y[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
     for (int64_t r = 1; r < rows; ++r) std::memcpy(y + r * H, y, sizeof(T) * H);
   }
+  // The time loop on row ranges, one per thread, with equal work (a packed sequence's rows
+  // are live for different numbers of steps). Rows never wait for each other, so there is
+  // no synchronisation between steps and h never moves between cores.
+  template <typename F>
+  void for_row_ranges(const Problem& p, F&& run) const {
+    const int64_t B = p.batch, H = p.hidden_size, N = p.total_rows();
+    const int threads = omp_get_max_threads();
+    if (threads < 2 || B < kMinRowsPerThread * 2 || N * H * H < kRowSplitMinWork ||
+        H > kRowSplitMaxHidden) {
+      run(RowRange{0, B});
+      return;
+    }
+    // length[b]: steps at which row b is live; split where the running sum crosses i·N/threads.
+    std::vector<int64_t> length(B, 0);
+    for (int64_t t = 0; t < p.steps; ++t) length[p.rows_at(t) - 1] += 1;
+    for (int64_t b = B - 2; b >= 0; --b) length[b] += length[b + 1];
+    std::vector<int64_t> bounds(threads + 1, B);
+    bounds[0] = 0;
+    int64_t done = 0, next = 1;
+    for (int64_t b = 0; b < B && next < threads; ++b) {
+      done += length[b];
+      if (done * threads >= next * N) bounds[next++] = b + 1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+      const int id = omp_get_thread_num();
+      if (id < threads && bounds[id] < bounds[id + 1]) run(RowRange{bounds[id], bounds[id + 1]});
+    }
+  }
+
   void column_sums(int64_t rows, int64_t H, const T* a, T* out) const {
     std::memset(out, 0, sizeof(T) * H);
     for (int64_t r = 0; r < rows; ++r)

@@ -187,7 +187,8 @@ void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_
   }
 }
 
-// Below this many multiply-adds per step, a second thread costs more than it saves.
+// Below this many multiply-adds per step, a second thread costs more than it saves. Inside a
+// parallel region (the time loop split by rows) a step always runs on its own thread.
 constexpr int64_t kParallelMinWork = int64_t(1) << 19;
 
 template <typename T, Epilogue E>
@@ -197,7 +198,7 @@ void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T*
   const int64_t n_panels = (H + L - 1) / L;
   const int64_t n_pairs = (n_panels + kPanelsPerTile - 1) / kPanelsPerTile;
   const int threads = omp_get_max_threads();
-  if (threads < 2 || n_pairs < 2 || rows * H * H < kParallelMinWork) {
+  if (threads < 2 || n_pairs < 2 || rows * H * H < kParallelMinWork || omp_in_parallel()) {
     panels<T, E>(act, rows, H, 0, n_panels, a, packed, c, h, d);
     return;
   }
