@@ -7,6 +7,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/blas.h"
@@ -200,9 +201,10 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *yp = data<T>(ya), *gy = data<T>(gya), *ghn = data<T>(ghna);
-  auto output = [](bool wanted, const std::vector<int64_t>& shape, T*& ptr) -> py::object {
+  // A fresh output array and its data pointer, or None when not wanted.
+  auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
     if (!wanted) return py::none();
-    py::array_t<T> a(shape);
+    py::array_t<std::remove_reference_t<decltype(*ptr)>> a(shape);
     ptr = a.mutable_data();
     return std::move(a);
   };
@@ -211,12 +213,7 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   py::object gwi = output(want.w_ih, {H, I}, gwip), gwh = output(want.w_hh, {H, H}, gwhp);
   py::object gb = output(want.bias, {H}, gbp);
   double* normsp = nullptr;
-  py::object norms = py::none();
-  if (want.grad_norms) {
-    py::array_t<double> a(std::vector<int64_t>{p.total_rows()});
-    normsp = a.mutable_data();
-    norms = std::move(a);
-  }
+  py::object norms = output(want.grad_norms, {p.total_rows()}, normsp);
   T* ws = workspace<T>(rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
   {
     py::gil_scoped_release release;

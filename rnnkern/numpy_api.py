@@ -5,7 +5,7 @@ No torch needed. See DESIGN.md section 1 for the math and the packed layout.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 

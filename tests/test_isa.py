@@ -14,18 +14,28 @@ HERE = Path(__file__).parent
 ORDER = ["generic", "avx2", "avx512"]
 
 
+def run_kernel_suites(**env):
+    """The NumPy-level and gradient-flow suites in a fresh process with these variables."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(HERE / "test_numpy_api.py"), str(HERE / "test_diagnostics.py")],
+        cwd=HERE, env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout
+
+
 @pytest.mark.parametrize("isa", ORDER)
 def test_kernel_variant_passes_kernel_suites(isa):
     best = rnnkern.isa()
     if ORDER.index(isa) > ORDER.index(best):
         pytest.skip(f"this CPU runs {best} at best")
-    env = dict(os.environ, RNNKERN_ISA=isa)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(HERE / "test_numpy_api.py"), str(HERE / "test_diagnostics.py")],
-        cwd=HERE, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout
+    run_kernel_suites(RNNKERN_ISA=isa)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_kernel_suites_with_other_thread_counts(threads):
+    # One thread: no split at all. Three on two cores: uneven row ranges and panel shares.
+    run_kernel_suites(OMP_NUM_THREADS=threads)
 
 
 def test_unknown_isa_is_rejected(tmp_path):

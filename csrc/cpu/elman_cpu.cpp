@@ -77,8 +77,9 @@ struct Backend {
     }
 #pragma omp parallel num_threads(threads)
     {
-      const int id = omp_get_thread_num();
-      if (id < threads && bounds[id] < bounds[id + 1]) run(RowRange{bounds[id], bounds[id + 1]});
+      // The runtime may give a smaller team than asked for: every range must still run.
+      for (int r = omp_get_thread_num(); r < threads; r += omp_get_num_threads())
+        if (bounds[r] < bounds[r + 1]) run(RowRange{bounds[r], bounds[r + 1]});
     }
   }
 
