@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/block_pool.h"
 #include "cpu/elman_cpu.h"
 
 namespace py = pybind11;
@@ -41,6 +42,19 @@ py::array as_array(const char* name, const py::object& obj) {
   return py::reinterpret_borrow<py::array>(obj);
 }
 
+// A new C-contiguous array; large ones live in the block pool and go back to it when freed.
+template <typename T>
+py::array_t<T> new_array(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  const std::size_t bytes = std::size_t(n) * sizeof(T);
+  if (bytes < rnnkern::cpu::kPoolMinBytes) return py::array_t<T>(shape);
+  void* block = rnnkern::cpu::pool_allocate(bytes);
+  if (!block) throw std::bad_alloc();
+  py::capsule owner(block, [](void* b) { rnnkern::cpu::pool_release(b); });
+  return py::array_t<T>(shape, static_cast<T*>(block), owner);
+}
+
 // The argument checked for dtype and shape, then made C-contiguous (a copy only if it is
 // not already). An absent optional argument stays None.
 template <typename T>
@@ -55,7 +69,11 @@ py::object checked(const char* name, const py::object& obj, const std::vector<in
   if (shape_of(a) != shape)
     throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " +
                           shape_str(shape_of(a)));
-  return py::array::ensure(a, py::array::c_style);
+  if (a.flags() & py::array::c_style) return a;
+  py::array_t<T> copy = new_array<T>(shape);
+  static const auto* copyto = new py::object(py::module_::import("numpy").attr("copyto"));
+  (*copyto)(copy, a);
+  return std::move(copy);
 }
 
 template <typename T>
@@ -173,7 +191,7 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   const py::object bha = checked<T>("b_hh", b_hh, {H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *bi = data<T>(bia), *bh = data<T>(bha);
-  py::array_t<T> y(output_shape(x, p));
+  py::array_t<T> y = new_array<T>(output_shape(x, p));
   T* yp = y.mutable_data();
   T* ws = workspace<T>(rnnkern::cpu::forward_workspace_size<T>(p));
   {
@@ -204,7 +222,7 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   // A fresh output array and its data pointer, or None when not wanted.
   auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
     if (!wanted) return py::none();
-    py::array_t<std::remove_reference_t<decltype(*ptr)>> a(shape);
+    auto a = new_array<std::remove_reference_t<decltype(*ptr)>>(shape);
     ptr = a.mutable_data();
     return std::move(a);
   };
@@ -271,6 +289,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("need_bias") = true, py::arg("grad_norms") = false,
         "Gradients (x, h0, w_ih, w_hh, bias), None where not needed, and the (N,) float64 "
         "norms of the whole gradient reaching each row's h_t (None unless grad_norms).");
+  m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },
+        "Frees the output buffers kept for reuse; returns the number of bytes freed.");
+  m.def("cached_bytes", [] { return rnnkern::cpu::pool_cached_bytes(); },
+        "Bytes of freed output buffers kept for reuse.");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
 }

@@ -12,7 +12,7 @@ from .numpy_api import Gradients, backward, forward
 
 __version__ = "0.1.0"
 __all__ = ["RNN", "Gradients", "forward", "backward", "functional", "reference", "diagnostics",
-           "isa"]
+           "isa", "empty_cache"]
 
 _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics")
 
@@ -20,6 +20,16 @@ _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics")
 def isa() -> str:
     """Instruction set of the recurrent kernels in use: "avx512", "avx2" or "generic"."""
     return _core.isa()
+
+
+def empty_cache() -> int:
+    """Frees the large output buffers that rnnkern keeps for reuse; returns the bytes freed.
+
+    Outputs of 64 KiB and more come from a cache of blocks (at most 512 MiB of freed ones),
+    so a training loop gets the same memory back at every step instead of page-faulting fresh
+    memory in. Like ``torch.cuda.empty_cache``, this gives the freed blocks back to the system.
+    """
+    return _core.empty_cache()
 
 
 def __getattr__(name):

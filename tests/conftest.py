@@ -18,6 +18,7 @@ SHAPES = [
     (3, 13, 6, 129),
     (2, 7, 3, 385),  # more than one k block of the recurrent kernel
     (12, 11, 4, 150),  # enough work to split the time loop by rows over threads
+    (70, 20, 3, 40),  # ∂W_hh summed over 1400 rows: the GEMM is split along k over threads
 ]
 
 F64_TOL = 1e-10

@@ -122,6 +122,24 @@ def test_strided_inputs_give_the_same_result():
         np.testing.assert_array_equal(a, b)
 
 
+def test_large_outputs_are_separate_and_reused_after_release():
+    p, _, _ = make_problem(50, 8, 16, 64)  # y: 204,800 bytes, from the block cache
+    rnnkern.empty_cache()
+    y1 = rnnkern.forward(*p.values())
+    expected, block = y1.copy(), y1.ctypes.data
+    del y1
+    y2 = rnnkern.forward(*p.values())
+    assert y2.ctypes.data == block  # the released block, handed out again
+    np.testing.assert_array_equal(y2, expected)
+    y3 = rnnkern.forward(*p.values())
+    assert y3.ctypes.data != block
+    y3[...] = 0
+    np.testing.assert_array_equal(y2, expected)
+    del y2, y3
+    assert rnnkern.empty_cache() >= 2 * expected.nbytes
+    assert rnnkern.empty_cache() == 0
+
+
 def test_inputs_are_not_modified():
     p, bs, grads = make_problem(4, 3, 5, 7, packed=True)
     before = {n: a.copy() for n, a in p.items()}

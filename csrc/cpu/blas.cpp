@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <memory>
+
 namespace rnnkern::cpu {
 namespace {
 
@@ -26,6 +28,45 @@ constexpr int64_t kSplitAlign = 16;
 
 }  // namespace
 
+// C = alpha · op(A) · op(B) + beta · C with k much larger than m and n (a weight gradient,
+// summed over all rows): each thread takes a slice of k, so each reads only its share of A
+// and B; the partial products are then added up.
+template <typename T>
+void gemm_split_k(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
+                  const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  thread_local std::unique_ptr<T[]> scratch;
+  thread_local int64_t capacity = 0;
+  const int64_t needed = (threads - 1) * m * n;
+  if (needed > capacity) {
+    scratch.reset(new T[needed]);
+    capacity = needed;
+  }
+  T* partial = scratch.get();
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = k * id / nt, end = k * (id + 1) / nt;
+    // Thread 0 writes C itself; thread i > 0 its own m × n block of partial.
+    T* out = id == 0 ? c : partial + (id - 1) * m * n;
+    const int64_t ldo = id == 0 ? ldc : n;
+    const T* a_k = ta ? a + begin * lda : a + begin;
+    const T* b_k = tb ? b + begin : b + begin * ldb;
+    if (end > begin)
+      call(ta, tb, m, n, end - begin, alpha, a_k, lda, b_k, ldb, id == 0 ? beta : T(0), out, ldo);
+    else if (id > 0)
+      for (int64_t i = 0; i < m * n; ++i) out[i] = T(0);
+#pragma omp barrier
+    // Rows of C split over the team: add every partial block.
+    const int64_t r0 = m * id / nt, r1 = m * (id + 1) / nt;
+    for (int64_t j = 1; j < nt; ++j)
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* src = partial + (j - 1) * m * n + i * n;
+        T* dst = c + i * ldc;
+        for (int64_t q = 0; q < n; ++q) dst[q] += src[q];
+      }
+  }
+}
+
 // OpenBLAS runs single-threaded: its own pool would spin against the OpenMP threads of the
 // recurrent loop (and of torch) on the same cores. Large GEMMs are split over OpenMP instead,
 // by rows of C when it is tall and by columns when it is wide.
@@ -43,6 +84,10 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
   const int threads = omp_get_max_threads();
   if (threads < 2 || m * n * k < kParallelMinWork) {
     call(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  if (m <= 256 && n <= 256 && k >= 8 * (m > n ? m : n)) {
+    gemm_split_k(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   const bool by_rows = m >= n;

@@ -167,20 +167,24 @@ void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_
     for (int64_t k0 = 0; k0 < H; k0 += kBlock) {
       const int64_t k1 = H - k0 > kBlock ? k0 + kBlock : H;
       const KBlock kb{k0, k1, k0 == 0, k1 == H};
-      for (int64_t r = 0; r < rows; r += MR) {
+      // ceil(rows / MR) tiles of nearly equal height: a short tile has too few
+      // accumulators to keep the FMA units busy.
+      const int64_t tiles = (rows + MR - 1) / MR;
+      for (int64_t i = 0; i < tiles; ++i) {
+        const int64_t r = rows * i / tiles, height = rows * (i + 1) / tiles - r;
         const T* hr = h ? h + r * H : nullptr;
         T* dr = d ? d + r * norm_slots<T>(H) : nullptr;
         const T* ar = a + r * H;
         T* cr = c + r * H;
-        if (r + MR <= rows) {
+        if (height == MR) {
           if (full)
             tile<T, E, MR, kPanelsPerTile>(act, H, p, kb, ar, packed, cr, hr, dr);
           else
             tile<T, E, MR, 1>(act, H, p, kb, ar, packed, cr, hr, dr);
         } else if (full) {
-          row_tail<T, E, kPanelsPerTile>(int(rows - r), act, H, p, kb, ar, packed, cr, hr, dr);
+          row_tail<T, E, kPanelsPerTile>(int(height), act, H, p, kb, ar, packed, cr, hr, dr);
         } else {
-          row_tail<T, E, 1>(int(rows - r), act, H, p, kb, ar, packed, cr, hr, dr);
+          row_tail<T, E, 1>(int(height), act, H, p, kb, ar, packed, cr, hr, dr);
         }
       }
     }
