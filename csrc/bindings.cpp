@@ -55,12 +55,10 @@ py::array_t<T> new_array(const std::vector<int64_t>& shape) {
   return py::array_t<T>(shape, static_cast<T*>(block), owner);
 }
 
-// The argument checked for dtype and shape, then made C-contiguous (a copy only if it is
-// not already). An absent optional argument stays None.
+// The argument as an ndarray of dtype T and this shape, or an error naming it.
 template <typename T>
-py::object checked(const char* name, const py::object& obj, const std::vector<int64_t>& shape,
-                  bool optional = false) {
-  if (optional && obj.is_none()) return py::none();
+py::array checked_array(const char* name, const py::object& obj,
+                        const std::vector<int64_t>& shape) {
   const py::array a = as_array(name, obj);
   if (!a.dtype().is(py::dtype::of<T>()))
     throw py::type_error(std::string(name) + " must have dtype " +
@@ -69,11 +67,42 @@ py::object checked(const char* name, const py::object& obj, const std::vector<in
   if (shape_of(a) != shape)
     throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " +
                           shape_str(shape_of(a)));
+  return a;
+}
+
+// The argument checked for dtype and shape, then made C-contiguous (a copy only if it is
+// not already). An absent optional argument stays None.
+template <typename T>
+py::object checked(const char* name, const py::object& obj, const std::vector<int64_t>& shape,
+                  bool optional = false) {
+  if (optional && obj.is_none()) return py::none();
+  const py::array a = checked_array<T>(name, obj, shape);
   if (a.flags() & py::array::c_style) return a;
   py::array_t<T> copy = new_array<T>(shape);
   static const auto* copyto = new py::object(py::module_::import("numpy").attr("copyto"));
   (*copyto)(copy, a);
   return std::move(copy);
+}
+
+// a (N rows of H, or (T, B, H)) as rnnkern::Rows without a copy when its strides allow
+// (contiguous rows, or a broadcast such as the gradient of y.sum()); false otherwise.
+template <typename T>
+bool as_rows(const py::array& a, rnnkern::Rows<T>& rows) {
+  for (py::ssize_t i = 0; i < a.ndim(); ++i)
+    if (a.strides(i) % py::ssize_t(sizeof(T))) return false;
+  auto stride = [&](py::ssize_t i) { return int64_t(a.strides(i)) / int64_t(sizeof(T)); };
+  const int64_t col = stride(a.ndim() - 1);
+  int64_t row = stride(0);
+  if (a.ndim() == 3) {  // rows t·B + b: one stride only if step t's rows follow step t-1's
+    if (a.shape(0) == 1 || a.shape(1) == 1)
+      row = a.shape(1) == 1 ? stride(0) : stride(1);
+    else if (stride(0) == a.shape(1) * stride(1))
+      row = stride(1);
+    else
+      return false;
+  }
+  rows = rnnkern::Rows<T>{static_cast<const T*>(a.data()), row, col};
+  return true;
 }
 
 template <typename T>
@@ -215,10 +244,17 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   const auto ys = output_shape(x, p);
   const py::object xa = checked<T>("x", x, shape_of(x)), h0a = checked<T>("h0", h0, {B, H});
   const py::object wia = checked<T>("w_ih", w_ih, {H, I}), wha = checked<T>("w_hh", w_hh, {H, H});
-  const py::object ya = checked<T>("y", y, ys), gya = checked<T>("grad_y", grad_y, ys);
+  const py::object ya = checked<T>("y", y, ys);
+  // grad_y is read where it is when its strides allow (the core reads it once, row by row).
+  py::object gya = checked_array<T>("grad_y", grad_y, ys);
+  rnnkern::Rows<T> gy;
+  if (!as_rows(py::reinterpret_borrow<py::array>(gya), gy)) {
+    gya = checked<T>("grad_y", gya, ys);
+    gy = rnnkern::Rows<T>{data<T>(gya), H, 1};
+  }
   const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
-  const T *yp = data<T>(ya), *gy = data<T>(gya), *ghn = data<T>(ghna);
+  const T *yp = data<T>(ya), *ghn = data<T>(ghna);
   // A fresh output array and its data pointer, or None when not wanted.
   auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
     if (!wanted) return py::none();

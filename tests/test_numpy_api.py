@@ -122,6 +122,27 @@ def test_strided_inputs_give_the_same_result():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_grad_y_with_other_strides_gives_the_same_gradients(packed):
+    p, bs, grads = make_problem(6, 4, 3, 20, packed=packed)
+    y = rnnkern.forward(*p.values(), batch_sizes=bs)
+    rng = np.random.default_rng(1)
+    row = rng.standard_normal(20)
+    wide = rng.standard_normal(y.shape[:-1] + (40,))
+    views = [np.broadcast_to(np.float64(0.5), y.shape),  # the gradient of 0.5 * y.sum()
+             np.broadcast_to(row, y.shape),  # one row for all
+             wide[..., ::2],  # every other column
+             wide[::-1, ..., 1::2],  # rows in reverse order
+             np.asfortranarray(wide[..., :20])]
+    for view in views:
+        assert not view.flags.c_contiguous
+        g = rnnkern.backward(p["x"], p["h0"], p["w_ih"], p["w_hh"], y, view, batch_sizes=bs)
+        g_copy = rnnkern.backward(p["x"], p["h0"], p["w_ih"], p["w_hh"], y,
+                                  np.ascontiguousarray(view), batch_sizes=bs)
+        for a, b in zip(g, g_copy):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_large_outputs_are_separate_and_reused_after_release():
     p, _, _ = make_problem(50, 8, 16, 64)  # y: 204,800 bytes, from the block cache
     rnnkern.empty_cache()

@@ -78,6 +78,15 @@ struct RowRange {
   }
 };
 
+// N rows of H values, element (r, j) at data[r · row_stride + j · col_stride]: C-contiguous
+// rows are {data, H, 1}; a value broadcast to every element (∂L/∂y of L = y.sum()) is
+// {data, 0, 0}. data == nullptr means all zeros.
+template <typename T>
+struct Rows {
+  const T* data = nullptr;
+  int64_t row_stride = 0, col_stride = 1;
+};
+
 template <typename T, typename K>
 int64_t forward_workspace_size(const Problem& p, const K&) {
   return K::packed_size(p.hidden_size);
@@ -127,14 +136,14 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 
 // Gradients of L with respect to x, h0, W_ih, W_hh and the bias (one array: ∂b_ih = ∂b_hh).
 // Each of the five outputs may be nullptr: that gradient is not computed.
-// grad_y may be nullptr (zero); grad_hn may be nullptr (zero).
+// grad_y's data may be nullptr (zero); grad_hn may be nullptr (zero).
 // grad_hn row b belongs to the step at which sequence b ends (its last step forward, step 0 in
 // reverse). grad_norms, if not nullptr, receives ‖d_t‖₂ for each of the N rows, where
 // d_t = ∂L/∂y_t + the recurrent gradient is the whole gradient that reaches h_t; it is
 // summed up in the same pass.
 template <typename T, typename K>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-              const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
+              const T* y, Rows<T> grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
               T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace, K& k) {
   const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows(), B = p.batch;
   T* packed = workspace;
@@ -152,11 +161,22 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
     k.scale_by_derivative(p.act, end - begin, H, d, y + (off + begin) * H);
   };
 
-  // δ starts as ∂L/∂y; each step then adds the recurrent gradient and applies φ'(h).
-  if (grad_y)
-    std::memcpy(delta, grad_y, sizeof(T) * N * H);
-  else
-    std::memset(delta, 0, sizeof(T) * N * H);
+  // δ starts as ∂L/∂y, copied in step by step just before use (still in cache when the step
+  // reads it); each step then adds the recurrent gradient and applies φ'(h).
+  auto load_grad_y = [&](int64_t off) {
+    return [&, off](int64_t a, int64_t b) {
+      T* d = delta + (off + a) * H;
+      const T* g = grad_y.data + (off + a) * grad_y.row_stride;
+      if (!grad_y.data) {
+        std::memset(d, 0, sizeof(T) * (b - a) * H);
+      } else if (grad_y.col_stride == 1 && grad_y.row_stride == H) {
+        std::memcpy(d, g, sizeof(T) * (b - a) * H);
+      } else {
+        for (int64_t r = 0; r < b - a; ++r, d += H, g += grad_y.row_stride)
+          for (int64_t j = 0; j < H; ++j) d[j] = g[j * grad_y.col_stride];
+      }
+    };
+  };
 
   auto add_grad_hn = [&](int64_t off, int64_t begin, int64_t end) {
     if (!grad_hn) return;
@@ -183,6 +203,7 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
         add_grad_hn(off, a, b);
         scale(off, a, b);
       };
+      rows.clip(0, n, load_grad_y(off));
       if (!p.reverse) {
         // Rows [0, m) receive δ_{t+1} W_hh; rows [m, n) end here and receive grad_hn.
         const int64_t m = p.rows_at(t + 1);

@@ -17,6 +17,8 @@ namespace {
 constexpr int64_t kMinRowsPerThread = 4;
 constexpr int64_t kRowSplitMinWork = int64_t(1) << 20;
 constexpr int64_t kRowSplitMaxHidden = 384;
+// Column sums read this many elements before a second thread helps.
+constexpr int64_t kParallelSumMin = int64_t(1) << 16;
 
 // The primitives core/elman.h asks of a backend.
 template <typename T>
@@ -83,10 +85,23 @@ struct Backend {
     }
   }
 
+  // Over threads by blocks of rows when there is enough to read; the partial sums are added
+  // in thread order, so the result does not depend on timing.
   void column_sums(int64_t rows, int64_t H, const T* a, T* out) const {
-    std::memset(out, 0, sizeof(T) * H);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < H; ++j) out[j] += a[r * H + j];
+    const int threads = omp_get_max_threads();
+    if (threads < 2 || rows * H < kParallelSumMin) {
+      kernels.column_sums(rows, H, a, out);
+      return;
+    }
+    std::vector<T> partial(size_t(threads - 1) * size_t(H), T(0));
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t begin = rows * id / nt, end = rows * (id + 1) / nt;
+      kernels.column_sums(end - begin, H, a + begin * H, id == 0 ? out : &partial[(id - 1) * H]);
+    }
+    for (int t = 0; t < threads - 1; ++t)
+      for (int64_t j = 0; j < H; ++j) out[j] += partial[t * H + j];
   }
 };
 
@@ -111,7 +126,7 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 
 template <typename T>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-              const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
+              const T* y, Rows<T> grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
               T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace) {
   Backend<T> k;
   rnnkern::backward<T>(p, x, h0, w_ih, w_hh, y, grad_y, grad_hn, grad_x, grad_h0, grad_w_ih,
@@ -126,7 +141,7 @@ const char* isa() { return recurrent_kernels<float>().isa; }
   template void forward<T>(const Problem&, const T*, const T*, const T*, const T*, const T*, \
                            const T*, T*, T*);                                                \
   template void backward<T>(const Problem&, const T*, const T*, const T*, const T*,          \
-                            const T*, const T*, const T*, T*, T*, T*, T*, T*, double*, T*);
+                            const T*, Rows<T>, const T*, T*, T*, T*, T*, T*, double*, T*);
 RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)
 #undef RNNKERN_INSTANTIATE

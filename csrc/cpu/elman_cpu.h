@@ -19,7 +19,7 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 
 template <typename T>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-              const T* y, const T* grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
+              const T* y, Rows<T> grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
               T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace);
 
 // The instruction set of the recurrent kernels in use: "avx512", "avx2" or "generic".

@@ -43,6 +43,8 @@ struct RecurrentKernels {
   void (*row_square_sums)(int64_t rows, int64_t H, const T* d, T* slots);
   // out[r] = the square root of the sum of row r's slots (the first ceil(H / lanes)).
   void (*row_norms)(int64_t rows, int64_t H, const T* slots, double* out);
+  // out (H) = the sum of the rows of a (rows × H).
+  void (*column_sums)(int64_t rows, int64_t H, const T* a, T* out);
 };
 
 #define RNNKERN_DECLARE_ISA(name)           \
