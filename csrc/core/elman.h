@@ -96,7 +96,8 @@ template <typename T, typename K>
 int64_t backward_workspace_size(const Problem& p, const K&, bool record_norms) {
   const int64_t nh = p.total_rows() * p.hidden_size;
   const int64_t slots = record_norms ? p.total_rows() * K::norm_slots(p.hidden_size) : 0;
-  return K::packed_size(p.hidden_size) + nh + (p.uniform() ? 0 : nh) + slots;
+  return K::packed_size(p.hidden_size) + nh + (p.uniform() ? 0 : nh) + slots +
+         p.batch * p.hidden_size;
 }
 
 // y (N, H) = the hidden state of every row at every step.
@@ -150,6 +151,8 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
   T* delta = packed + K::packed_size(H);
   // Partial sums of d_t² per row, norm_slots(H) of them.
   T* slots = grad_norms ? delta + N * H * (p.uniform() ? 1 : 2) : nullptr;
+  // Σ_t δ_t per batch row, summed while δ_t is still in cache; ∂b is their sum.
+  T* bias_rows = delta + N * H * (p.uniform() ? 1 : 2) + (slots ? N * K::norm_slots(H) : 0);
   const int64_t slots_per_row = K::norm_slots(H);
   k.pack(w_hh, H, /*transpose=*/false, packed);
   const Epilogue kRecurrent = slots ? Epilogue::kBackwardRecord : Epilogue::kBackward;
@@ -191,6 +194,8 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
     };
   };
   k.for_row_ranges(p, [&](RowRange rows) {
+    if (grad_b)
+      std::memset(bias_rows + rows.begin * H, 0, sizeof(T) * (rows.end - rows.begin) * H);
     int64_t prev_off = -1;  // the step processed just before (later in time, forward)
     for_each_step(p, false, [&](int64_t t, int64_t off, int64_t n) {
       T* d = delta + off * H;
@@ -219,13 +224,17 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
         // Rows [m, n) started at this step from h0.
         if (grad_h0) rows.clip(p.rows_at(t + 1), n, store_grad_h0(d));
       }
+      if (grad_b)
+        rows.clip(0, n, [&](int64_t a, int64_t b) {
+          k.accumulate((b - a) * H, d + a * H, bias_rows + a * H);
+        });
       prev_off = off;
     });
   });
   if (slots) k.row_norms(N, H, slots, grad_norms);
 
   // Everything else: one pass over all N rows each.
-  if (grad_b) k.column_sums(N, H, delta, grad_b);
+  if (grad_b) k.column_sums(B, H, bias_rows, grad_b);
   if (grad_w_ih) k.gemm(true, false, H, I, N, T(1), delta, H, x, I, T(0), grad_w_ih, I);
   if (grad_x) k.gemm(false, false, N, I, H, T(1), delta, H, w_ih, I, T(0), grad_x, I);
   if (!grad_w_hh) return;

@@ -17,8 +17,6 @@ namespace {
 constexpr int64_t kMinRowsPerThread = 4;
 constexpr int64_t kRowSplitMinWork = int64_t(1) << 20;
 constexpr int64_t kRowSplitMaxHidden = 384;
-// Column sums read this many elements before a second thread helps.
-constexpr int64_t kParallelSumMin = int64_t(1) << 16;
 
 // The primitives core/elman.h asks of a backend.
 template <typename T>
@@ -85,24 +83,11 @@ struct Backend {
     }
   }
 
-  // Over threads by blocks of rows when there is enough to read; the partial sums are added
-  // in thread order, so the result does not depend on timing.
   void column_sums(int64_t rows, int64_t H, const T* a, T* out) const {
-    const int threads = omp_get_max_threads();
-    if (threads < 2 || rows * H < kParallelSumMin) {
-      kernels.column_sums(rows, H, a, out);
-      return;
-    }
-    std::vector<T> partial(size_t(threads - 1) * size_t(H), T(0));
-#pragma omp parallel num_threads(threads)
-    {
-      const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t begin = rows * id / nt, end = rows * (id + 1) / nt;
-      kernels.column_sums(end - begin, H, a + begin * H, id == 0 ? out : &partial[(id - 1) * H]);
-    }
-    for (int t = 0; t < threads - 1; ++t)
-      for (int64_t j = 0; j < H; ++j) out[j] += partial[t * H + j];
+    std::memset(out, 0, sizeof(T) * H);
+    for (int64_t r = 0; r < rows; ++r) kernels.accumulate(H, a + r * H, out);
   }
+  void accumulate(int64_t n, const T* src, T* dst) const { kernels.accumulate(n, src, dst); }
 };
 
 }  // namespace

@@ -43,8 +43,8 @@ struct RecurrentKernels {
   void (*row_square_sums)(int64_t rows, int64_t H, const T* d, T* slots);
   // out[r] = the square root of the sum of row r's slots (the first ceil(H / lanes)).
   void (*row_norms)(int64_t rows, int64_t H, const T* slots, double* out);
-  // out (H) = the sum of the rows of a (rows × H).
-  void (*column_sums)(int64_t rows, int64_t H, const T* a, T* out);
+  // dst[i] += src[i] for i < n.
+  void (*accumulate)(int64_t n, const T* src, T* dst);
 };
 
 #define RNNKERN_DECLARE_ISA(name)           \

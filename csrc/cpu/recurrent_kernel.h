@@ -277,22 +277,18 @@ void row_norms(int64_t rows, int64_t H, const T* slots, double* out) {
 }
 
 template <typename T>
-void column_sums(int64_t rows, int64_t H, const T* a, T* out) {
+void accumulate(int64_t n, const T* src, T* dst) {
   constexpr int64_t L = Vec<T>::lanes;
-  for (int64_t j = 0; j < H; ++j) out[j] = T(0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* row = a + r * H;
-    int64_t j = 0;
-    for (; j + L <= H; j += L) store(out + j, load(out + j) + load(row + j));
-    for (; j < H; ++j) out[j] += row[j];
-  }
+  int64_t i = 0;
+  for (; i + L <= n; i += L) store(dst + i, load(dst + i) + load(src + i));
+  for (; i < n; ++i) dst[i] += src[i];
 }
 
 template <typename T>
 RecurrentKernels<T> make(const char* name) {
   return RecurrentKernels<T>{name,          &pack<T>,           &step<T>,
                             &scale_by_derivative<T>, &row_square_sums<T>, &row_norms<T>,
-                            &column_sums<T>};
+                            &accumulate<T>};
 }
 
 }  // namespace
