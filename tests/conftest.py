@@ -19,6 +19,10 @@ SHAPES = [
     (2, 7, 3, 385),  # more than one k block of the recurrent kernel
     (12, 11, 4, 150),  # enough work to split the time loop by rows over threads
     (70, 20, 3, 40),  # ∂W_hh summed over 1400 rows: the GEMM is split along k over threads
+    # Rows of 1 KiB (float64) and 5 KiB: the kernel reads a copy of h with padded rows, in a
+    # row-split time loop and in steps split by columns.
+    (8, 10, 3, 128),
+    (2, 3, 2, 640),
 ]
 
 F64_TOL = 1e-10

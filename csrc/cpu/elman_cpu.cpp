@@ -16,7 +16,7 @@ namespace {
 // than sharing h between cores, and each step is split by columns instead (measured).
 constexpr int64_t kMinRowsPerThread = 4;
 constexpr int64_t kRowSplitMinWork = int64_t(1) << 20;
-constexpr int64_t kRowSplitMaxHidden = 384;
+constexpr int64_t kRowSplitMaxHidden = 512;
 
 // The primitives core/elman.h asks of a backend.
 template <typename T>
