@@ -1,5 +1,6 @@
 // The recurrent kernels written once with GCC/Clang vector extensions. Each
-// recurrent_<isa>.cpp defines RNNKERN_ISA (its namespace) and RNNKERN_VECTOR_BYTES, then
+// recurrent_<isa>.cpp defines RNNKERN_ISA (its namespace), RNNKERN_VECTOR_BYTES and, where the
+// register file allows more than the default, the register tile (RNNKERN_TILE_*), then
 // includes this file, and is compiled with that instruction set's flags. Everything here
 // stays in that namespace and avoids inline library templates, so no code built for one
 // instruction set can be picked by the linker for another.
@@ -9,6 +10,18 @@
 #include <cstdint>
 
 #include "recurrent.h"
+
+// Register tile: rows × panels accumulators plus a panel load each and a broadcast must fit
+// in the vector registers (16 for AVX2 and SSE: 6 × 2).
+#ifndef RNNKERN_TILE_ROWS
+#define RNNKERN_TILE_ROWS 6
+#endif
+#ifndef RNNKERN_TILE_PANELS
+#define RNNKERN_TILE_PANELS 2
+#endif
+#ifndef RNNKERN_KBLOCK
+#define RNNKERN_KBLOCK 192
+#endif
 
 namespace rnnkern::cpu::RNNKERN_ISA {
 namespace {
@@ -137,23 +150,25 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, in
   }
 }
 
-constexpr int kRowsPerTile = 6;
-constexpr int kPanelsPerTile = 2;
+constexpr int kRowsPerTile = RNNKERN_TILE_ROWS;
+constexpr int kPanelsPerTile = RNNKERN_TILE_PANELS;
 // k block length: the panels' share of a block, kBlock · kPanelsPerTile vectors, stays in L1
 // while every row tile reads it.
-constexpr int64_t kBlock = 192;
+constexpr int64_t kBlock = RNNKERN_KBLOCK;
 
-template <typename T, Epilogue E, int NP>
-inline void row_tail(int rows, Activation act, int64_t H, int64_t p, KBlock kb, const T* a,
-                     int64_t lda, const T* packed, T* c, const T* h, T* d) {
-  switch (rows) {
-    case 1: tile<T, E, 1, NP>(act, H, p, kb, a, lda, packed, c, h, d); break;
-    case 2: tile<T, E, 2, NP>(act, H, p, kb, a, lda, packed, c, h, d); break;
-    case 3: tile<T, E, 3, NP>(act, H, p, kb, a, lda, packed, c, h, d); break;
-    case 4: tile<T, E, 4, NP>(act, H, p, kb, a, lda, packed, c, h, d); break;
-    case 5: tile<T, E, 5, NP>(act, H, p, kb, a, lda, packed, c, h, d); break;
-    default: break;
+// A tile of any height up to MR and any width up to NP panels.
+template <typename T, Epilogue E, int MR, int NP>
+inline void any_tile(int rows, int panels, Activation act, int64_t H, int64_t p, KBlock kb,
+                     const T* a, int64_t lda, const T* packed, T* c, const T* h, T* d) {
+  if constexpr (NP > 1) {
+    if (panels < NP)
+      return any_tile<T, E, MR, NP - 1>(rows, panels, act, H, p, kb, a, lda, packed, c, h, d);
   }
+  if constexpr (MR > 1) {
+    if (rows < MR)
+      return any_tile<T, E, MR - 1, NP>(rows, panels, act, H, p, kb, a, lda, packed, c, h, d);
+  }
+  tile<T, E, MR, NP>(act, H, p, kb, a, lda, packed, c, h, d);
 }
 
 // Panels [p_begin, p_end) for every row: panels outermost, then k blocks, then row tiles,
@@ -161,31 +176,24 @@ inline void row_tail(int rows, Activation act, int64_t H, int64_t p, KBlock kb, 
 template <typename T, Epilogue E>
 void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_end,
             const T* a, int64_t lda, const T* packed, T* c, const T* h, T* d) {
-  constexpr int MR = kRowsPerTile;
-  for (int64_t p = p_begin; p < p_end; p += kPanelsPerTile) {
-    const bool full = p + kPanelsPerTile <= p_end;
+  constexpr int MR = kRowsPerTile, NP = kPanelsPerTile;
+  // ceil(rows / MR) tiles of nearly equal height: a short tile has too few accumulators to
+  // keep the FMA units busy.
+  const int64_t tiles = (rows + MR - 1) / MR;
+  for (int64_t p = p_begin; p < p_end; p += NP) {
+    const int width = int(p_end - p < NP ? p_end - p : NP);
     for (int64_t k0 = 0; k0 < H; k0 += kBlock) {
       const int64_t k1 = H - k0 > kBlock ? k0 + kBlock : H;
       const KBlock kb{k0, k1, k0 == 0, k1 == H};
-      // ceil(rows / MR) tiles of nearly equal height: a short tile has too few
-      // accumulators to keep the FMA units busy.
-      const int64_t tiles = (rows + MR - 1) / MR;
       for (int64_t i = 0; i < tiles; ++i) {
         const int64_t r = rows * i / tiles, height = rows * (i + 1) / tiles - r;
         const T* hr = h ? h + r * H : nullptr;
         T* dr = d ? d + r * norm_slots<T>(H) : nullptr;
-        const T* ar = a + r * lda;
-        T* cr = c + r * H;
-        if (height == MR) {
-          if (full)
-            tile<T, E, MR, kPanelsPerTile>(act, H, p, kb, ar, lda, packed, cr, hr, dr);
-          else
-            tile<T, E, MR, 1>(act, H, p, kb, ar, lda, packed, cr, hr, dr);
-        } else if (full) {
-          row_tail<T, E, kPanelsPerTile>(int(height), act, H, p, kb, ar, lda, packed, cr, hr, dr);
-        } else {
-          row_tail<T, E, 1>(int(height), act, H, p, kb, ar, lda, packed, cr, hr, dr);
-        }
+        if (height == MR && width == NP)
+          tile<T, E, MR, NP>(act, H, p, kb, a + r * lda, lda, packed, c + r * H, hr, dr);
+        else
+          any_tile<T, E, MR, NP>(int(height), width, act, H, p, kb, a + r * lda, lda, packed,
+                                 c + r * H, hr, dr);
       }
     }
   }
