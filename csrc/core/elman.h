@@ -39,7 +39,8 @@ struct Problem {
 };
 
 // What the step kernel does with the accumulated product acc = A · packed:
-//   kForward:  C = φ(C + acc)             C holds x W_ihᵀ + b on entry, h_t on exit
+//   kForward:  C = φ(C + acc + b)         C holds x W_ihᵀ on entry, h_t on exit; b is the
+//                                         bias row (Hs argument; nullptr for none)
 //   kBackward: C = (C + acc) ⊙ φ'(Hs)     C holds ∂L/∂y_t on entry, δ_t on exit
 //   kBackwardRecord: as kBackward, and the sums of squares of C + acc (d_t, the whole gradient
 //                    reaching h_t) go to the backend's per-row norm slots D
@@ -89,7 +90,7 @@ struct Rows {
 
 template <typename T, typename K>
 int64_t forward_workspace_size(const Problem& p, const K&) {
-  return K::packed_size(p.hidden_size);
+  return K::packed_size(p.hidden_size) + p.hidden_size;
 }
 
 template <typename T, typename K>
@@ -107,10 +108,13 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
   const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows();
   T* packed = workspace;
   k.pack(w_hh, H, /*transpose=*/true, packed);
+  // b_ih + b_hh, added by the step's epilogue.
+  T* bias = b_ih || b_hh ? packed + K::packed_size(H) : nullptr;
+  if (bias)
+    for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
 
-  // The input projection for all N rows at once, bias included.
-  k.broadcast_bias(N, H, b_ih, b_hh, y);
-  k.gemm(false, true, N, H, I, T(1), x, I, w_ih, I, T(1), y, H);
+  // The input projection for all N rows at once.
+  k.gemm(false, true, N, H, I, T(1), x, I, w_ih, I, T(0), y, H);
 
   k.for_row_ranges(p, [&](RowRange rows) {
     int64_t prev_off = -1;  // row offset of the previously processed step
@@ -119,7 +123,7 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
       auto forward_rows = [&](const T* h_prev) {  // rows whose previous state is h_prev[0]
         return [&, h_prev](int64_t a, int64_t b) {
           k.step(Epilogue::kForward, p.act, b - a, H, h_prev + a * H, packed, c + a * H,
-                 nullptr, nullptr);
+                 bias, nullptr);
         };
       };
       if (!p.reverse) {
@@ -175,8 +179,16 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
       } else if (grad_y.col_stride == 1 && grad_y.row_stride == H) {
         std::memcpy(d, g, sizeof(T) * (b - a) * H);
       } else {
-        for (int64_t r = 0; r < b - a; ++r, d += H, g += grad_y.row_stride)
-          for (int64_t j = 0; j < H; ++j) d[j] = g[j * grad_y.col_stride];
+        const int64_t col = grad_y.col_stride;
+        for (int64_t r = 0; r < b - a; ++r, d += H, g += grad_y.row_stride) {
+          if (col == 1) {
+            std::memcpy(d, g, sizeof(T) * H);
+          } else if (col == 0) {
+            for (int64_t j = 0; j < H; ++j) d[j] = *g;
+          } else {
+            for (int64_t j = 0; j < H; ++j) d[j] = g[j * col];
+          }
+        }
       }
     };
   };

@@ -46,12 +46,6 @@ struct Backend {
             const T* b, int64_t ldb, T beta, T* c, int64_t ldc) const {
     cpu::gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
-  // Every row of y gets b_ih + b_hh (either may be absent).
-  void broadcast_bias(int64_t rows, int64_t H, const T* b_ih, const T* b_hh, T* y) const {
-    if (rows == 0) return;
-    for (int64_t j = 0; j < H; ++j) y[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-    for (int64_t r = 1; r < rows; ++r) std::memcpy(y + r * H, y, sizeof(T) * H);
-  }
   // The time loop on row ranges, one per thread, with equal work (a packed sequence's rows
   // are live for different numbers of steps). Rows never wait for each other, so there is
   // no synchronisation between steps and h never moves between cores.

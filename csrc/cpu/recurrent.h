@@ -2,9 +2,10 @@
 //
 // step() computes C (rows × H) from acc = A (rows × H) · Bm (H × H), where Bm was packed by
 // pack() from W_hh (Bm = W_hhᵀ for the forward pass, Bm = W_hh for the backward pass), and
-// applies the epilogue (core/elman.h) in the same pass; h is the epilogue's Hs, d the norm
-// slots of its first row (kBackwardRecord): d[r · norm_slots(H) + panel]. Packed layout: ceil(H / lanes) panels,
-// each H × lanes, panel p holding columns [p·lanes, (p+1)·lanes) of Bm, zero-padded.
+// applies the epilogue (core/elman.h) in the same pass; h is the epilogue's Hs (for kForward
+// the bias row, or nullptr), d the norm slots of its first row (kBackwardRecord):
+// d[r · norm_slots(H) + panel]. Packed layout: ceil(H / lanes) panels, each H × lanes,
+// panel p holding columns [p·lanes, (p+1)·lanes) of Bm, zero-padded.
 #pragma once
 
 #include <cstdint>

@@ -127,13 +127,16 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, in
       V out = acc[r][q];
       if (kb.last) {
         V hv{};
-        if (kReadsH) {
+        // Backward: row r's Hs. Forward: the bias, the same row for every row (if any).
+        const T* hs = kReadsH ? h + r * H + j : (E == Epilogue::kForward && h ? h + j : nullptr);
+        if (hs) {
           if (valid == L) {
-            hv = load(h + r * H + j);
+            hv = load(hs);
           } else {
-            for (int64_t i = 0; i < valid; ++i) hv[i] = h[r * H + j + i];
+            for (int64_t i = 0; i < valid; ++i) hv[i] = hs[i];
           }
         }
+        if (E == Epilogue::kForward) out += hv;
         if (E == Epilogue::kBackwardRecord) {
           T sum = 0;
           for (int64_t i = 0; i < valid; ++i) sum += out[i] * out[i];
@@ -187,7 +190,7 @@ void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_
       const KBlock kb{k0, k1, k0 == 0, k1 == H};
       for (int64_t i = 0; i < tiles; ++i) {
         const int64_t r = rows * i / tiles, height = rows * (i + 1) / tiles - r;
-        const T* hr = h ? h + r * H : nullptr;
+        const T* hr = h && E != Epilogue::kForward ? h + r * H : h;
         T* dr = d ? d + r * norm_slots<T>(H) : nullptr;
         if (height == MR && width == NP)
           tile<T, E, MR, NP>(act, H, p, kb, a + r * lda, lda, packed, c + r * H, hr, dr);
