@@ -181,10 +181,13 @@ void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_
             const T* a, int64_t lda, const T* packed, T* c, const T* h, T* d) {
   constexpr int MR = kRowsPerTile, NP = kPanelsPerTile;
   // ceil(rows / MR) tiles of nearly equal height: a short tile has too few accumulators to
-  // keep the FMA units busy.
+  // keep the FMA units busy (or, narrow, too few per load).
   const int64_t tiles = (rows + MR - 1) / MR;
-  for (int64_t p = p_begin; p < p_end; p += NP) {
-    const int width = int(p_end - p < NP ? p_end - p : NP);
+  // Likewise ceil(panels / NP) groups of nearly equal width (4 panels: 2 + 2, not 3 + 1).
+  const int64_t n_panels = p_end - p_begin, groups = (n_panels + NP - 1) / NP;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t p = p_begin + n_panels * g / groups;
+    const int width = int(p_begin + n_panels * (g + 1) / groups - p);
     for (int64_t k0 = 0; k0 < H; k0 += kBlock) {
       const int64_t k1 = H - k0 > kBlock ? k0 + kBlock : H;
       const KBlock kb{k0, k1, k0 == 0, k1 == H};
