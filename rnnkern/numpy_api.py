@@ -70,7 +70,9 @@ def backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn=None, nonlinearity="tanh",
         grad_hn: optional (B, H) ∂L/∂h_n, where h_n holds each sequence's state at its own
             last step (step 0 when ``reverse``).
 
-    Arrays that are not C-contiguous are copied to contiguous memory, as in :func:`forward`.
+    Arrays that are not C-contiguous are copied to contiguous memory, as in :func:`forward`,
+    except grad_y when its rows are evenly spaced (a broadcast such as
+    ``np.broadcast_to(1.0, y.shape)``, a column slice): it is read where it is.
 
     Returns:
         :class:`Gradients` with fields x, h0, w_ih, w_hh, b_ih, b_hh. The two bias
