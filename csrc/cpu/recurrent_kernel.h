@@ -247,12 +247,12 @@ void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T*
                    const T* h, T* d) {
   constexpr int64_t L = Vec<T>::lanes;
   const int64_t n_panels = (H + L - 1) / L;
-  const int64_t n_pairs = (n_panels + kPanelsPerTile - 1) / kPanelsPerTile;
+  const int64_t n_groups = (n_panels + kPanelsPerTile - 1) / kPanelsPerTile;
   const int threads = omp_get_max_threads();
   const int64_t lda = a_stride<T>(H);
   T* a_copy = lda == H ? nullptr : a_copy_buffer<T>(rows * lda);
   const T* a_used = a_copy ? a_copy : a;
-  if (threads < 2 || n_pairs < 2 || rows * H * H < kParallelMinWork || omp_in_parallel()) {
+  if (threads < 2 || n_groups < 2 || rows * H * H < kParallelMinWork || omp_in_parallel()) {
     if (a_copy) copy_rows(a, H, 0, rows, a_copy, lda);
     panels<T, E>(act, rows, H, 0, n_panels, a_used, lda, packed, c, h, d);
     return;
@@ -264,8 +264,8 @@ void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T*
       copy_rows(a, H, rows * id / nt, rows * (id + 1) / nt, a_copy, lda);
 #pragma omp barrier
     }
-    const int64_t begin = n_pairs * id / nt * kPanelsPerTile;
-    int64_t end = n_pairs * (id + 1) / nt * kPanelsPerTile;
+    const int64_t begin = n_groups * id / nt * kPanelsPerTile;
+    int64_t end = n_groups * (id + 1) / nt * kPanelsPerTile;
     if (end > n_panels) end = n_panels;
     if (begin < end) panels<T, E>(act, rows, H, begin, end, a_used, lda, packed, c, h, d);
   }
