@@ -111,7 +111,26 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, in
     }
   }
   const T* b = packed + p * H * L;
-  for (int64_t k = kb.begin; k < kb.end; ++k) {
+  int64_t k = kb.begin;
+  if constexpr (MR <= 2) {
+    // Too few accumulators to hide the FMA latency (one row: a batch of 1): CH chains per
+    // accumulator over interleaved k, added up at the end.
+    constexpr int CH = MR == 1 ? 4 : 2;
+    V part[MR][NP][CH - 1] = {};
+    for (; k + CH <= kb.end; k += CH)
+      for (int i = 0; i < CH; ++i)
+        for (int q = 0; q < NP; ++q) {
+          const V bv = load(b + (q * H + k + i) * L);
+          for (int r = 0; r < MR; ++r) {
+            V& sum = i == 0 ? acc[r][q] : part[r][q][i - 1];
+            sum += a[r * lda + k + i] * bv;
+          }
+        }
+    for (int r = 0; r < MR; ++r)
+      for (int q = 0; q < NP; ++q)
+        for (int i = 0; i < CH - 1; ++i) acc[r][q] += part[r][q][i];
+  }
+  for (; k < kb.end; ++k) {
     V bv[NP];
     for (int q = 0; q < NP; ++q) bv[q] = load(b + (q * H + k) * L);
     for (int r = 0; r < MR; ++r) {
