@@ -327,8 +327,6 @@ PYBIND11_MODULE(_core, m) {
         "norms of the whole gradient reaching each row's h_t (None unless grad_norms).");
   m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },
         "Frees the output buffers kept for reuse; returns the number of bytes freed.");
-  m.def("cached_bytes", [] { return rnnkern::cpu::pool_cached_bytes(); },
-        "Bytes of freed output buffers kept for reuse.");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
 }

@@ -87,10 +87,4 @@ std::size_t pool_clear() {
   return freed;
 }
 
-std::size_t pool_cached_bytes() {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lock(p.mutex);
-  return p.cached_bytes;
-}
-
 }  // namespace rnnkern::cpu

@@ -19,6 +19,5 @@ void* pool_allocate(std::size_t bytes);
 void pool_release(void* block);
 // Frees every cached block; returns the bytes freed.
 std::size_t pool_clear();
-std::size_t pool_cached_bytes();
 
 }  // namespace rnnkern::cpu
