@@ -176,18 +176,16 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
       const T* g = grad_y.data + (off + a) * grad_y.row_stride;
       if (!grad_y.data) {
         std::memset(d, 0, sizeof(T) * (b - a) * H);
-      } else if (grad_y.col_stride == 1 && grad_y.row_stride == H) {
-        std::memcpy(d, g, sizeof(T) * (b - a) * H);
-      } else {
-        const int64_t col = grad_y.col_stride;
-        for (int64_t r = 0; r < b - a; ++r, d += H, g += grad_y.row_stride) {
-          if (col == 1) {
-            std::memcpy(d, g, sizeof(T) * H);
-          } else if (col == 0) {
-            for (int64_t j = 0; j < H; ++j) d[j] = *g;
-          } else {
-            for (int64_t j = 0; j < H; ++j) d[j] = g[j * col];
-          }
+        return;
+      }
+      const int64_t col = grad_y.col_stride;
+      for (int64_t r = 0; r < b - a; ++r, d += H, g += grad_y.row_stride) {
+        if (col == 1) {
+          std::memcpy(d, g, sizeof(T) * H);
+        } else if (col == 0) {
+          for (int64_t j = 0; j < H; ++j) d[j] = *g;
+        } else {
+          for (int64_t j = 0; j < H; ++j) d[j] = g[j * col];
         }
       }
     };
