@@ -5,14 +5,15 @@ use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom 
 ``rnnkern.reference`` (the autograd oracle) and ``rnnkern.diagnostics`` (gradient flow).
 """
 
+import sys
 from importlib import import_module
 
 from . import _core
 from .numpy_api import Gradients, backward, forward
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "Gradients", "forward", "backward", "functional", "reference", "diagnostics",
-           "isa", "empty_cache"]
+__all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
+           "reference", "diagnostics", "isa", "empty_cache"]
 
 _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics")
 
@@ -33,10 +34,18 @@ def empty_cache() -> int:
 
 
 def __getattr__(name):
-    if name == "RNN":
-        from .modules import RNN
-
-        return RNN
+    if name in ("RNN", "convert", "revert"):
+        return getattr(import_module(".modules", __name__), name)
     if name in _TORCH_MODULES:
         return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'rnnkern' has no attribute {name!r}")
+
+
+# torch.load(weights_only=True) accepts rnnkern.RNN once rnnkern.modules has registered it:
+# now if torch is loaded, else as soon as it is (the torch parts load lazily).
+if "torch" in sys.modules:
+    import_module(".modules", __name__)
+else:
+    from ._after_torch import call_after_torch_import
+
+    call_after_torch_import(lambda: import_module(".modules", __name__))
