@@ -45,7 +45,7 @@ inline void store(T* p, typename Vec<T>::type v) {
 }
 
 inline Vec<float>::type activate(Activation act, Vec<float>::type a) {
-  return act == Activation::kTanh ? tanh_rational(a) : relu(a);
+  return act == Activation::kTanh ? tanh_float(a) : relu(a);
 }
 
 inline Vec<double>::type activate(Activation act, Vec<double>::type a) {
@@ -55,8 +55,8 @@ inline Vec<double>::type activate(Activation act, Vec<double>::type a) {
 }
 
 template <typename V>
-inline V derivative(Activation act, V h) {
-  return act == Activation::kTanh ? tanh_derivative(h) : relu_derivative(h);
+inline V backward(Activation act, V d, V h) {
+  return act == Activation::kTanh ? tanh_backward(d, h) : relu_backward(d, h);
 }
 
 template <typename T>
@@ -77,7 +77,7 @@ inline typename Vec<T>::type finish(Activation act, typename Vec<T>::type sum,
                                     typename Vec<T>::type h) {
   if (E == Epilogue::kForward) return activate(act, sum);
   if (E == Epilogue::kBackward || E == Epilogue::kBackwardRecord)
-    return sum * derivative(act, h);
+    return backward(act, sum, h);
   return sum;
 }
 
@@ -315,8 +315,8 @@ void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T*
   constexpr int64_t L = Vec<T>::lanes;
   const int64_t n = rows * H;
   int64_t i = 0;
-  for (; i + L <= n; i += L) store(c + i, load(c + i) * derivative(act, load(h + i)));
-  for (; i < n; ++i) c[i] *= activation_derivative(act, h[i]);
+  for (; i + L <= n; i += L) store(c + i, backward(act, load(c + i), load(h + i)));
+  for (; i < n; ++i) c[i] = activation_backward(act, c[i], h[i]);
 }
 
 template <typename T>
