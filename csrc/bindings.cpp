@@ -187,21 +187,6 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
   return p;
 }
 
-// Workspace that stays allocated between calls, one per thread: fresh large allocations
-// would be page-faulted in again on every call.
-template <typename T>
-T* workspace(int64_t elements) {
-  thread_local std::unique_ptr<char[]> buffer;
-  thread_local int64_t capacity = 0;
-  const int64_t bytes = elements * int64_t(sizeof(T));
-  if (bytes > capacity) {
-    buffer.reset();
-    buffer.reset(new char[bytes]);
-    capacity = bytes;
-  }
-  return reinterpret_cast<T*>(buffer.get());
-}
-
 std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
   auto s = shape_of(x);
   s.back() = p.hidden_size;
@@ -222,7 +207,8 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   const T *bi = data<T>(bia), *bh = data<T>(bha);
   py::array_t<T> y = new_array<T>(output_shape(x, p));
   T* yp = y.mutable_data();
-  T* ws = workspace<T>(rnnkern::cpu::forward_workspace_size<T>(p));
+  const rnnkern::cpu::Workspace workspace(sizeof(T) * rnnkern::cpu::forward_workspace_size<T>(p));
+  T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
     rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws);
@@ -268,7 +254,9 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   py::object gb = output(want.bias, {H}, gbp);
   double* normsp = nullptr;
   py::object norms = output(want.grad_norms, {p.total_rows()}, normsp);
-  T* ws = workspace<T>(rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
+  const rnnkern::cpu::Workspace workspace(
+      sizeof(T) * rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
+  T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
     rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp, normsp,
