@@ -253,3 +253,75 @@ def test_misaligned_arrays_give_the_same_results(dtype, nonlinearity, packed):
                           nonlinearity=nonlinearity, batch_sizes=bs)
     for a, b in zip(g2, g):
         np.testing.assert_array_equal(a, b)
+
+
+# Memory, measured as the resident set of a fresh interpreter (VmRSS in /proc/self/status).
+RSS = """
+    def rss_mib():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
+"""
+
+needs_rss = pytest.mark.skipif(SANITIZED, reason="ASan keeps freed memory in quarantine")
+
+
+@needs_rss
+def test_empty_cache_returns_every_cached_byte(tmp_path):
+    # One large backward: its 52 MB workspace and its outputs are cached when it returns.
+    code = RSS + """
+    import numpy as np
+    import rnnkern
+
+    T, B, I, H = 400, 64, 16, 256
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I))
+    h0 = np.zeros((B, H))
+    w_ih = rng.standard_normal((H, I)) * 0.1
+    w_hh = rng.standard_normal((H, H)) * 0.5 / np.sqrt(H)
+    rnnkern.forward(x[:2, :2], h0[:2], w_ih, w_hh)
+    before = rss_mib()
+    y = rnnkern.forward(x, h0, w_ih, w_hh)
+    g = rnnkern.backward(x, h0, w_ih, w_hh, y, np.broadcast_to(1.0, y.shape))
+    used = rss_mib()
+    del y, g
+    freed = rnnkern.empty_cache()
+    print("RESULT", before, used, rss_mib(), freed / 2**20)
+    """
+    status, out, result = run_python(code, tmp_path)
+    assert status == 0, out
+    before, used, after, freed = map(float, result)
+    assert after - before < 8, f"{after - before:.0f} MiB still resident after empty_cache"
+    assert used - before > 100 and freed > 100, out  # y, the gradients and the workspace
+
+
+TRAINING = RSS + """
+    import numpy as np
+    import torch
+    import rnnkern
+
+    torch.manual_seed(0)
+    model = {cls}(32, 256, num_layers=2)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    lengths = np.random.default_rng(0).integers(100, 600, size=24)
+    before = rss_mib()
+    after_step = []
+    for T in lengths:
+        y, h_n = model(torch.randn(int(T), 32, 32))
+        loss = y.pow(2).mean() + h_n.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        del y, h_n, loss
+        after_step.append(rss_mib() - before)
+    print("RESULT", max(after_step[8:]))
+"""
+
+
+@needs_rss
+def test_memory_of_a_training_loop_with_varying_lengths_is_like_torch(tmp_path):
+    growth = {}
+    for cls in ("torch.nn.RNN", "rnnkern.RNN"):
+        status, out, result = run_python(TRAINING.format(cls=cls), tmp_path)
+        assert status == 0, out
+        growth[cls] = float(result[0])
+    assert growth["rnnkern.RNN"] <= 1.2 * growth["torch.nn.RNN"] + 8, growth
