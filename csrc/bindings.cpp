@@ -4,7 +4,6 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <cstdlib>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -219,78 +218,6 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
   return p;
 }
 
-// Workspace that stays allocated between calls, one per thread: fresh large allocations
-// would be page-faulted in again on every call.
-template <typename T>
-T* workspace(int64_t elements) {
-  thread_local std::unique_ptr<char[]> buffer;
-  thread_local int64_t capacity = 0;
-  const int64_t bytes = elements * int64_t(sizeof(T));
-  if (bytes > capacity) {
-    std::unique_ptr<char[]> larger(new char[bytes]);  // the old buffer stays if this throws
-    buffer = std::move(larger);
-    capacity = bytes;
-  }
-  return reinterpret_cast<T*>(buffer.get());
-}
-
-// W_hh packed once for the recurrent kernels (rnnkern.functional keeps one per weight version).
-struct PackedWHH {
-  bool is_double = false;
-  bool for_forward = true;
-  int64_t hidden_size = 0;
-  std::unique_ptr<void, decltype(&std::free)> data{nullptr, &std::free};
-};
-
-PackedWHH pack_w_hh(const py::object& w_hh_, bool for_forward) {
-  const py::array w = as_array("w_hh", w_hh_);
-  const bool dbl = has_dtype<double>(w);
-  if (!dbl && !has_dtype<float>(w))
-    throw py::type_error("w_hh must have dtype float32 or float64, got " + dtype_name(w));
-  const auto ws = shape_of(w);
-  if (ws.size() != 2 || ws[0] != ws[1] || ws[0] < 1)
-    throw py::value_error("w_hh must have shape (H, H) with H >= 1, got " + shape_str(ws));
-  const int64_t H = ws[0];
-  check_blas_size("w_hh", checked_product("w_hh", H, H));
-  PackedWHH out;
-  out.is_double = dbl;
-  out.for_forward = for_forward;
-  out.hidden_size = H;
-  auto pack = [&](auto zero) {
-    using T = decltype(zero);
-    const py::object wa = checked<T>("w_hh", w, {H, H});
-    const std::size_t bytes = std::size_t(rnnkern::cpu::packed_w_hh_size<T>(H)) * sizeof(T);
-    out.data.reset(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-    if (!out.data) throw std::bad_alloc();
-    const T* src = data<T>(wa);
-    T* dst = static_cast<T*>(out.data.get());
-    py::gil_scoped_release release;
-    rnnkern::cpu::pack_w_hh<T>(src, H, for_forward, dst);
-  };
-  if (dbl)
-    pack(double(0));
-  else
-    pack(float(0));
-  return out;
-}
-
-// The packed W_hh argument (None: the core packs W_hh itself), checked against the problem.
-template <typename T>
-const T* packed_data(const py::object& packed, int64_t H, bool for_forward) {
-  if (packed.is_none()) return nullptr;
-  if (!py::isinstance<PackedWHH>(packed))
-    throw py::type_error("packed_w_hh must come from pack_w_hh, got " +
-                         py::str(py::type::of(packed).attr("__name__")).cast<std::string>());
-  const PackedWHH& pw = packed.cast<const PackedWHH&>();
-  if (pw.is_double != std::is_same_v<T, double> || pw.hidden_size != H ||
-      pw.for_forward != for_forward)
-    throw py::value_error(std::string("packed_w_hh must be W_hh packed for the ") +
-                          (for_forward ? "forward" : "backward") + " pass in " +
-                          (std::is_same_v<T, double> ? "float64" : "float32") + " with H = " +
-                          std::to_string(H));
-  return static_cast<const T*>(pw.data.get());
-}
-
 std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
   auto s = shape_of(x);
   s.back() = p.hidden_size;
@@ -306,7 +233,7 @@ struct Names {
 template <typename T>
 py::array forward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
                        const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
-                       const Problem& p, const py::object& packed_w_hh, Names names) {
+                       const Problem& p, Names names) {
   const int64_t H = p.hidden_size, B = p.batch;
   const py::object xa = checked<T>(names.x, x, shape_of(x));
   const py::object h0a = checked<T>(names.h0, h0, {B, H});
@@ -316,13 +243,13 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   const py::object bha = checked<T>("b_hh", b_hh, {H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *bi = data<T>(bia), *bh = data<T>(bha);
-  const T* packed = packed_data<T>(packed_w_hh, H, true);
   py::array_t<T> y = new_array<T>(output_shape(x, p));
   T* yp = y.mutable_data();
-  T* ws = workspace<T>(rnnkern::cpu::forward_workspace_size<T>(p));
+  const rnnkern::cpu::Workspace workspace(sizeof(T) * rnnkern::cpu::forward_workspace_size<T>(p));
+  T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
-    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws, packed);
+    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws);
   }
   return y;
 }
@@ -361,7 +288,9 @@ void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H
   auto run = [&](auto zero) {
     using T_ = decltype(zero);
     auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
-    T_* ws = workspace<T_>(rnnkern::cpu::forward_workspace_size<T_>(p));
+    const rnnkern::cpu::Workspace workspace(sizeof(T_) *
+                                            rnnkern::cpu::forward_workspace_size<T_>(p));
+    T_* ws = static_cast<T_*>(workspace.data());
     py::gil_scoped_release release;
     rnnkern::cpu::forward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh),
                               ptr(y), ws);
@@ -387,7 +316,9 @@ void backward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t 
   auto run = [&](auto zero) {
     using T_ = decltype(zero);
     auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
-    T_* ws = workspace<T_>(rnnkern::cpu::backward_workspace_size<T_>(p, norms != 0));
+    const rnnkern::cpu::Workspace workspace(
+        sizeof(T_) * rnnkern::cpu::backward_workspace_size<T_>(p, norms != 0));
+    T_* ws = static_cast<T_*>(workspace.data());
     py::gil_scoped_release release;
     rnnkern::cpu::backward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(y),
                                rnnkern::Rows<T_>{ptr(grad_y), H, 1}, ptr(grad_hn), ptr(grad_x),
@@ -410,7 +341,7 @@ template <typename T>
 py::tuple backward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
                         const py::object& w_hh, const py::object& y, const py::object& grad_y,
                         const py::object& grad_hn, const Problem& p, Wanted want,
-                        const py::object& packed_w_hh, Names names) {
+                        Names names) {
   const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
   const auto ys = output_shape(x, p);
   const py::object xa = checked<T>(names.x, x, shape_of(x));
@@ -427,7 +358,6 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *yp = data<T>(ya), *ghn = data<T>(ghna);
-  const T* packed = packed_data<T>(packed_w_hh, H, false);
   // A fresh output array and its data pointer, or None when not wanted.
   auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
     if (!wanted) return py::none();
@@ -441,11 +371,13 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   py::object gb = output(want.bias, {H}, gbp);
   double* normsp = nullptr;
   py::object norms = output(want.grad_norms, {p.total_rows()}, normsp);
-  T* ws = workspace<T>(rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
+  const rnnkern::cpu::Workspace workspace(
+      sizeof(T) * rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
+  T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
     rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp, normsp,
-                              ws, packed);
+                              ws);
   }
   return py::make_tuple(gx, gh0, gwi, gwh, gb, norms);
 }
@@ -461,7 +393,7 @@ bool is_double(const py::array& x, const char* name) {
 py::array forward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
                   const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
                   const py::object& nonlinearity, const py::object& batch_sizes, bool reverse,
-                  const py::object& packed_w_hh, const std::string& x_name,
+                  const std::string& x_name,
                   const std::string& h0_name) {
   const Names names{x_name.c_str(), h0_name.c_str()};
   const py::array x = as_array(names.x, x_);
@@ -469,8 +401,8 @@ py::array forward(const py::object& x_, const py::object& h0, const py::object& 
   const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
-  return dbl ? forward_impl<double>(x, h0, w_ih, w_hh, b_ih, b_hh, p, packed_w_hh, names)
-             : forward_impl<float>(x, h0, w_ih, w_hh, b_ih, b_hh, p, packed_w_hh, names);
+  return dbl ? forward_impl<double>(x, h0, w_ih, w_hh, b_ih, b_hh, p, names)
+             : forward_impl<float>(x, h0, w_ih, w_hh, b_ih, b_hh, p, names);
 }
 
 py::tuple backward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
@@ -478,7 +410,7 @@ py::tuple backward(const py::object& x_, const py::object& h0, const py::object&
                    const py::object& grad_hn, const py::object& nonlinearity,
                    const py::object& batch_sizes, bool reverse, bool need_x, bool need_h0,
                    bool need_w_ih, bool need_w_hh, bool need_bias, bool grad_norms,
-                   const py::object& packed_w_hh, const std::string& x_name,
+                   const std::string& x_name,
                    const std::string& h0_name) {
   const Wanted want{need_x, need_h0, need_w_ih, need_w_hh, need_bias, grad_norms};
   const Names names{x_name.c_str(), h0_name.c_str()};
@@ -487,25 +419,17 @@ py::tuple backward(const py::object& x_, const py::object& h0, const py::object&
   const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
-  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want,
-                                     packed_w_hh, names)
-             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want,
-                                    packed_w_hh, names);
+  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want, names)
+             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want, names);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnkern's compiled core. Use rnnkern.forward / rnnkern.backward instead.";
-  py::class_<PackedWHH>(m, "PackedWHH",
-                        "W_hh packed for the recurrent kernels; made by pack_w_hh.")
-      .def_readonly("hidden_size", &PackedWHH::hidden_size)
-      .def_readonly("for_forward", &PackedWHH::for_forward);
-  m.def("pack_w_hh", &pack_w_hh, py::arg("w_hh"), py::arg("for_forward"),
-        "W_hh packed for forward (for_forward=True) or backward; pass it as packed_w_hh.");
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"), py::arg("batch_sizes"),
-        py::arg("reverse"), py::arg("packed_w_hh") = py::none(), py::arg("x_name") = "x",
+        py::arg("reverse"), py::arg("x_name") = "x",
         py::arg("h0_name") = "h0");
   m.def("forward_pointers", &forward_pointers, py::arg("is_double"), py::arg("T"), py::arg("B"),
         py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h0"), py::arg("w_ih"),
@@ -523,7 +447,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,
         py::arg("need_h0") = true, py::arg("need_w_ih") = true, py::arg("need_w_hh") = true,
         py::arg("need_bias") = true, py::arg("grad_norms") = false,
-        py::arg("packed_w_hh") = py::none(), py::arg("x_name") = "x", py::arg("h0_name") = "h0",
+        py::arg("x_name") = "x", py::arg("h0_name") = "h0",
         "Gradients (x, h0, w_ih, w_hh, bias), None where not needed, and the (N,) float64 "
         "norms of the whole gradient reaching each row's h_t (None unless grad_norms).");
   m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },

@@ -16,59 +16,86 @@ namespace rnnkern {
 
 enum class Activation : int { kTanh = 0, kRelu = 1 };
 
-// Eigen's rational approximation of tanh for float: odd degree-13 numerator over even
-// degree-6 denominator on [-7.9053, 7.9053], max absolute error about 2.4e-7.
+// tanh for float within an ulp of the exact value, and ±1 from |a| >= 9.01084 on, exactly where
+// torch's float tanh (Sleef) is ±1: a saturated unit passes no gradient. For |a| < 0.9 an odd
+// polynomial a + a³·P(a²) (fitted to tanh), above it 1 - 2 / (exp(2|a|) + 1) with Cephes' expf.
+// NaN propagates. Both branches run on every lane; V is float or a vector of floats.
 template <typename V>
-RNNKERN_HOST_DEVICE V tanh_rational(V a) {
+RNNKERN_HOST_DEVICE V tanh_float(V a) {
+  typedef unsigned int U __attribute__((vector_size(sizeof(V))));  // same lanes as V
   const V zero{};
-  const V hi = zero + 7.90531110763549805f;
-  const V lo = zero - 7.90531110763549805f;
-  V x = a > hi ? hi : a;
-  x = x < lo ? lo : x;
-  const V x2 = x * x;
-  V p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = x2 * p + -8.60467152213735e-11f;
-  p = x2 * p + 5.12229709037114e-08f;
-  p = x2 * p + 1.48572235717979e-05f;
-  p = x2 * p + 6.37261928875436e-04f;
-  p = x2 * p + 4.89352455891786e-03f;
-  p = x * p;
-  V q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = x2 * q + 2.26843463243900e-03f;
-  q = x2 * q + 4.89352518554385e-03f;
-  return p / q;
+  const V ax = a < zero ? -a : a;
+  // The polynomial.
+  const V a2 = a * a;
+  V p = a2 * -4.06345265e-04f + 2.43631331e-03f;
+  p = a2 * p + -8.09153914e-03f;
+  p = a2 * p + 2.15608664e-02f;
+  p = a2 * p + -5.38975410e-02f;
+  p = a2 * p + 1.33325040e-01f;
+  p = a2 * p + -3.33332956e-01f;
+  V small = (a * a2) * p + a;
+  small = a == zero ? a : small;  // keeps -0
+  // e = exp(z), z = 2|a| clamped to [1.8, 19] (tanh(9.5) is 1 in float): z = n·ln2 + r with
+  // |r| <= ln2 / 2, e = 2^n · (1 + r + r²·Q(r)), 2^n added to the exponent bits.
+  V z = ax + ax;
+  z = z > zero + 19.0f ? zero + 19.0f : z;
+  z = z < zero + 1.8f ? zero + 1.8f : z;
+  const V shift = zero + 12582912.0f;  // 1.5 · 2^23: the sum's low bits are round(z / ln2)
+  const V k = z * 1.44269504088896341f + shift;
+  const V n = k - shift;
+  V r = n * -0.693359375f + z;
+  r = n * 2.12194440e-4f + r;
+  V q = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  q = r * q + 8.3334519073e-3f;
+  q = r * q + 4.1665795894e-2f;
+  q = r * q + 1.6666665459e-1f;
+  q = r * q + 5.0000001201e-1f;
+  V e = (r * r) * q + r + 1.0f;
+  U bits, k_bits, shift_bits;
+  __builtin_memcpy(&bits, &e, sizeof(e));
+  __builtin_memcpy(&k_bits, &k, sizeof(k));
+  __builtin_memcpy(&shift_bits, &shift, sizeof(shift));
+  bits += (k_bits - shift_bits) << 23;
+  __builtin_memcpy(&e, &bits, sizeof(e));
+  V large = (zero + 1.0f) - (zero + 2.0f) / (e + 1.0f);
+  large = large > zero + 0.99999994f ? zero + 0.99999994f : large;  // the float below 1
+  large = ax >= zero + 9.01084f ? zero + 1.0f : large;
+  // NaN fails the comparison and takes the polynomial, which keeps it.
+  return ax >= zero + 0.9f ? (a < zero ? -large : large) : small;
 }
 
+// relu(NaN) is NaN, as in torch.
 template <typename V>
 RNNKERN_HOST_DEVICE V relu(V a) {
   const V zero{};
-  return a > zero ? a : zero;
+  return a < zero ? zero : a;
 }
 
-// φ'(a) written through h = φ(a), so pre-activations never need to be stored:
-// tanh' = 1 - h², relu' = [h > 0].
+// δ = d ⊙ φ'(a), with φ'(a) written through h = φ(a), so pre-activations never need to be
+// stored. tanh: d · (1 - h²). relu: d where h > 0, else 0, selected (not multiplied), so that
+// d = ±Inf or NaN gives 0 where h <= 0, and h = NaN passes d on: torch's threshold_backward.
 template <typename V>
-RNNKERN_HOST_DEVICE V tanh_derivative(V h) {
-  return (V{} + 1) - h * h;
+RNNKERN_HOST_DEVICE V tanh_backward(V d, V h) {
+  return d * ((V{} + 1) - h * h);
 }
 
 template <typename V>
-RNNKERN_HOST_DEVICE V relu_derivative(V h) {
+RNNKERN_HOST_DEVICE V relu_backward(V d, V h) {
   const V zero{};
-  return h > zero ? zero + 1 : zero;
+  return h <= zero ? zero : d;
 }
 
-// Scalar forms for the reference paths and tails. float tanh uses the same rational
-// approximation as the vector kernels so that every lane agrees; double uses libm's tanh.
+// Scalar forms for the reference paths and tails. float tanh is the vector kernels' so that
+// every lane agrees; double uses libm's tanh.
 RNNKERN_HOST_DEVICE float activation(Activation act, float a) {
-  return act == Activation::kTanh ? tanh_rational(a) : relu(a);
+  return act == Activation::kTanh ? tanh_float(a) : relu(a);
 }
 RNNKERN_HOST_DEVICE double activation(Activation act, double a) {
   return act == Activation::kTanh ? tanh(a) : relu(a);
 }
 template <typename T>
-RNNKERN_HOST_DEVICE T activation_derivative(Activation act, T h) {
-  return act == Activation::kTanh ? tanh_derivative(h) : relu_derivative(h);
+RNNKERN_HOST_DEVICE T activation_backward(Activation act, T d, T h) {
+  return act == Activation::kTanh ? tanh_backward(d, h) : relu_backward(d, h);
 }
 
 }  // namespace rnnkern

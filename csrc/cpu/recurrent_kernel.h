@@ -7,9 +7,11 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
+#include "block_pool.h"
 #include "recurrent.h"
 
 // Register tile: rows × panels accumulators plus a panel load each and a broadcast must fit
@@ -46,7 +48,7 @@ inline void store(T* p, typename Vec<T>::type v) {
 }
 
 inline Vec<float>::type activate(Activation act, Vec<float>::type a) {
-  return act == Activation::kTanh ? tanh_rational(a) : relu(a);
+  return act == Activation::kTanh ? tanh_float(a) : relu(a);
 }
 
 inline Vec<double>::type activate(Activation act, Vec<double>::type a) {
@@ -56,8 +58,8 @@ inline Vec<double>::type activate(Activation act, Vec<double>::type a) {
 }
 
 template <typename V>
-inline V derivative(Activation act, V h) {
-  return act == Activation::kTanh ? tanh_derivative(h) : relu_derivative(h);
+inline V backward(Activation act, V d, V h) {
+  return act == Activation::kTanh ? tanh_backward(d, h) : relu_backward(d, h);
 }
 
 // Transposes the L × L block v[0..L) in registers: stage h swaps the off-diagonal h × h blocks
@@ -115,7 +117,7 @@ inline typename Vec<T>::type finish(Activation act, typename Vec<T>::type sum,
                                     typename Vec<T>::type h) {
   if (E == Epilogue::kForward) return activate(act, sum);
   if (E == Epilogue::kBackward || E == Epilogue::kBackwardRecord)
-    return sum * derivative(act, h);
+    return backward(act, sum, h);
   return sum;
 }
 
@@ -276,23 +278,18 @@ int64_t a_stride(int64_t H) {
   return H * int64_t(sizeof(T)) % kConflictStrideBytes == 0 ? H + 64 / int64_t(sizeof(T)) : H;
 }
 
-template <typename T>
-struct Buffer {
-  T* data = nullptr;
-  int64_t capacity = 0;
-  ~Buffer() { delete[] data; }
-};
-
-template <typename T>
-T* a_copy_buffer(int64_t elements) {  // per thread, kept between steps
-  thread_local Buffer<T> buffer;
-  if (elements > buffer.capacity) {
-    delete[] buffer.data;
-    buffer.data = new T[elements];
-    buffer.capacity = elements;
+// The calling thread's buffer for a padded copy of A (bytes > 0), or none (data == nullptr)
+// when not wanted or there is no memory for it: the step then reads A where it is.
+struct RowCopy {
+  void* data;
+  explicit RowCopy(std::size_t bytes)
+      : data(bytes ? scratch_acquire(ScratchSlot::kRowCopy, bytes) : nullptr) {}
+  ~RowCopy() {
+    if (data) scratch_release(ScratchSlot::kRowCopy);
   }
-  return buffer.data;
-}
+  RowCopy(const RowCopy&) = delete;
+  RowCopy& operator=(const RowCopy&) = delete;
+};
 
 template <typename T>
 void copy_rows(const T* a, int64_t H, int64_t begin, int64_t end, T* to, int64_t lda) {
@@ -306,8 +303,10 @@ void step_epilogue(Activation act, int64_t rows, int64_t H, const T* a, const T*
   const int64_t n_panels = (H + L - 1) / L;
   const int64_t n_groups = (n_panels + kPanelsPerTile - 1) / kPanelsPerTile;
   const int threads = omp_get_max_threads();
-  const int64_t lda = a_stride<T>(H);
-  T* a_copy = lda == H ? nullptr : a_copy_buffer<T>(rows * lda);
+  const int64_t padded = a_stride<T>(H);
+  const RowCopy copy(padded == H ? 0 : sizeof(T) * std::size_t(rows * padded));
+  T* a_copy = padded == H ? nullptr : static_cast<T*>(copy.data);
+  const int64_t lda = a_copy ? padded : H;
   const T* a_used = a_copy ? a_copy : a;
   if (threads < 2 || n_groups < 2 || rows * H * H < kParallelMinWork || omp_in_parallel()) {
     if (a_copy) copy_rows(a, H, 0, rows, a_copy, lda);
@@ -353,8 +352,8 @@ void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T*
   constexpr int64_t L = Vec<T>::lanes;
   const int64_t n = rows * H;
   int64_t i = 0;
-  for (; i + L <= n; i += L) store(c + i, load(c + i) * derivative(act, load(h + i)));
-  for (; i < n; ++i) c[i] *= activation_derivative(act, h[i]);
+  for (; i + L <= n; i += L) store(c + i, backward(act, load(c + i), load(h + i)));
+  for (; i < n; ++i) c[i] = activation_backward(act, c[i], h[i]);
 }
 
 template <typename T>
