@@ -344,10 +344,11 @@ class _Generator(torch.nn.Module):
         return token
 
 
-def measure_generate(tokens: int = GENERATE_TOKENS, repeats: int = 5,
+def measure_generate(tokens: Optional[int] = None, repeats: int = 5,
                      dtype: torch.dtype = torch.float32, seed: int = 0) -> GenerateResult:
     """Per-token time of a generate loop: ``tokens`` single-token calls, the hidden state hx
     passed from call to call, rnnkern.RNN against torch.nn.RNN, interleaved repeats."""
+    tokens = GENERATE_TOKENS if tokens is None else tokens
     torch.manual_seed(seed)
     sizes = (GENERATE_VOCAB, GENERATE_INPUT, GENERATE_HIDDEN)
     theirs = _Generator(torch.nn.RNN, *sizes, dtype)
@@ -369,10 +370,13 @@ def measure_generate(tokens: int = GENERATE_TOKENS, repeats: int = 5,
                           per_token_us={k: statistics.median(v) for k, v in samples.items()})
 
 
-def run_steps(cases: Sequence[Case] = STEP_CASES, repeats: int = 5,
-              dtype: torch.dtype = torch.float32, tokens: int = GENERATE_TOKENS,
+def run_steps(cases: Optional[Sequence[Case]] = None, repeats: int = 5,
+              dtype: torch.dtype = torch.float32, tokens: Optional[int] = None,
               progress=sys.stderr):
-    """The step-by-step section: every case of ``cases``, then the generate loop."""
+    """The step-by-step section: every case of ``cases`` (default STEP_CASES), then the
+    generate loop of ``tokens`` calls (default GENERATE_TOKENS)."""
+    cases = STEP_CASES if cases is None else cases
+    tokens = GENERATE_TOKENS if tokens is None else tokens
     results = []
     for i, case in enumerate(cases, 1):
         if progress is not None:
