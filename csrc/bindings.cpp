@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdlib>
+#include <cstdint>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -34,6 +36,22 @@ std::vector<int64_t> shape_of(const py::array& a) {
 
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// By type number and byte order, not identity: a dtype that went through pickle is a new object.
+template <typename T>
+bool has_dtype(const py::array& a) {
+  const py::dtype d = a.dtype();
+  return d.num() == py::dtype::of<T>().num() && d.byteorder() != '>';
+}
+
+// a * b, or a ValueError naming what the product counts when it overflows int64.
+int64_t checked_product(const char* what, int64_t a, int64_t b) {
+  int64_t n;
+  if (__builtin_mul_overflow(a, b, &n))
+    throw py::value_error(std::string(what) + " has " + std::to_string(a) + " x " +
+                          std::to_string(b) + " elements, more than 64-bit sizes can hold");
+  return n;
+}
+
 // The argument as an ndarray, or a TypeError naming it.
 py::array as_array(const char* name, const py::object& obj) {
   if (!py::isinstance<py::array>(obj))
@@ -60,7 +78,7 @@ template <typename T>
 py::array checked_array(const char* name, const py::object& obj,
                         const std::vector<int64_t>& shape) {
   const py::array a = as_array(name, obj);
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + " must have dtype " +
                          py::str(py::dtype::of<T>()).cast<std::string>() +
                          " (the dtype of x), got " + dtype_name(a));
@@ -70,14 +88,19 @@ py::array checked_array(const char* name, const py::object& obj,
   return a;
 }
 
-// The argument checked for dtype and shape, then made C-contiguous (a copy only if it is
-// not already). An absent optional argument stays None.
+template <typename T>
+bool is_aligned(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0;
+}
+
+// The argument checked for dtype and shape, then made C-contiguous and aligned (a copy only
+// if it is not already). An absent optional argument stays None.
 template <typename T>
 py::object checked(const char* name, const py::object& obj, const std::vector<int64_t>& shape,
                   bool optional = false) {
   if (optional && obj.is_none()) return py::none();
   const py::array a = checked_array<T>(name, obj, shape);
-  if (a.flags() & py::array::c_style) return a;
+  if ((a.flags() & py::array::c_style) && is_aligned<T>(a.data())) return a;
   py::array_t<T> copy = new_array<T>(shape);
   static const auto* copyto = new py::object(py::module_::import("numpy").attr("copyto"));
   (*copyto)(copy, a);
@@ -88,6 +111,7 @@ py::object checked(const char* name, const py::object& obj, const std::vector<in
 // (contiguous rows, or a broadcast such as the gradient of y.sum()); false otherwise.
 template <typename T>
 bool as_rows(const py::array& a, rnnkern::Rows<T>& rows) {
+  if (!is_aligned<T>(a.data())) return false;
   for (py::ssize_t i = 0; i < a.ndim(); ++i)
     if (a.strides(i) % py::ssize_t(sizeof(T))) return false;
   auto stride = [&](py::ssize_t i) { return int64_t(a.strides(i)) / int64_t(sizeof(T)); };
@@ -110,10 +134,14 @@ const T* data(const py::object& a) {
   return a.is_none() ? nullptr : static_cast<const T*>(py::reinterpret_borrow<py::array>(a).data());
 }
 
-Activation parse_nonlinearity(const std::string& s) {
-  if (s == "tanh") return Activation::kTanh;
-  if (s == "relu") return Activation::kRelu;
-  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + s + "'");
+Activation parse_nonlinearity(const py::object& obj) {
+  if (py::isinstance<py::str>(obj)) {
+    const std::string s = obj.cast<std::string>();
+    if (s == "tanh") return Activation::kTanh;
+    if (s == "relu") return Activation::kRelu;
+  }
+  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got " +
+                        py::repr(obj).cast<std::string>());
 }
 
 void check_blas_size(const char* what, int64_t n) {
@@ -125,7 +153,7 @@ void check_blas_size(const char* what, int64_t n) {
 
 // Sizes from x, w_ih and batch_sizes, checked. batch_sizes_storage keeps the counts alive.
 Problem make_problem(const py::array& x, const py::array& w_ih, const py::object& batch_sizes,
-                     bool reverse, const std::string& nonlinearity,
+                     bool reverse, const py::object& nonlinearity,
                      std::vector<int64_t>& batch_sizes_storage) {
   Problem p;
   p.act = parse_nonlinearity(nonlinearity);
@@ -162,7 +190,9 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
                               std::to_string(t) + "] = " + std::to_string(v) + " after " +
                               std::to_string(batch_sizes_storage[t - 1]));
       batch_sizes_storage[t] = v;
-      total += v;
+      if (__builtin_add_overflow(total, v, &total))
+        throw py::value_error("batch_sizes must sum to less than 2**63, got entries up to " +
+                              std::to_string(batch_sizes_storage[0]));
     }
     if (xs[0] != total)
       throw py::value_error("x must have sum(batch_sizes) = " + std::to_string(total) +
@@ -181,9 +211,10 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
                           "), got " + shape_str(ws));
   p.hidden_size = ws[0];
   const int64_t n = p.total_rows(), H = p.hidden_size;
-  check_blas_size("x", n * p.input_size);
-  check_blas_size("the output", n * H);
-  check_blas_size("w_hh", H * H);
+  check_blas_size("x", checked_product("x", n, p.input_size));
+  check_blas_size("the output", checked_product("the output", n, H));
+  check_blas_size("w_ih", checked_product("w_ih", H, p.input_size));
+  check_blas_size("w_hh", checked_product("w_hh", H, H));
   return p;
 }
 
@@ -195,11 +226,68 @@ T* workspace(int64_t elements) {
   thread_local int64_t capacity = 0;
   const int64_t bytes = elements * int64_t(sizeof(T));
   if (bytes > capacity) {
-    buffer.reset();
-    buffer.reset(new char[bytes]);
+    std::unique_ptr<char[]> larger(new char[bytes]);  // the old buffer stays if this throws
+    buffer = std::move(larger);
     capacity = bytes;
   }
   return reinterpret_cast<T*>(buffer.get());
+}
+
+// W_hh packed once for the recurrent kernels (rnnkern.functional keeps one per weight version).
+struct PackedWHH {
+  bool is_double = false;
+  bool for_forward = true;
+  int64_t hidden_size = 0;
+  std::unique_ptr<void, decltype(&std::free)> data{nullptr, &std::free};
+};
+
+PackedWHH pack_w_hh(const py::object& w_hh_, bool for_forward) {
+  const py::array w = as_array("w_hh", w_hh_);
+  const bool dbl = has_dtype<double>(w);
+  if (!dbl && !has_dtype<float>(w))
+    throw py::type_error("w_hh must have dtype float32 or float64, got " + dtype_name(w));
+  const auto ws = shape_of(w);
+  if (ws.size() != 2 || ws[0] != ws[1] || ws[0] < 1)
+    throw py::value_error("w_hh must have shape (H, H) with H >= 1, got " + shape_str(ws));
+  const int64_t H = ws[0];
+  check_blas_size("w_hh", checked_product("w_hh", H, H));
+  PackedWHH out;
+  out.is_double = dbl;
+  out.for_forward = for_forward;
+  out.hidden_size = H;
+  auto pack = [&](auto zero) {
+    using T = decltype(zero);
+    const py::object wa = checked<T>("w_hh", w, {H, H});
+    const std::size_t bytes = std::size_t(rnnkern::cpu::packed_w_hh_size<T>(H)) * sizeof(T);
+    out.data.reset(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!out.data) throw std::bad_alloc();
+    const T* src = data<T>(wa);
+    T* dst = static_cast<T*>(out.data.get());
+    py::gil_scoped_release release;
+    rnnkern::cpu::pack_w_hh<T>(src, H, for_forward, dst);
+  };
+  if (dbl)
+    pack(double(0));
+  else
+    pack(float(0));
+  return out;
+}
+
+// The packed W_hh argument (None: the core packs W_hh itself), checked against the problem.
+template <typename T>
+const T* packed_data(const py::object& packed, int64_t H, bool for_forward) {
+  if (packed.is_none()) return nullptr;
+  if (!py::isinstance<PackedWHH>(packed))
+    throw py::type_error("packed_w_hh must come from pack_w_hh, got " +
+                         py::str(py::type::of(packed).attr("__name__")).cast<std::string>());
+  const PackedWHH& pw = packed.cast<const PackedWHH&>();
+  if (pw.is_double != std::is_same_v<T, double> || pw.hidden_size != H ||
+      pw.for_forward != for_forward)
+    throw py::value_error(std::string("packed_w_hh must be W_hh packed for the ") +
+                          (for_forward ? "forward" : "backward") + " pass in " +
+                          (std::is_same_v<T, double> ? "float64" : "float32") + " with H = " +
+                          std::to_string(H));
+  return static_cast<const T*>(pw.data.get());
 }
 
 std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
@@ -208,24 +296,32 @@ std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
   return s;
 }
 
+// What the caller calls x and h0 (the torch-level API: input and hx).
+struct Names {
+  const char* x;
+  const char* h0;
+};
+
 template <typename T>
 py::array forward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
                        const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
-                       const Problem& p) {
+                       const Problem& p, const py::object& packed_w_hh, Names names) {
   const int64_t H = p.hidden_size, B = p.batch;
-  const py::object xa = checked<T>("x", x, shape_of(x)), h0a = checked<T>("h0", h0, {B, H});
+  const py::object xa = checked<T>(names.x, x, shape_of(x));
+  const py::object h0a = checked<T>(names.h0, h0, {B, H});
   const py::object wia = checked<T>("w_ih", w_ih, {H, p.input_size});
   const py::object wha = checked<T>("w_hh", w_hh, {H, H});
   const py::object bia = checked<T>("b_ih", b_ih, {H}, true);
   const py::object bha = checked<T>("b_hh", b_hh, {H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *bi = data<T>(bia), *bh = data<T>(bha);
+  const T* packed = packed_data<T>(packed_w_hh, H, true);
   py::array_t<T> y = new_array<T>(output_shape(x, p));
   T* yp = y.mutable_data();
   T* ws = workspace<T>(rnnkern::cpu::forward_workspace_size<T>(p));
   {
     py::gil_scoped_release release;
-    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws);
+    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws, packed);
   }
   return y;
 }
@@ -239,10 +335,12 @@ struct Wanted {
 template <typename T>
 py::tuple backward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
                         const py::object& w_hh, const py::object& y, const py::object& grad_y,
-                        const py::object& grad_hn, const Problem& p, Wanted want) {
+                        const py::object& grad_hn, const Problem& p, Wanted want,
+                        const py::object& packed_w_hh, Names names) {
   const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
   const auto ys = output_shape(x, p);
-  const py::object xa = checked<T>("x", x, shape_of(x)), h0a = checked<T>("h0", h0, {B, H});
+  const py::object xa = checked<T>(names.x, x, shape_of(x));
+  const py::object h0a = checked<T>(names.h0, h0, {B, H});
   const py::object wia = checked<T>("w_ih", w_ih, {H, I}), wha = checked<T>("w_hh", w_hh, {H, H});
   const py::object ya = checked<T>("y", y, ys);
   // grad_y is read where it is when its strides allow (the core reads it once, row by row).
@@ -255,6 +353,7 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *yp = data<T>(ya), *ghn = data<T>(ghna);
+  const T* packed = packed_data<T>(packed_w_hh, H, false);
   // A fresh output array and its data pointer, or None when not wanted.
   auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
     if (!wanted) return py::none();
@@ -272,57 +371,74 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   {
     py::gil_scoped_release release;
     rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp, normsp,
-                              ws);
+                              ws, packed);
   }
   return py::make_tuple(gx, gh0, gwi, gwh, gb, norms);
 }
 
 // float32 or float64, from x.
-bool is_double(const py::array& x) {
-  if (x.dtype().is(py::dtype::of<float>())) return false;
-  if (x.dtype().is(py::dtype::of<double>())) return true;
-  throw py::type_error("x must have dtype float32 or float64, got " + dtype_name(x));
+bool is_double(const py::array& x, const char* name) {
+  if (has_dtype<float>(x)) return false;
+  if (has_dtype<double>(x)) return true;
+  throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " +
+                       dtype_name(x));
 }
 
 py::array forward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
                   const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
-                  const std::string& nonlinearity, const py::object& batch_sizes, bool reverse) {
-  const py::array x = as_array("x", x_);
-  const bool dbl = is_double(x);
+                  const py::object& nonlinearity, const py::object& batch_sizes, bool reverse,
+                  const py::object& packed_w_hh, const std::string& x_name,
+                  const std::string& h0_name) {
+  const Names names{x_name.c_str(), h0_name.c_str()};
+  const py::array x = as_array(names.x, x_);
+  const bool dbl = is_double(x, names.x);
   const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
-  return dbl ? forward_impl<double>(x, h0, w_ih, w_hh, b_ih, b_hh, p)
-             : forward_impl<float>(x, h0, w_ih, w_hh, b_ih, b_hh, p);
+  return dbl ? forward_impl<double>(x, h0, w_ih, w_hh, b_ih, b_hh, p, packed_w_hh, names)
+             : forward_impl<float>(x, h0, w_ih, w_hh, b_ih, b_hh, p, packed_w_hh, names);
 }
 
 py::tuple backward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
                    const py::object& w_hh, const py::object& y, const py::object& grad_y,
-                   const py::object& grad_hn, const std::string& nonlinearity,
+                   const py::object& grad_hn, const py::object& nonlinearity,
                    const py::object& batch_sizes, bool reverse, bool need_x, bool need_h0,
-                   bool need_w_ih, bool need_w_hh, bool need_bias, bool grad_norms) {
+                   bool need_w_ih, bool need_w_hh, bool need_bias, bool grad_norms,
+                   const py::object& packed_w_hh, const std::string& x_name,
+                   const std::string& h0_name) {
   const Wanted want{need_x, need_h0, need_w_ih, need_w_hh, need_bias, grad_norms};
-  const py::array x = as_array("x", x_);
-  const bool dbl = is_double(x);
+  const Names names{x_name.c_str(), h0_name.c_str()};
+  const py::array x = as_array(names.x, x_);
+  const bool dbl = is_double(x, names.x);
   const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
-  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want)
-             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want);
+  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want,
+                                     packed_w_hh, names)
+             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want,
+                                    packed_w_hh, names);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnkern's compiled core. Use rnnkern.forward / rnnkern.backward instead.";
+  py::class_<PackedWHH>(m, "PackedWHH",
+                        "W_hh packed for the recurrent kernels; made by pack_w_hh.")
+      .def_readonly("hidden_size", &PackedWHH::hidden_size)
+      .def_readonly("for_forward", &PackedWHH::for_forward);
+  m.def("pack_w_hh", &pack_w_hh, py::arg("w_hh"), py::arg("for_forward"),
+        "W_hh packed for forward (for_forward=True) or backward; pass it as packed_w_hh.");
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"), py::arg("batch_sizes"),
-        py::arg("reverse"));
+        py::arg("reverse"), py::arg("packed_w_hh") = py::none(), py::arg("x_name") = "x",
+        py::arg("h0_name") = "h0");
   m.def("backward", &backward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("nonlinearity"),
         py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,
         py::arg("need_h0") = true, py::arg("need_w_ih") = true, py::arg("need_w_hh") = true,
         py::arg("need_bias") = true, py::arg("grad_norms") = false,
+        py::arg("packed_w_hh") = py::none(), py::arg("x_name") = "x", py::arg("h0_name") = "h0",
         "Gradients (x, h0, w_ih, w_hh, bias), None where not needed, and the (N,) float64 "
         "norms of the whole gradient reaching each row's h_t (None unless grad_norms).");
   m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },

@@ -6,6 +6,7 @@ use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom 
 """
 
 import os as _os
+import sys
 from importlib import import_module
 from typing import Any
 
@@ -41,8 +42,8 @@ except ImportError as _error:
 
 from .numpy_api import Gradients, backward, forward  # noqa: E402
 
-__all__ = ["RNN", "Gradients", "forward", "backward", "functional", "reference", "diagnostics",
-           "isa", "empty_cache"]
+__all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
+           "reference", "diagnostics", "isa", "empty_cache"]
 
 _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics")
 
@@ -63,10 +64,18 @@ def empty_cache() -> int:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RNN":
-        from .modules import RNN
-
-        return RNN
+    if name in ("RNN", "convert", "revert"):
+        return getattr(import_module(".modules", __name__), name)
     if name in _TORCH_MODULES:
         return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'rnnkern' has no attribute {name!r}")
+
+
+# torch.load(weights_only=True) accepts rnnkern.RNN once rnnkern.modules has registered it:
+# now if torch is loaded, else as soon as it is (the torch parts load lazily).
+if "torch" in sys.modules:
+    import_module(".modules", __name__)
+else:
+    from ._after_torch import call_after_torch_import
+
+    call_after_torch_import(lambda: import_module(".modules", __name__))

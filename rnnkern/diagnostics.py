@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, List, NamedTuple, Optional, Union
+import warnings
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -31,26 +32,46 @@ class GradientFlow:
         norms: float64 (num_layers · num_directions, T, B): ‖∂L/∂h_t‖₂, the norm of the whole
             gradient that reaches each hidden state, per layer-direction, step and sample, in
             the caller's batch order, from the last backward pass. NaN where a packed
-            sequence has no such step. None until a backward pass has run.
+            sequence has no such step, and for every step of a layer-direction whose
+            backward did not run. None until a backward pass has run.
         history: the norms of every backward pass in the block, oldest first.
+        not_recorded: the (layer, direction) pairs whose backward did not run in the last
+            backward pass (frozen weights and an input that needs no gradient: autograd
+            skips them). Their rows of ``norms`` are NaN; a warning names them once.
     """
 
     def __init__(self) -> None:
         self.history: List[Tensor] = []
+        self.not_recorded: List[Tuple[int, int]] = []
+        self._warned = False
 
     @property
     def norms(self) -> Optional[Tensor]:
         return self.history[-1] if self.history else None
 
-    def _expect(self, count: int, to_steps: Callable[[Tensor], Tensor]):
-        """A callback for one forward pass: collects ``count`` layer-directions' norms."""
+    def _expect(self, directions: int, count: int, T: int, B: int,
+                to_steps: Callable[[Tensor], Tensor]):
+        """A callback for one forward pass: collects ``count`` layer-directions' norms; an
+        index reported with None at forward time will get no backward."""
         parts: List[Optional[Tensor]] = [None] * count
+        absent: List[int] = []
 
-        def receive(index: int, row_norms: Tensor) -> None:
+        def receive(index: int, row_norms: Optional[Tensor]) -> None:
+            if row_norms is None:
+                absent.append(index)
+                return
             parts[index] = to_steps(row_norms)
-            if all(p is not None for p in parts):
-                self.history.append(torch.stack(parts))
-                parts[:] = [None] * count
+            if any(parts[i] is None for i in range(count) if i not in absent):
+                return
+            nan = torch.full((T, B), math.nan, dtype=torch.float64)
+            self.history.append(torch.stack([nan if p is None else p for p in parts]))
+            parts[:] = [None] * count
+            self.not_recorded = [divmod(i, directions) for i in sorted(absent)]
+            if self.not_recorded and not self._warned:
+                self._warned = True
+                warnings.warn("record_gradient_flow: no backward ran for (layer, direction) "
+                              f"{self.not_recorded} (frozen, and its input needs no "
+                              "gradient); their norms are NaN", stacklevel=2)
 
         return receive
 
@@ -101,8 +122,9 @@ def _flow_callback(rnn: RNN, batch_sizes: Optional[Tensor], T: int, B: int,
     flow = rnn._gradient_flow
     if flow is None:
         return None
-    count = rnn.num_layers * (2 if rnn.bidirectional else 1)
-    return flow._expect(count, _steps_by_batch(T, B, batch_sizes, unsorted_indices))
+    directions = 2 if rnn.bidirectional else 1
+    return flow._expect(directions, rnn.num_layers * directions, T, B,
+                        _steps_by_batch(T, B, batch_sizes, unsorted_indices))
 
 
 class JacobianNorms(NamedTuple):
@@ -143,6 +165,8 @@ def jacobian_norms(rnn: RNN, input: Union[Tensor, PackedSequence], layer: int = 
             data, batch_sizes = input.double(), None
             if data.dim() == 2:
                 data = data.unsqueeze(0 if rnn.batch_first else 1)
+                if hx is not None and hx.dim() == 2:  # unbatched hx, as the module accepts
+                    hx = hx.unsqueeze(1)
             B = data.shape[0 if rnn.batch_first else 1]
         if hx is None:
             hx = torch.zeros(rnn.num_layers * directions, B, rnn.hidden_size, dtype=torch.float64)

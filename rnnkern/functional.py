@@ -4,6 +4,10 @@
 fake (meta) implementations and a registered autograd formula, so :func:`rnn` works under
 ``torch.library.opcheck`` and inside ``torch.compile(fullgraph=True)``. In eager mode the same
 kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch.
+
+What the kernels cannot do runs on the autograd loop of :mod:`rnnkern.reference` instead, with
+the same results: second derivatives (``create_graph=True``), forward-mode AD, ``torch.func``
+transforms, and tensors on the meta device.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import functools
 from typing import Callable, List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from . import _core
+from . import _core, reference
 
 __all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward"]
 
@@ -26,13 +30,15 @@ def _numpy(name: str, t: Optional[Tensor]):
     """A NumPy view of t, with t's strides (the core copies only if they are not contiguous)."""
     if t is None:
         return None
+    if t.dtype in _FLOAT_DTYPES and t.device.type == "cpu":
+        if t.is_neg():  # e.g. z.conj().imag: NumPy cannot view it, so resolve it (a copy)
+            t = t.resolve_neg()
+        return t.detach().numpy()
     if t.device.type != "cpu":
         why = ("rnnkern was not compiled with CUDA support" if t.device.type == "cuda"
                else "rnnkern's kernels run on the CPU")
         raise RuntimeError(f"{name} must be on the CPU, got device {t.device} ({why})")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
-    return t.detach().numpy()
+    raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
 
 
 def _batch_sizes_numpy(batch_sizes: Optional[Tensor]):
@@ -53,19 +59,23 @@ def _last_rows(batch_sizes: Tensor) -> Tensor:
     return offsets[lengths - 1] + rows
 
 
-def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: bool) -> Tensor:
-    """h_n: each sequence's state at its own last step, as a tensor of its own."""
+def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: bool,
+                 own: bool = True) -> Tensor:
+    """h_n: each sequence's state at its own last step; a view of y unless ``own``."""
     if batch_sizes is None:
-        return (y[0] if reverse else y[-1]).clone()
-    return y[:batch].clone() if reverse else y[_last_rows(batch_sizes)]
+        h = y[0] if reverse else y[-1]
+        return h.clone() if own else h
+    if reverse:
+        return y[:batch].clone() if own else y[:batch]
+    return y[_last_rows(batch_sizes)]
 
 
-def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
+def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse, own=True):
     y = torch.from_numpy(_core.forward(
         _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
         _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), nonlinearity,
-        _batch_sizes_numpy(batch_sizes), reverse))
-    return y, _final_state(y, h0.shape[0], batch_sizes, reverse)
+        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx"))
+    return y, _final_state(y, h0.shape[0], batch_sizes, reverse, own)
 
 
 def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, reverse,
@@ -75,7 +85,8 @@ def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, 
     *grads, norms = _core.backward(
         _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
         _numpy("y", y), _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), nonlinearity,
-        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms)
+        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms,
+        x_name="input", h0_name="hx")
     grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
     return grads, None if norms is None else torch.from_numpy(norms)
 
@@ -147,25 +158,44 @@ def _op_backward(ctx, grad_y, grad_hn):
 rnn_forward.register_autograd(_op_backward, setup_context=_setup_context)
 
 
+def _reference_grads(ctx, grad_y, grad_hn):
+    """The backward as autograd ops on the reference loop: differentiable again
+    (``create_graph=True``), at the reference's speed."""
+    x, h0, w_ih, w_hh, b_ih, b_hh, _, batch_sizes = ctx.saved_tensors
+    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
+    with torch.enable_grad():
+        y, h_n = reference.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity,
+                               batch_sizes=batch_sizes, reverse=ctx.reverse)
+        found = torch.autograd.grad((y, h_n), [inputs[i] for i in wanted], (grad_y, grad_hn),
+                                    create_graph=True, allow_unused=True)
+    grads = [None] * 6
+    for i, g in zip(wanted, found):
+        grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return (*grads, None, None, None, None)
+
+
 class _EagerRNN(torch.autograd.Function):
     """The same forward and backward without the custom-op dispatch, for eager mode, where
     the op machinery would cost more than the kernel at small sizes. It can also hand the
-    per-row gradient norms of each backward to a callback (gradient-flow recording)."""
+    per-row gradient norms of each backward to a callback (gradient-flow recording).
+    A backward that must itself be differentiable runs on the reference loop."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
                 on_grad_norms):
         y, h_n = _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, y, batch_sizes)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, batch_sizes)
         ctx.nonlinearity = nonlinearity
         ctx.reverse = reverse
         ctx.on_grad_norms = on_grad_norms
         return y, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, grad_hn):
-        x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _reference_grads(ctx, grad_y, grad_hn)
+        x, h0, w_ih, w_hh, _, _, y, batch_sizes = ctx.saved_tensors
         record = ctx.on_grad_norms is not None
         grads, norms = _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, ctx.nonlinearity,
                                  batch_sizes, ctx.reverse, _output_mask(ctx.needs_input_grad),
@@ -175,19 +205,34 @@ class _EagerRNN(torch.autograd.Function):
         return (*_input_grads(ctx.needs_input_grad, grads), None)
 
 
+def _on_reference(x: Tensor) -> bool:
+    """Whether this call runs on the reference loop: forward-mode AD, a torch.func
+    transform, or the meta device, none of which the kernels can serve."""
+    return (torch.autograd.forward_ad._current_level >= 0
+            or torch._C._are_functorch_transforms_active() or x.device.type == "meta")
+
+
+def _tracked(*tensors) -> bool:
+    """Whether autograd records an operation on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
-           on_grad_norms=None) -> Tuple[Tensor, Tensor]:
-    """(y, h_n) of one layer-direction: the custom op under torch.compile, else eager."""
+           on_grad_norms=None, own=True) -> Tuple[Tensor, Tensor]:
+    """(y, h_n) of one layer-direction: the custom op under torch.compile, the reference loop
+    where the kernels cannot serve, else eager. Without autograd, h_n is a view of y unless
+    ``own``."""
     args = (x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
     if torch.compiler.is_compiling():
         if on_grad_norms is not None:
             raise RuntimeError("gradient-flow recording runs in eager mode only, "
                                "not under torch.compile")
         return rnn_forward(*args)
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh)):
+    if _on_reference(x):
+        return reference.rnn(*args[:6], nonlinearity, batch_sizes=batch_sizes, reverse=reverse)
+    if _tracked(x, h0, w_ih, w_hh, b_ih, b_hh):
         return _EagerRNN.apply(*args, on_grad_norms)
-    return _forward(*args)
+    return _forward(*args, own=own)
 
 
 def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -239,7 +284,9 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
         dropout, training: dropout on each layer's output but the last, in training only,
             drawn from torch's generator in the same order as torch.nn.RNN.
         on_grad_norms: called as on_grad_norms(layer · D + direction, norms) at backward;
-            see :func:`rnn`.
+            see :func:`rnn`. A layer-direction whose backward will not run (autograd does not
+            record it: frozen weights and an input that needs no gradient) is reported at
+            forward time as on_grad_norms(index, None).
 
     Returns:
         (output, h_n): output like input with H · D features; h_n (num_layers · D, B, H).
@@ -256,9 +303,14 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
             index = layer * directions + direction
             w = weights[index * per_direction:(index + 1) * per_direction]
             b_ih, b_hh = (w[2], w[3]) if per_direction == 4 else (None, None)
-            record = None if on_grad_norms is None else functools.partial(on_grad_norms, index)
-            out, h = rnn(layer_input, hx[index], w[0], w[1], b_ih, b_hh, nonlinearity,
-                         batch_sizes=batch_sizes, reverse=direction == 1, on_grad_norms=record)
+            record = None
+            if on_grad_norms is not None:
+                if _tracked(layer_input, hx[index], *w):
+                    record = functools.partial(on_grad_norms, index)
+                else:
+                    on_grad_norms(index, None)
+            out, h = _layer(layer_input, hx[index], w[0], w[1], b_ih, b_hh, nonlinearity,
+                            batch_sizes, direction == 1, record, own=False)
             outputs.append(out)
             h_n.append(h)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)

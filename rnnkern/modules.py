@@ -1,11 +1,13 @@
 """``rnnkern.RNN``: a drop-in for ``torch.nn.RNN`` that runs on rnnkern's kernels.
 
 It is a subclass of ``torch.nn.RNN``: same constructor, parameters, state_dict, repr and
-errors. Only the computation in ``forward`` differs.
+errors. Only the computation in ``forward`` differs. :func:`convert` and :func:`revert` swap
+the class of every RNN inside an existing model.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Tuple, Union
 
 import torch
@@ -14,10 +16,11 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .functional import rnn_layers
 
-__all__ = ["RNN"]
+__all__ = ["RNN", "convert", "revert"]
 
 # Computed in float32 inside and returned in the input's dtype.
 _UPCAST = (torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _let_dynamo_trace_rnn_modules() -> None:
@@ -29,18 +32,24 @@ def _let_dynamo_trace_rnn_modules() -> None:
 
 
 class RNN(torch.nn.RNN):
-    _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
-
     """``torch.nn.RNN`` with forward and backward on rnnkern's fused CPU kernels.
 
     Use it exactly like ``torch.nn.RNN``; see its documentation for the arguments. float32 and
     float64 run on the kernels directly; float16 and bfloat16 (also under autocast) are
-    computed in float32 and returned in that dtype.
+    computed in float32 and returned in that dtype. Second derivatives, forward-mode AD,
+    ``torch.func`` transforms and the meta device run on the autograd loop of
+    ``rnnkern.reference`` (same results, its speed).
     Creating one sets ``torch._dynamo.config.allow_rnn = True`` so that
     ``torch.compile(fullgraph=True)`` traces through it instead of breaking the graph.
+    A model saved with ``torch.save`` loads with ``torch.load`` (``weights_only=True``) once
+    rnnkern is imported.
     """
 
-    def __init__(self, *args, **kwargs):
+    _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Arguments as torch.nn.RNN takes them (its parsing, its errors); the signature that
+        # help() shows is set below.
         super().__init__(*args, **kwargs)
         _let_dynamo_trace_rnn_modules()
 
@@ -49,7 +58,58 @@ class RNN(torch.nn.RNN):
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        """Runs the forward pass, like ``torch.nn.RNN.forward``."""
+        fast = self._forward_fast(input, hx)
+        return fast if fast is not None else self._forward_checked(input, hx)
+
+    def _forward_fast(self, input, hx) -> Optional[Tuple[Tensor, Tensor]]:
+        """The common case (a float32/64 CPU tensor, weights of its dtype, a valid hx or none,
+        no autocast, no recording) with the fewest checks; None for anything else, which
+        goes the whole way (_forward_checked) and gets torch.nn.RNN's errors."""
+        if (type(input) is not Tensor or self._gradient_flow is not None
+                or input.dtype not in _KERNEL_DTYPES or input.device.type != "cpu"
+                or torch.is_autocast_enabled("cpu")):
+            return None
+        flat = self._flat_weights
+        params = self._parameters
+        if type(self) is not RNN or any(params.get(name) is not w for name, w in
+                                        zip(self._flat_weights_names, flat)):
+            self._update_flat_weights()  # parametrized or replaced weights
+            flat = self._flat_weights
+        dtype = input.dtype
+        if any(w.dtype is not dtype for w in flat):
+            return None
+        batched = input.dim() == 3
+        if not batched:
+            if input.dim() != 2 or (hx is not None and hx.dim() != 2):
+                return None
+            input = input.unsqueeze(0 if self.batch_first else 1)
+            if hx is not None:
+                hx = hx.unsqueeze(1)
+        steps, batch, features = input.shape
+        if self.batch_first:
+            steps, batch = batch, steps
+        if steps == 0 or features != self.input_size:
+            return None
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        if hx is None:
+            hx = torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
+        elif (type(hx) is not Tensor or hx.shape != (layers, batch, self.hidden_size)
+              or hx.dtype is not dtype or hx.device.type != "cpu"):
+            return None
+        output, hidden = rnn_layers(input, hx, flat, self.num_layers, self.bidirectional,
+                                    "tanh" if self.mode == "RNN_TANH" else "relu",
+                                    self.dropout, self.training, self.batch_first)
+        if not batched:
+            return output.squeeze(0 if self.batch_first else 1), hidden.squeeze(1)
+        return output, hidden
+
+    def _forward_checked(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor]
+                         ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         # The input handling follows torch.nn.RNN.forward line by line.
+        data = input.data if isinstance(input, PackedSequence) else input
+        if data.device.type == "meta":  # shapes only (deferred initialisation)
+            return super().forward(input, hx)
         self._update_flat_weights()
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -131,3 +191,52 @@ class RNN(torch.nn.RNN):
         if output.dtype != result_dtype:
             output, hidden = output.to(result_dtype), hidden.to(result_dtype)
         return output, hidden
+
+
+def _init_signature(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                    nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                    dropout: float = 0.0, bidirectional: bool = False, device=None,
+                    dtype=None) -> None:
+    """torch.nn.RNN's constructor arguments."""
+
+
+RNN.__init__.__signature__ = inspect.signature(_init_signature)
+
+
+def _swap_classes(model: torch.nn.Module, old: type, new: type) -> torch.nn.Module:
+    for module in model.modules():
+        if type(module) is old:
+            module.__class__ = new
+    return model
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Makes every ``torch.nn.RNN`` inside ``model`` (``model`` itself included) an
+    ``rnnkern.RNN``, in place, and returns ``model``.
+
+    Each module keeps its identity, Parameter objects, hooks and state, so an optimizer made
+    before the call keeps training the same tensors; only the class changes, the way
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` swaps batch norms. Subclasses of
+    ``torch.nn.RNN`` are left alone (their forward may differ). Undo with :func:`revert`.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for module in model.modules():
+        if type(module) is torch.nn.RNN:
+            _let_dynamo_trace_rnn_modules()
+            break
+    return _swap_classes(model, torch.nn.RNN, RNN)
+
+
+def revert(model: torch.nn.Module) -> torch.nn.Module:
+    """Makes every ``rnnkern.RNN`` inside ``model`` a ``torch.nn.RNN`` again, in place, and
+    returns ``model``: the inverse of :func:`convert` (e.g. to save a checkpoint that loads
+    where rnnkern is not installed)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return _swap_classes(model, RNN, torch.nn.RNN)
+
+
+# torch.load's default weights_only unpickler accepts only allow-listed classes; rnnkern.RNN
+# holds nothing but torch.nn.RNN's tensors and attributes.
+torch.serialization.add_safe_globals([RNN])

@@ -101,15 +101,20 @@ int64_t backward_workspace_size(const Problem& p, const K&, bool record_norms) {
          p.batch * p.hidden_size;
 }
 
-// y (N, H) = the hidden state of every row at every step.
+// y (N, H) = the hidden state of every row at every step. packed_w_hh, if not nullptr, is
+// W_hh already packed by K::pack for the forward pass (transposed); else it is packed here.
 template <typename T, typename K>
 void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-             const T* b_ih, const T* b_hh, T* y, T* workspace, K& k) {
+             const T* b_ih, const T* b_hh, T* y, T* workspace, K& k,
+             const T* packed_w_hh = nullptr) {
   const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows();
-  T* packed = workspace;
-  k.pack(w_hh, H, /*transpose=*/true, packed);
+  const T* packed = packed_w_hh;
+  if (!packed) {
+    k.pack(w_hh, H, /*transpose=*/true, workspace);
+    packed = workspace;
+  }
   // b_ih + b_hh, added by the step's epilogue.
-  T* bias = b_ih || b_hh ? packed + K::packed_size(H) : nullptr;
+  T* bias = b_ih || b_hh ? workspace + K::packed_size(H) : nullptr;
   if (bias)
     for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
 
@@ -145,20 +150,25 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
 // grad_hn row b belongs to the step at which sequence b ends (its last step forward, step 0 in
 // reverse). grad_norms, if not nullptr, receives ‖d_t‖₂ for each of the N rows, where
 // d_t = ∂L/∂y_t + the recurrent gradient is the whole gradient that reaches h_t; it is
-// summed up in the same pass.
+// summed up in the same pass. packed_w_hh, if not nullptr, is W_hh packed by K::pack for the
+// backward pass (not transposed); else it is packed here.
 template <typename T, typename K>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
               const T* y, Rows<T> grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
-              T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace, K& k) {
+              T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace, K& k,
+              const T* packed_w_hh = nullptr) {
   const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows(), B = p.batch;
-  T* packed = workspace;
-  T* delta = packed + K::packed_size(H);
+  const T* packed = packed_w_hh;
+  if (!packed) {
+    k.pack(w_hh, H, /*transpose=*/false, workspace);
+    packed = workspace;
+  }
+  T* delta = workspace + K::packed_size(H);
   // Partial sums of d_t² per row, norm_slots(H) of them.
   T* slots = grad_norms ? delta + N * H * (p.uniform() ? 1 : 2) : nullptr;
   // Σ_t δ_t per batch row, summed while δ_t is still in cache; ∂b is their sum.
   T* bias_rows = delta + N * H * (p.uniform() ? 1 : 2) + (slots ? N * K::norm_slots(H) : 0);
   const int64_t slots_per_row = K::norm_slots(H);
-  k.pack(w_hh, H, /*transpose=*/false, packed);
   const Epilogue kRecurrent = slots ? Epilogue::kBackwardRecord : Epilogue::kBackward;
   // Rows that get no recurrent gradient at this step: δ = d ⊙ φ'(h).
   auto scale = [&](int64_t off, int64_t begin, int64_t end) {

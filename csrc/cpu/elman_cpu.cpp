@@ -97,19 +97,30 @@ int64_t backward_workspace_size(const Problem& p, bool record_norms) {
 }
 
 template <typename T>
+int64_t packed_w_hh_size(int64_t H) {
+  return Backend<T>::packed_size(H);
+}
+
+template <typename T>
+void pack_w_hh(const T* w_hh, int64_t H, bool for_forward, T* packed) {
+  Backend<T>{}.pack(w_hh, H, /*transpose=*/for_forward, packed);
+}
+
+template <typename T>
 void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-             const T* b_ih, const T* b_hh, T* y, T* workspace) {
+             const T* b_ih, const T* b_hh, T* y, T* workspace, const T* packed_w_hh) {
   Backend<T> k;
-  rnnkern::forward<T>(p, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, k);
+  rnnkern::forward<T>(p, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, k, packed_w_hh);
 }
 
 template <typename T>
 void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* w_hh,
               const T* y, Rows<T> grad_y, const T* grad_hn, T* grad_x, T* grad_h0,
-              T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace) {
+              T* grad_w_ih, T* grad_w_hh, T* grad_b, double* grad_norms, T* workspace,
+              const T* packed_w_hh) {
   Backend<T> k;
   rnnkern::backward<T>(p, x, h0, w_ih, w_hh, y, grad_y, grad_hn, grad_x, grad_h0, grad_w_ih,
-                       grad_w_hh, grad_b, grad_norms, workspace, k);
+                       grad_w_hh, grad_b, grad_norms, workspace, k, packed_w_hh);
 }
 
 const char* isa() { return recurrent_kernels<float>().isa; }
@@ -117,10 +128,13 @@ const char* isa() { return recurrent_kernels<float>().isa; }
 #define RNNKERN_INSTANTIATE(T)                                                               \
   template int64_t forward_workspace_size<T>(const Problem&);                               \
   template int64_t backward_workspace_size<T>(const Problem&, bool);                        \
+  template int64_t packed_w_hh_size<T>(int64_t);                                            \
+  template void pack_w_hh<T>(const T*, int64_t, bool, T*);                                  \
   template void forward<T>(const Problem&, const T*, const T*, const T*, const T*, const T*, \
-                           const T*, T*, T*);                                                \
+                           const T*, T*, T*, const T*);                                      \
   template void backward<T>(const Problem&, const T*, const T*, const T*, const T*,          \
-                            const T*, Rows<T>, const T*, T*, T*, T*, T*, T*, double*, T*);
+                            const T*, Rows<T>, const T*, T*, T*, T*, T*, T*, double*, T*,    \
+                            const T*);
 RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)
 #undef RNNKERN_INSTANTIATE
