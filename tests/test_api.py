@@ -71,8 +71,9 @@ def test_rnn_signature_is_torch_nn_rnn_constructor():
     assert list(parameters) == list(RNN_ARGUMENTS), list(parameters)
     for name, default in RNN_ARGUMENTS.items():
         assert parameters[name].default == default, (name, parameters[name].default)
-    hints = typing.get_type_hints(rnnkern.RNN.__init__)
-    assert {"input_size", "hidden_size", "num_layers", "nonlinearity"} <= set(hints)
+    annotated = {name for name, p in parameters.items() if p.annotation is not p.empty}
+    assert {"input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first",
+            "dropout", "bidirectional"} <= annotated, annotated
     assert {"input", "hx", "return"} <= set(typing.get_type_hints(rnnkern.RNN.forward))
 
 
