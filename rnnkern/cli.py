@@ -12,18 +12,11 @@ import sys
 import time
 from typing import List, Optional
 
-DESCRIPTION = """\
-rnnkern: fast, exact backpropagation through time for the Elman RNN.
+DESCRIPTION = "rnnkern: fast, exact backpropagation through time for the Elman RNN."
 
-commands:
-  bench          time rnnkern.RNN against torch.nn.RNN and print a table
-  vanish         gradient norms through time for several W_hh gains, as an RNN and as a
-                 tied-weight MLP: a table and a picture
-  train adding   train an RNN on the adding problem: progress, loss curve and a
-                 gradient-flow heat map
-
-Every command writes its files into one folder, --out (default ./rnnkern-results).
-"rnnkern <command> --help" tells more.
+EPILOG = """\
+Every command writes its files into one folder, --out (default ./rnnkern-results), and
+prints where. "rnnkern <command> --help" shows a command's options and their defaults.
 """
 
 DEFAULT_OUT = "rnnkern-results"
@@ -250,7 +243,7 @@ def _add_out(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnkern", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="rnnkern", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     b = sub.add_parser("bench", formatter_class=_HelpFormatter,
@@ -298,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_vanish, parser=v)
 
     t = sub.add_parser("train", formatter_class=_HelpFormatter,
-                       help="train an RNN on a task; progress, loss and gradient-flow plots",
+                       help="train adding: train an RNN on the adding problem; progress, "
+                            "loss curve and gradient-flow heat map",
                        description="Trains on the adding problem (two marked values among T; "
                                    "the target is their sum) with Adam and gradient clipping.")
     t.add_argument("task", choices=["adding"], help="adding: the adding problem")
