@@ -326,6 +326,42 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   return y;
 }
 
+// The forward pass on raw pointers (torch's data_ptr()) to C-contiguous, aligned arrays of one
+// dtype whose shapes the caller has checked: x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H),
+// b_ih, b_hh (H) or 0, y (T, B, H). For rnnkern.functional's small calls, where converting six
+// tensors to arrays costs more than the kernel. Sizes are checked here, pointers cannot be.
+void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H,
+                      std::uintptr_t x, std::uintptr_t h0, std::uintptr_t w_ih,
+                      std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
+                      std::uintptr_t y, const py::object& nonlinearity, bool reverse) {
+  Problem p;
+  p.act = parse_nonlinearity(nonlinearity);
+  p.reverse = reverse;
+  p.steps = T;
+  p.batch = B;
+  p.input_size = I;
+  p.hidden_size = H;
+  if (T < 1 || B < 0 || I < 1 || H < 1 || !x || !h0 || !w_ih || !w_hh || !y)
+    throw py::value_error("forward_pointers: sizes must be positive and pointers set");
+  const int64_t rows = checked_product("x", T, B);
+  check_blas_size("x", checked_product("x", rows, I));
+  check_blas_size("the output", checked_product("the output", rows, H));
+  check_blas_size("w_ih", checked_product("w_ih", H, I));
+  check_blas_size("w_hh", checked_product("w_hh", H, H));
+  auto run = [&](auto zero) {
+    using T_ = decltype(zero);
+    auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
+    T_* ws = workspace<T_>(rnnkern::cpu::forward_workspace_size<T_>(p));
+    py::gil_scoped_release release;
+    rnnkern::cpu::forward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh),
+                              ptr(y), ws);
+  };
+  if (is_double)
+    run(double(0));
+  else
+    run(float(0));
+}
+
 // Which gradients backward computes (the others come back as None), and whether it also
 // returns ‖d_t‖₂ per row.
 struct Wanted {
@@ -433,6 +469,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"), py::arg("batch_sizes"),
         py::arg("reverse"), py::arg("packed_w_hh") = py::none(), py::arg("x_name") = "x",
         py::arg("h0_name") = "h0");
+  m.def("forward_pointers", &forward_pointers, py::arg("is_double"), py::arg("T"), py::arg("B"),
+        py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h0"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("y"),
+        py::arg("nonlinearity"), py::arg("reverse"),
+        "forward on data_ptr()s of checked C-contiguous arrays; see bindings.cpp.");
   m.def("backward", &backward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("nonlinearity"),
         py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,

@@ -30,7 +30,7 @@ def _numpy(name: str, t: Optional[Tensor]):
     """A NumPy view of t, with t's strides (the core copies only if they are not contiguous)."""
     if t is None:
         return None
-    if t.dtype in _FLOAT_DTYPES and t.device.type == "cpu":
+    if t.dtype in _FLOAT_DTYPES and t.is_cpu:
         if t.is_neg():  # e.g. z.conj().imag: NumPy cannot view it, so resolve it (a copy)
             t = t.resolve_neg()
         return t.detach().numpy()
@@ -70,7 +70,43 @@ def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: 
     return y[_last_rows(batch_sizes)]
 
 
+# Below this many output elements, _forward passes data_ptr()s instead of NumPy views.
+_SMALL_OUTPUT = 1 << 14
+
+
+def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Optional[Tensor]:
+    """y for a small time-major call on contiguous CPU tensors of one kernel dtype and
+    matching shapes (checked here, before the pointers go to the core); None otherwise."""
+    if x.dim() != 3:
+        return None
+    steps, batch, features = x.shape
+    hidden = w_hh.shape[0]
+    dtype = x.dtype
+    if (not 0 < steps * batch * hidden <= _SMALL_OUTPUT or dtype not in _FLOAT_DTYPES
+            or w_hh.shape != (hidden, hidden) or w_ih.shape != (hidden, features)
+            or h0.shape != (batch, hidden)):
+        return None
+    biases = [b for b in (b_ih, b_hh) if b is not None]
+    for t in (x, h0, w_ih, w_hh, *biases):
+        if (t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()
+                or t.is_neg()):
+            return None
+    if any(b.shape != (hidden,) for b in biases):
+        return None
+    y = torch.empty(steps, batch, hidden, dtype=dtype)
+    _core.forward_pointers(dtype is torch.float64, steps, batch, features, hidden,
+                           x.data_ptr(), h0.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                           0 if b_ih is None else b_ih.data_ptr(),
+                           0 if b_hh is None else b_hh.data_ptr(), y.data_ptr(),
+                           nonlinearity, reverse)
+    return y
+
+
 def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse, own=True):
+    if batch_sizes is None:
+        y = _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
+        if y is not None:
+            return y, _final_state(y, h0.shape[0], None, reverse, own)
     y = torch.from_numpy(_core.forward(
         _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
         _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), nonlinearity,

@@ -67,7 +67,7 @@ class RNN(torch.nn.RNN):
         no autocast, no recording) with the fewest checks; None for anything else, which
         goes the whole way (_forward_checked) and gets torch.nn.RNN's errors."""
         if (type(input) is not Tensor or self._gradient_flow is not None
-                or input.dtype not in _KERNEL_DTYPES or input.device.type != "cpu"
+                or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
                 or torch.is_autocast_enabled("cpu")):
             return None
         flat = self._flat_weights
@@ -95,7 +95,7 @@ class RNN(torch.nn.RNN):
         if hx is None:
             hx = torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
         elif (type(hx) is not Tensor or hx.shape != (layers, batch, self.hidden_size)
-              or hx.dtype is not dtype or hx.device.type != "cpu"):
+              or hx.dtype is not dtype or not hx.is_cpu):
             return None
         output, hidden = rnn_layers(input, hx, flat, self.num_layers, self.bidirectional,
                                     "tanh" if self.mode == "RNN_TANH" else "relu",

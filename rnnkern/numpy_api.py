@@ -31,6 +31,10 @@ def _batch_sizes(batch_sizes):
     a = np.asarray(batch_sizes)
     if a.dtype.kind not in "iu":
         raise TypeError(f"batch_sizes must hold integers, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"batch_sizes must have 1 dimension, got shape {a.shape}")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"batch_sizes must be below 2**63, got {int(a.max())}")
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
