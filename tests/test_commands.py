@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from rnnkern import adding, vanish
+from rnnkern import adding, cli, vanish
 
 
 def run_cli(args, cwd):
@@ -53,9 +53,10 @@ def test_vanish_agreement_and_bound_are_computed():
     assert not vanish.within_bound(curves)
 
 
-def test_vanish_writes_into_the_default_results_folder(tmp_path):
-    run_cli(["vanish", "--T", "5", "--hidden", "3", "--batch-size", "1", "--gains", "1"],
-            tmp_path)
+def test_vanish_writes_into_the_default_results_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["vanish", "--T", "5", "--hidden", "3", "--batch-size", "1",
+                     "--gains", "1"]) == 0
     assert os.listdir(tmp_path) == ["rnnkern-results"]
     assert os.listdir(tmp_path / "rnnkern-results") == ["vanish.png"]
 
