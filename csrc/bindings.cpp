@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -330,10 +331,9 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
 // dtype whose shapes the caller has checked: x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H),
 // b_ih, b_hh (H) or 0, y (T, B, H). For rnnkern.functional's small calls, where converting six
 // tensors to arrays costs more than the kernel. Sizes are checked here, pointers cannot be.
-void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H,
-                      std::uintptr_t x, std::uintptr_t h0, std::uintptr_t w_ih,
-                      std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
-                      std::uintptr_t y, const py::object& nonlinearity, bool reverse) {
+Problem pointer_problem(int64_t T, int64_t B, int64_t I, int64_t H,
+                        const py::object& nonlinearity, bool reverse,
+                        std::initializer_list<std::uintptr_t> required) {
   Problem p;
   p.act = parse_nonlinearity(nonlinearity);
   p.reverse = reverse;
@@ -341,13 +341,23 @@ void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H
   p.batch = B;
   p.input_size = I;
   p.hidden_size = H;
-  if (T < 1 || B < 0 || I < 1 || H < 1 || !x || !h0 || !w_ih || !w_hh || !y)
-    throw py::value_error("forward_pointers: sizes must be positive and pointers set");
+  bool set = true;
+  for (const std::uintptr_t ptr : required) set = set && ptr;
+  if (T < 1 || B < 1 || I < 1 || H < 1 || !set)
+    throw py::value_error("sizes must be positive and pointers set");
   const int64_t rows = checked_product("x", T, B);
   check_blas_size("x", checked_product("x", rows, I));
   check_blas_size("the output", checked_product("the output", rows, H));
   check_blas_size("w_ih", checked_product("w_ih", H, I));
   check_blas_size("w_hh", checked_product("w_hh", H, H));
+  return p;
+}
+
+void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H,
+                      std::uintptr_t x, std::uintptr_t h0, std::uintptr_t w_ih,
+                      std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
+                      std::uintptr_t y, const py::object& nonlinearity, bool reverse) {
+  const Problem p = pointer_problem(T, B, I, H, nonlinearity, reverse, {x, h0, w_ih, w_hh, y});
   auto run = [&](auto zero) {
     using T_ = decltype(zero);
     auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
@@ -355,6 +365,34 @@ void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H
     py::gil_scoped_release release;
     rnnkern::cpu::forward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh),
                               ptr(y), ws);
+  };
+  if (is_double)
+    run(double(0));
+  else
+    run(float(0));
+}
+
+// The backward pass on raw pointers, as forward_pointers: x, h0, w_ih, w_hh, y as given to and
+// returned by forward, grad_y (T, B, H) and grad_hn (B, H) or 0 C-contiguous; each gradient
+// output (grad_b: one (H,) array; norms: T·B float64) is computed where its pointer is not 0.
+void backward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H,
+                       std::uintptr_t x, std::uintptr_t h0, std::uintptr_t w_ih,
+                       std::uintptr_t w_hh, std::uintptr_t y, std::uintptr_t grad_y,
+                       std::uintptr_t grad_hn, std::uintptr_t grad_x, std::uintptr_t grad_h0,
+                       std::uintptr_t grad_w_ih, std::uintptr_t grad_w_hh,
+                       std::uintptr_t grad_b, std::uintptr_t norms,
+                       const py::object& nonlinearity, bool reverse) {
+  const Problem p =
+      pointer_problem(T, B, I, H, nonlinearity, reverse, {x, h0, w_ih, w_hh, y, grad_y});
+  auto run = [&](auto zero) {
+    using T_ = decltype(zero);
+    auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
+    T_* ws = workspace<T_>(rnnkern::cpu::backward_workspace_size<T_>(p, norms != 0));
+    py::gil_scoped_release release;
+    rnnkern::cpu::backward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(y),
+                               rnnkern::Rows<T_>{ptr(grad_y), H, 1}, ptr(grad_hn), ptr(grad_x),
+                               ptr(grad_h0), ptr(grad_w_ih), ptr(grad_w_hh), ptr(grad_b),
+                               reinterpret_cast<double*>(norms), ws);
   };
   if (is_double)
     run(double(0));
@@ -474,6 +512,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("y"),
         py::arg("nonlinearity"), py::arg("reverse"),
         "forward on data_ptr()s of checked C-contiguous arrays; see bindings.cpp.");
+  m.def("backward_pointers", &backward_pointers, py::arg("is_double"), py::arg("T"),
+        py::arg("B"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h0"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"),
+        py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_w_ih"), py::arg("grad_w_hh"),
+        py::arg("grad_b"), py::arg("norms"), py::arg("nonlinearity"), py::arg("reverse"),
+        "backward on data_ptr()s of checked C-contiguous arrays; see bindings.cpp.");
   m.def("backward", &backward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("nonlinearity"),
         py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,

@@ -70,13 +70,15 @@ def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: 
     return y[_last_rows(batch_sizes)]
 
 
-# Below this many output elements, _forward passes data_ptr()s instead of NumPy views.
+# Below this many elements in each output, _forward and _backward pass data_ptr()s instead of
+# NumPy views, and the outputs come from torch's allocator.
 _SMALL_OUTPUT = 1 << 14
 
 
-def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Optional[Tensor]:
-    """y for a small time-major call on contiguous CPU tensors of one kernel dtype and
-    matching shapes (checked here, before the pointers go to the core); None otherwise."""
+def _small_sizes(x, h0, w_ih, w_hh, *others) -> Optional[Tuple[int, int, int, int]]:
+    """(T, B, I, H) when a time-major call is small and all its tensors are C-contiguous CPU
+    tensors of x's kernel dtype with consistent shapes (``others``: (H,) biases and
+    (T, B, H) arrays, or None), so that their data_ptr()s can go to the core; else None."""
     if x.dim() != 3:
         return None
     steps, batch, features = x.shape
@@ -86,13 +88,26 @@ def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Opti
             or w_hh.shape != (hidden, hidden) or w_ih.shape != (hidden, features)
             or h0.shape != (batch, hidden)):
         return None
-    biases = [b for b in (b_ih, b_hh) if b is not None]
-    for t in (x, h0, w_ih, w_hh, *biases):
+    others = [t for t in others if t is not None]
+    for t in (x, h0, w_ih, w_hh, *others):
         if (t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()
                 or t.is_neg()):
             return None
-    if any(b.shape != (hidden,) for b in biases):
+    for t in others:
+        if t.shape != (hidden,) and t.shape != (steps, batch, hidden):
+            return None
+    return steps, batch, features, hidden
+
+
+def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Optional[Tensor]:
+    """y for a call that _small_sizes accepts, else None."""
+    if b_ih is not None and b_ih.dim() != 1 or b_hh is not None and b_hh.dim() != 1:
         return None
+    sizes = _small_sizes(x, h0, w_ih, w_hh, b_ih, b_hh)
+    if sizes is None:
+        return None
+    steps, batch, features, hidden = sizes
+    dtype = x.dtype
     y = torch.empty(steps, batch, hidden, dtype=dtype)
     _core.forward_pointers(dtype is torch.float64, steps, batch, features, hidden,
                            x.data_ptr(), h0.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
@@ -114,10 +129,42 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse, 
     return y, _final_state(y, h0.shape[0], batch_sizes, reverse, own)
 
 
+def _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse, output_mask,
+                    grad_norms):
+    """_backward for a call that _small_sizes accepts (grad_y and grad_hn made contiguous),
+    else None."""
+    if grad_y.shape != y.shape or grad_hn is not None and grad_hn.shape != h0.shape:
+        return None
+    grad_y = grad_y.contiguous()
+    grad_hn = None if grad_hn is None else grad_hn.contiguous()
+    if _small_sizes(x, h0, w_ih, w_hh, y, grad_y, grad_hn) is None or y.dim() != 3:
+        return None
+    steps, batch, features = x.shape
+    hidden = w_hh.shape[0]
+    if hidden * max(hidden, features) > _SMALL_OUTPUT:  # large outputs come from the core's
+        return None                                     # block cache, not fresh pages
+    shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, (hidden,))
+    grads = [torch.empty(shape, dtype=x.dtype) if wanted else None
+             for shape, wanted in zip(shapes, output_mask)]
+    norms = torch.empty(steps * batch, dtype=torch.float64) if grad_norms else None
+    _core.backward_pointers(x.dtype is torch.float64, steps, batch, features, hidden,
+                            x.data_ptr(), h0.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                            y.data_ptr(), grad_y.data_ptr(),
+                            0 if grad_hn is None else grad_hn.data_ptr(),
+                            *(0 if g is None else g.data_ptr() for g in grads),
+                            0 if norms is None else norms.data_ptr(), nonlinearity, reverse)
+    return tuple(grads), norms
+
+
 def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, reverse,
               output_mask, grad_norms=False):
     """(x, h0, w_ih, w_hh, bias) gradients, None where output_mask is False, and the (N,)
     float64 norms of the whole gradient reaching each row's h_t (None unless grad_norms)."""
+    if batch_sizes is None and grad_y is not None:
+        small = _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse,
+                                output_mask, grad_norms)
+        if small is not None:
+            return small
     *grads, norms = _core.backward(
         _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
         _numpy("y", y), _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), nonlinearity,

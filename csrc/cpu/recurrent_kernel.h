@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "recurrent.h"
 
@@ -59,16 +60,53 @@ inline V derivative(Activation act, V h) {
   return act == Activation::kTanh ? tanh_derivative(h) : relu_derivative(h);
 }
 
+// Transposes the L × L block v[0..L) in registers: stage h swaps the off-diagonal h × h blocks
+// of every 2h × 2h block, for h = L/2, …, 1.
+template <typename T, int64_t h>
+inline void transpose_block(typename Vec<T>::type* v) {
+  typedef typename Vec<T>::type V;
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+  typedef I M __attribute__((vector_size(RNNKERN_VECTOR_BYTES)));
+  constexpr int64_t L = Vec<T>::lanes;
+  M lo, hi;
+  for (int64_t l = 0; l < L; ++l) {
+    lo[l] = (l & h) == 0 ? l : L + l - h;
+    hi[l] = (l & h) == 0 ? l + h : L + l;
+  }
+  for (int64_t r = 0; r < L; ++r)
+    if ((r & h) == 0) {
+      const V a = v[r], b = v[r + h];
+      v[r] = __builtin_shuffle(a, b, lo);
+      v[r + h] = __builtin_shuffle(a, b, hi);
+    }
+  if constexpr (h > 1) transpose_block<T, h / 2>(v);
+}
+
 template <typename T>
 void pack(const T* w, int64_t H, bool transpose, T* packed) {
+  typedef typename Vec<T>::type V;
   constexpr int64_t L = Vec<T>::lanes;
   const int64_t panels = (H + L - 1) / L;
-  for (int64_t p = 0; p < panels; ++p)
-    for (int64_t k = 0; k < H; ++k)
+  for (int64_t p = 0; p < panels; ++p) {
+    int64_t k = 0;
+    if (transpose && (p + 1) * L <= H) {
+      // packed (k, jj) = w[p·L + jj][k]: L × L blocks transposed in registers (reading w
+      // column by column was 5x slower than a copy at H = 256).
+      for (; k + L <= H; k += L) {
+        V v[L];
+        for (int64_t jj = 0; jj < L; ++jj) v[jj] = load(w + (p * L + jj) * H + k);
+        transpose_block<T, L / 2>(v);
+        for (int64_t kk = 0; kk < L; ++kk) store(packed + (p * H + k + kk) * L, v[kk]);
+      }
+    } else if ((p + 1) * L <= H) {
+      for (; k < H; ++k) store(packed + (p * H + k) * L, load(w + k * H + p * L));
+    }
+    for (; k < H; ++k)
       for (int64_t jj = 0; jj < L; ++jj) {
         const int64_t j = p * L + jj;
         packed[(p * H + k) * L + jj] = j < H ? (transpose ? w[j * H + k] : w[k * H + j]) : T(0);
       }
+  }
 }
 
 // The epilogue applied to sum = C (on entry) + A·B; what is stored in C.
