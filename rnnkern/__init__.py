@@ -5,13 +5,43 @@ use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom 
 ``rnnkern.reference`` (the autograd oracle) and ``rnnkern.diagnostics`` (gradient flow).
 """
 
+import os as _os
 import sys
 from importlib import import_module
-
-from . import _core
-from .numpy_api import Gradients, backward, forward
+from typing import Any
 
 __version__ = "0.1.0"
+
+
+def _unbuilt_source_tree(error: ImportError) -> bool:
+    """True when ``_core`` was not found because this is the unbuilt ``rnnkern/`` folder of a
+    source checkout (a clone's root on sys.path shadows the installed package)."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    root = _os.path.dirname(here)
+    in_checkout = all(_os.path.exists(_os.path.join(root, name))
+                      for name in ("pyproject.toml", "CMakeLists.txt", "csrc"))
+    not_found = isinstance(error, ModuleNotFoundError) or "cannot import name '_core'" in str(error)
+    built_here = any(name.startswith("_core.") for name in _os.listdir(here))
+    return in_checkout and not_found and not built_here
+
+
+try:
+    from . import _core
+except ImportError as _error:
+    if not _unbuilt_source_tree(_error):
+        raise
+    raise ImportError(
+        "rnnkern's compiled part (rnnkern._core) is missing: Python imported the 'rnnkern' "
+        f"folder of a source checkout ({_os.path.dirname(_os.path.abspath(__file__))}), which "
+        "is not built, instead of an installed rnnkern. This happens when Python runs in the "
+        "checkout's root, whose folder comes first on sys.path. Install rnnkern "
+        "(pip install .) and run Python from another directory, or, to work on rnnkern, use "
+        "an editable install, which builds the extension: pip install --no-build-isolation "
+        "-Ceditable.rebuild=true -Cbuild-dir=build/editable -e . (see README, Developing)."
+    ) from _error
+
+from .numpy_api import Gradients, backward, forward  # noqa: E402
+
 __all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
            "reference", "diagnostics", "isa", "empty_cache"]
 
@@ -33,7 +63,7 @@ def empty_cache() -> int:
     return _core.empty_cache()
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in ("RNN", "convert", "revert"):
         return getattr(import_module(".modules", __name__), name)
     if name in _TORCH_MODULES:

@@ -8,11 +8,12 @@ everywhere gives MSE = 1/6 ≈ 0.167.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -62,6 +63,19 @@ class Run:
     flow: List[torch.Tensor] = field(default_factory=list)  # per iteration: (T,) mean ‖∂L/∂h_t‖
     seconds: float = 0.0
     test_mse: float = math.nan
+    # ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖ before and after training, measured in float64 on a fixed batch
+    # (in float32 it underflows to 0 at T = 100); empty for the torch engine.
+    reach: Tuple[float, ...] = ()
+
+
+def gradient_reach(model: "Model", x: torch.Tensor, y: torch.Tensor) -> float:
+    """How much of the gradient at the last step reaches the first one, mean over the batch:
+    ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖, from a float64 copy of ``model`` (the model is left as it is)."""
+    probe = copy.deepcopy(model).double()
+    with record_gradient_flow(probe.rnn) as flow:
+        torch.nn.functional.mse_loss(probe(x.double()), y.double()).backward()
+    norms = flow.norms[0].mean(1)
+    return float(norms[0] / norms[-1])
 
 
 class Progress:
@@ -93,6 +107,8 @@ def train(T: int = 50, steps: int = 2000, hidden: int = 64, nonlinearity: str = 
     g = torch.Generator().manual_seed(seed + 1)
     run = Run()
     recording = engine == "rnnkern"
+    probe = batch(T, 256, torch.Generator().manual_seed(seed + 3))
+    first_reach = gradient_reach(model, *probe) if recording else None
     start = time.perf_counter()
     for step in range(1, steps + 1):
         x, y = batch(T, batch_size, g)
@@ -114,40 +130,89 @@ def train(T: int = 50, steps: int = 2000, hidden: int = 64, nonlinearity: str = 
     with torch.no_grad():
         x, y = batch(T, 2000, torch.Generator().manual_seed(seed + 2))
         run.test_mse = torch.nn.functional.mse_loss(model(x), y).item()
+    if first_reach is not None:
+        run.reach = (first_reach, gradient_reach(model, *probe))
     return run
 
 
+def smooth(values: List[float], window: int) -> List[float]:
+    """Moving mean over the last ``window`` values (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_losses(run: Run, title: str, path: str) -> None:
+    """Training MSE per iteration (faint) and its moving mean, the test MSE after training
+    and the MSE of always predicting 1."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.semilogy(run.losses, linewidth=0.8, label="training MSE")
-    ax.axhline(BASELINE_MSE, color="red", linestyle="--", label="predict 1 (MSE 1/6)")
+    steps = len(run.losses)
+    window = max(1, steps // 50)
+    iterations = range(1, steps + 1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.semilogy(iterations, run.losses, linewidth=0.5, color="tab:blue", alpha=0.3,
+                label="training MSE, per iteration")
+    ax.semilogy(iterations, smooth(run.losses, window), linewidth=2, color="tab:blue",
+                label=f"training MSE, mean of {window} iterations")
+    ax.axhline(BASELINE_MSE, color="tab:red", linestyle="--", label="predicting 1: MSE 1/6")
+    if not math.isnan(run.test_mse):
+        ax.axhline(run.test_mse, color="black", linestyle=":", linewidth=1.2)
+        ax.plot([steps], [run.test_mse], "o", color="black",
+                label=f"test MSE after training: {run.test_mse:.4f}")
     ax.set_xlabel("training iteration")
-    ax.set_ylabel("MSE")
+    ax.set_ylabel("mean squared error")
     ax.set_title(title, fontsize=10)
-    ax.legend()
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
+# The heat map's colour scale, the same for every run: log10 of the gradient reaching step t
+# relative to the one at the last step.
+FLOW_SCALE = (-24.0, 4.0)
+
+
 def plot_flow(run: Run, title: str, path: str) -> None:
+    """Heat map, iteration by time step, of log10 ‖∂L/∂h_t‖ / ‖∂L/∂h_T-1‖ on a fixed scale,
+    so that runs can be compared; the bar's label gives this run's range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heat = torch.stack(run.flow).clamp_min(1e-30).log10()  # (iterations, T)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    image = ax.imshow(heat.numpy(), aspect="auto", origin="lower", cmap="magma",
+    flow = torch.stack(run.flow)                      # (iterations, T), float64
+    zero = flow == 0                                   # underflowed in float32
+    ratio = flow / flow[:, -1:].clamp_min(1e-300)
+    heat = ratio.clamp_min(1e-300).log10()
+    finite = heat[~zero]
+    low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 0.0)
+    cmap = plt.get_cmap("magma").copy()
+    cmap.set_under("#9e9e9e")   # gray: underflowed to 0 in float32
+    cmap.set_over("#7fffd4")
+    heat = heat.masked_fill(zero, FLOW_SCALE[0] - 1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    image = ax.imshow(heat.numpy(), aspect="auto", origin="lower", cmap=cmap,
+                      vmin=FLOW_SCALE[0], vmax=FLOW_SCALE[1], interpolation="nearest",
                       extent=(-0.5, heat.shape[1] - 0.5, 0.5, heat.shape[0] + 0.5))
-    fig.colorbar(image, ax=ax, label="log10 mean ‖∂L/∂h_t‖")
-    ax.set_xlabel("time step t (the loss reads the last one)")
+    label = (f"log10 ‖∂L/∂h_t‖ / ‖∂L/∂h_T-1‖, one scale for all runs\n"
+             f"this run: {low:.1f} to {high:.1f}")
+    fig.colorbar(image, ax=ax, label=label, extend="both")
+    xlabel = "time step t (the loss reads the last one)"
+    if bool(zero.any()):
+        xlabel += "\ngray: the gradient underflowed to 0 in float32 (below 1e-45)"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("training iteration")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

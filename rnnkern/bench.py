@@ -1,5 +1,6 @@
 """Benchmark: rnnkern.RNN against torch.nn.RNN, the autograd loop (rnnkern.reference) and
-torch.compile of that loop; forward (no grad) and train step (forward + backward).
+torch.compile of that loop; forward (no grad) and train step (forward + backward). A second
+section times the calls of a step-by-step caller (T = 1 to 10, and a generate loop).
 
 Implementations are interleaved: every repeat times a block of calls of each in turn, so
 machine drift hits all of them alike; each figure is the median over the repeats.
@@ -229,8 +230,11 @@ def format_table(results: Sequence[Result]) -> str:
                     f"{r.train_ms[impl]:.3f}" if impl in r.train_ms else "-"]
         row += [f"{r.speedup(impl):.2f}x" if impl in r.train_ms else "-"
                 for impl in impls if impl != "torch"]
-        row += [f"{r.gflops('rnnkern'):.0f}", f"{100 * r.gflops('rnnkern') / r.sgemm_gflops:.0f}%",
-                f"{r.saved_bytes['torch'] / 1e6:.2f}", f"{r.saved_bytes['rnnkern'] / 1e6:.2f}"]
+        rate = r.gflops("rnnkern")
+        row += ["-" if math.isnan(rate) else f"{rate:.0f}",
+                "-" if math.isnan(rate) else f"{100 * rate / r.sgemm_gflops:.0f}%"]
+        row += [f"{r.saved_bytes[impl] / 1e6:.2f}" if impl in r.saved_bytes else "-"
+                for impl in ("torch", "rnnkern")]
         rows.append(row)
     return _fmt_table(rows)
 
@@ -250,6 +254,170 @@ def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", 
     return results
 
 
+# `rnnkern bench --steps`: the sizes of a step-by-step caller (a stream, a decoder), where the
+# fixed cost of a call is most of its time.
+STEP_CASES = (
+    Case(1, 1, 8, 8),
+    Case(1, 1, 64, 256),
+    Case(1, 32, 128, 512),
+    Case(10, 1, 32, 32),
+)
+
+# The generate loop: Embedding(VOCAB, I) -> RNN(I, H) -> Linear(H, VOCAB), one token per call.
+GENERATE_TOKENS = 1000
+GENERATE_VOCAB, GENERATE_INPUT, GENERATE_HIDDEN = 256, 64, 256
+
+
+@dataclass
+class StepResult:
+    case: Case
+    inference_us: Dict[str, float] = field(default_factory=dict)  # no_grad forward, hx passed
+    train_us: Dict[str, float] = field(default_factory=dict)      # forward + backward
+
+    def speedup(self, what: str = "train") -> float:
+        times = self.train_us if what == "train" else self.inference_us
+        return times["torch"] / times["rnnkern"]
+
+
+@dataclass
+class GenerateResult:
+    tokens: int
+    vocab: int
+    input_size: int
+    hidden_size: int
+    per_token_us: Dict[str, float] = field(default_factory=dict)
+
+    def speedup(self) -> float:
+        return self.per_token_us["torch"] / self.per_token_us["rnnkern"]
+
+
+def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float32,
+                 seed: int = 0) -> StepResult:
+    """One call of a step-by-step caller: inference (no grad, hx passed explicitly, as a
+    streaming caller does) and a train step, rnnkern.RNN against torch.nn.RNN, interleaved."""
+    torch.manual_seed(seed)
+    theirs = torch.nn.RNN(case.I, case.H, dtype=dtype)
+    ours = RNN(case.I, case.H, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.T, case.B, case.I, dtype=dtype, generator=g)
+    hx = torch.randn(1, case.B, case.H, dtype=dtype, generator=g)
+    x_train = x.clone().requires_grad_()
+    calls = {"torch": theirs, "rnnkern": ours}
+
+    def inference(module):
+        def run():
+            with torch.no_grad():
+                module(x, hx)
+        return run
+
+    def train(module):
+        def run():
+            x_train.grad = None
+            module.zero_grad(set_to_none=True)
+            out, h_n = module(x_train)
+            (out.sum() + h_n.sum()).backward()
+        return run
+
+    result = StepResult(case)
+    ms = _timed_blocks({k: inference(m) for k, m in calls.items()}, repeats)
+    result.inference_us = {k: 1e3 * v for k, v in ms.items()}
+    ms = _timed_blocks({k: train(m) for k, m in calls.items()}, repeats)
+    result.train_us = {k: 1e3 * v for k, v in ms.items()}
+    return result
+
+
+class _Generator(torch.nn.Module):
+    """Embedding -> RNN -> Linear, fed its own argmax token back one call at a time."""
+
+    def __init__(self, rnn_class, vocab: int, input_size: int, hidden: int, dtype):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, input_size, dtype=dtype)
+        self.rnn = rnn_class(input_size, hidden, dtype=dtype)
+        self.head = torch.nn.Linear(hidden, vocab, dtype=dtype)
+
+    def generate(self, token: torch.Tensor, hx: torch.Tensor, tokens: int) -> torch.Tensor:
+        with torch.no_grad():
+            for _ in range(tokens):
+                out, hx = self.rnn(self.embed(token), hx)   # (1, 1, I) -> (1, 1, H)
+                token = self.head(out[0]).argmax(-1, keepdim=True)
+        return token
+
+
+def measure_generate(tokens: Optional[int] = None, repeats: int = 5,
+                     dtype: torch.dtype = torch.float32, seed: int = 0) -> GenerateResult:
+    """Per-token time of a generate loop: ``tokens`` single-token calls, the hidden state hx
+    passed from call to call, rnnkern.RNN against torch.nn.RNN, interleaved repeats."""
+    tokens = GENERATE_TOKENS if tokens is None else tokens
+    torch.manual_seed(seed)
+    sizes = (GENERATE_VOCAB, GENERATE_INPUT, GENERATE_HIDDEN)
+    theirs = _Generator(torch.nn.RNN, *sizes, dtype)
+    ours = _Generator(RNN, *sizes, dtype)
+    ours.load_state_dict(theirs.state_dict())
+    start_token = torch.zeros(1, 1, dtype=torch.long)
+    hx = torch.zeros(1, 1, GENERATE_HIDDEN, dtype=dtype)
+    calls = {name: (lambda m=m: m.generate(start_token, hx, tokens))
+             for name, m in (("torch", theirs), ("rnnkern", ours))}
+    for fn in calls.values():  # warm-up
+        fn()
+    samples: Dict[str, List[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e6 / tokens)
+    return GenerateResult(tokens, *sizes,
+                          per_token_us={k: statistics.median(v) for k, v in samples.items()})
+
+
+def run_steps(cases: Optional[Sequence[Case]] = None, repeats: int = 5,
+              dtype: torch.dtype = torch.float32, tokens: Optional[int] = None,
+              progress=sys.stderr):
+    """The step-by-step section: every case of ``cases`` (default STEP_CASES), then the
+    generate loop of ``tokens`` calls (default GENERATE_TOKENS)."""
+    cases = STEP_CASES if cases is None else cases
+    tokens = GENERATE_TOKENS if tokens is None else tokens
+    results = []
+    for i, case in enumerate(cases, 1):
+        if progress is not None:
+            print(f"[step {i}/{len(cases)}] {case.name()} ...", file=progress, flush=True)
+        results.append(measure_step(case, repeats=repeats, dtype=dtype))
+    if progress is not None:
+        print(f"[generate] {tokens} tokens ...", file=progress, flush=True)
+    return results, measure_generate(tokens, repeats=repeats, dtype=dtype)
+
+
+def format_steps_table(results: Sequence[StepResult], generate: GenerateResult) -> str:
+    head = ["T", "B", "I", "H", "torch infer us", "rnnkern infer us", "infer speedup",
+            "torch train us", "rnnkern train us", "train speedup"]
+    rows = [head]
+    for r in results:
+        c = r.case
+        rows.append([str(c.T), str(c.B), str(c.I), str(c.H),
+                     f"{r.inference_us['torch']:.1f}", f"{r.inference_us['rnnkern']:.1f}",
+                     f"{r.speedup('inference'):.2f}x",
+                     f"{r.train_us['torch']:.1f}", f"{r.train_us['rnnkern']:.1f}",
+                     f"{r.speedup('train'):.2f}x"])
+    g = generate
+    return (_fmt_table(rows) + "\n\n"
+            f"generate, {g.tokens} single-token calls (Embedding {g.vocab}x{g.input_size} -> "
+            f"RNN {g.input_size}->{g.hidden_size} -> Linear {g.hidden_size}->{g.vocab}, "
+            f"argmax fed back, hx passed, no grad): torch.nn.RNN "
+            f"{g.per_token_us['torch']:.1f} us per token, rnnkern.RNN "
+            f"{g.per_token_us['rnnkern']:.1f} us per token, speedup {g.speedup():.2f}x")
+
+
+def steps_as_dict(results: Sequence[StepResult], generate: GenerateResult) -> dict:
+    return dict(
+        cases=[dict(T=r.case.T, B=r.case.B, I=r.case.I, H=r.case.H,
+                    inference_us=r.inference_us, train_us=r.train_us,
+                    inference_speedup=r.speedup("inference"), train_speedup=r.speedup("train"))
+               for r in results],
+        generate=dict(tokens=generate.tokens, vocab=generate.vocab,
+                      input_size=generate.input_size, hidden_size=generate.hidden_size,
+                      per_token_us=generate.per_token_us, speedup=generate.speedup()))
+
+
 def as_dicts(results: Sequence[Result]) -> List[dict]:
     out = []
     for r in results:
@@ -266,28 +434,55 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
     return out
 
 
-def plot(results: Sequence[Result], path: str) -> None:
-    """Train-step and forward speedup over torch.nn.RNN against the FLOPs of the case."""
+def plot(records: Sequence[dict], path: str, title: str) -> None:
+    """Bars of the speedup over torch.nn.RNN, one group per size, the value on each bar.
+
+    ``records`` are :func:`as_dicts` rows (what bench.json holds); ``title`` names the machine.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = sorted(results, key=lambda r: r.train_flop)
-    labels = [r.case.name() for r in order]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for impl, style in (("rnnkern", "o-"), ("reference", "s--"), ("compiled", "^--")):
-        values = [r.speedup(impl) for r in order]
-        if any(not math.isnan(v) for v in values):
-            ax.semilogy(range(len(order)), values, style, label=f"{impl}: train step")
-    ax.semilogy(range(len(order)), [r.speedup("rnnkern", "forward") for r in order], "o:",
-                label="rnnkern: forward (no grad)")
-    ax.axhline(1.0, color="gray", linewidth=0.8)
-    ax.set_xticks(range(len(order)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("speedup over torch.nn.RNN")
-    ax.set_xlabel("T x B x I x H, by train-step FLOPs")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    series = [("rnnkern", "train", "rnnkern: train step", "tab:blue"),
+              ("rnnkern", "forward", "rnnkern: forward (no grad)", "tab:cyan"),
+              ("reference", "train", "autograd loop: train step", "tab:orange"),
+              ("compiled", "train", "compiled autograd loop: train step", "tab:green")]
+    series = [s for s in series if any(s[0] in r[f"{s[1]}_speedup"] for r in records)]
+    order = sorted(records, key=lambda r: r["train_flop"])
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(order) + 2), 5))
+    for j, (impl, what, label, color) in enumerate(series):
+        xs, values = [], []
+        for i, r in enumerate(order):
+            value = r[f"{what}_speedup"].get(impl)
+            if value is not None and not math.isnan(value):
+                xs.append(i + (j - (len(series) - 1) / 2) * width)
+                values.append(value)
+        bars = ax.bar(xs, values, width, label=label, color=color)
+        ax.bar_label(bars, [f"{v:.2f}x" if v < 1 else f"{v:.1f}x" if v < 10 else f"{v:.0f}x"
+                            for v in values], fontsize=7, padding=1)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    names = []
+    for r in order:
+        extra = ([f"{r['layers']} layers"] if r["layers"] > 1 else []) + \
+            (["bidir."] if r["bidirectional"] else []) + (["packed"] if r["packed"] else [])
+        names.append(f"{r['T']}x{r['B']}x{r['I']}x{r['H']}" + ("\n" + ", ".join(extra)
+                                                             if extra else ""))
+    ax.set_xticks(range(len(order)), names, fontsize=8)
+    ax.set_xlabel("T x B x I x H, from the fewest train-step FLOPs to the most")
+    ax.set_ylabel("speedup over torch.nn.RNN (black line: 1, as fast)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.margins(y=0.15)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_title(meta: dict) -> str:
+    """The speedup plot's title from bench.json's header fields."""
+    return (f"rnnkern vs torch.nn.RNN, {meta['machine']}, torch {meta['torch']}, "
+            f"{meta['dtype']}, {meta['threads']} threads ({meta.get('date', '')})")

@@ -4,17 +4,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from typing import List, Optional
 
+DESCRIPTION = "rnnkern: fast, exact backpropagation through time for the Elman RNN."
+
+EPILOG = """\
+Every command writes its files into one folder, --out (default ./rnnkern-results), and
+prints where. "rnnkern <command> --help" shows a command's options and their defaults.
+"""
+
+DEFAULT_OUT = "rnnkern-results"
+
+TORCH_MISSING = (
+    "this command needs torch (pip install torch). On Linux, PyPI's default torch wheel is the "
+    "multi-GB CUDA build; for the CPU-only build use PyTorch's CPU wheel index:\n"
+    "    pip install torch --index-url https://download.pytorch.org/whl/cpu\n"
+    "For the CUDA build, pick the command for your CUDA version at "
+    "https://pytorch.org/get-started/locally/ (on Linux, plain 'pip install torch' gives one)."
+)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and shows each option's default, except for
+    switches (on/off) and options without a default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default" in text or default is None
+                or default is argparse.SUPPRESS or isinstance(default, bool)):
+            return text
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+            return f"{text} (default: {shown})"
+        return text + " (default: %(default)s)"
+
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
 
 
 def _size(text: str):
@@ -24,50 +69,47 @@ def _size(text: str):
     return tuple(int(p) for p in parts)
 
 
-def _bench(args) -> int:
-    if not _torch_or_exit():
-        return 1
-    import torch
-
-    from . import bench, isa
-
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    if args.size:
-        cases = [bench.Case(*size, layers=args.layers, bidirectional=args.bidirectional,
-                            packed=args.packed) for size in args.size]
-    else:
-        cases = bench.FULL_CASES if args.full else bench.DEFAULT_CASES
-    impls = args.impl or (bench.IMPLEMENTATIONS if args.full else ("torch", "rnnkern"))
-    print(f"rnnkern.RNN vs torch.nn.RNN {torch.__version__}, {args.dtype}, "
-          f"kernels: {isa()}, threads: {torch.get_num_threads()}, "
-          f"median of {args.repeats}; {platform.machine()} {_cpu_name()}", flush=True)
-    results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype)
-    print(bench.format_table(results))
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "bench.json")
-        with open(path, "w") as f:
-            json.dump({"machine": _cpu_name(), "torch": torch.__version__, "dtype": args.dtype,
-                       "kernels": isa(), "threads": torch.get_num_threads(),
-                       "date": time.strftime("%Y-%m-%d"), "results": bench.as_dicts(results)},
-                      f, indent=2)
-        print(f"wrote {path}")
-        try:
-            bench.plot(results, os.path.join(args.out, "speedup.png"))
-            print(f"wrote {os.path.join(args.out, 'speedup.png')}")
-        except ImportError:
-            print("no plot: matplotlib is not installed (pip install matplotlib)",
-                  file=sys.stderr)
-    return 0
+def _out_dir(parser: argparse.ArgumentParser, path: str) -> str:
+    """Creates the --out folder (before any work) and returns its real path; a path that is
+    an existing file or cannot be created or written to is a usage error."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"argument --out: {path!r} is an existing file; --out names a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        parser.error(f"argument --out: cannot create the folder {path!r}: "
+                     f"{error.strerror or error}")
+    real = os.path.realpath(path)
+    probe = os.path.join(real, f".rnnkern-write-test-{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        parser.error(f"argument --out: cannot write into the folder {path!r}: "
+                     f"{error.strerror or error}")
+    return real
 
 
-def _cpu_name() -> str:
+def _wrote(path: str) -> None:
+    print(f"wrote {os.path.realpath(path)}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else lscpu, else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
         pass
     return platform.processor() or platform.machine()
 
@@ -76,41 +118,92 @@ def _torch_or_exit() -> bool:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("this command needs torch: pip install torch==2.13.0", file=sys.stderr)
+        print(TORCH_MISSING, file=sys.stderr)
         return False
     return True
 
 
-def _plot_path(path: str) -> str:
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    return path
+def _no_matplotlib() -> None:
+    print("no plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
 
 
-def _vanish(args) -> int:
+def _bench(args: argparse.Namespace) -> int:
+    if not _torch_or_exit():
+        return 1
+    import torch
+
+    from . import bench, isa
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    grid = bool(args.size) or args.full or not args.steps
+    steps = args.steps or args.full
+    if args.size:
+        cases = [bench.Case(*size, layers=args.layers, bidirectional=args.bidirectional,
+                            packed=args.packed) for size in args.size]
+    else:
+        cases = bench.FULL_CASES if args.full else bench.DEFAULT_CASES
+    impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else ("rnnkern",))))
+    meta = {"machine": cpu_model(), "torch": torch.__version__, "dtype": args.dtype,
+            "kernels": isa(), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d")}
+    print(f"machine: {meta['machine']} ({platform.machine()}, {os.cpu_count()} logical CPUs); "
+          f"torch {meta['torch']}, {meta['threads']} threads; {args.dtype}; "
+          f"rnnkern kernels: {meta['kernels']}; median of {args.repeats} repeats", flush=True)
+    data = dict(meta)
+    if grid:
+        print("rnnkern.RNN vs torch.nn.RNN: forward (no grad) and train step "
+              "(forward + backward)", flush=True)
+        results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype)
+        print(bench.format_table(results), flush=True)
+        data["results"] = bench.as_dicts(results)
+    if steps:
+        print("\nstep by step: one call of a streaming or generating caller "
+              "(microseconds per call)", flush=True)
+        step_results, generate = bench.run_steps(repeats=args.repeats, dtype=dtype)
+        print(bench.format_steps_table(step_results, generate), flush=True)
+        data["steps"] = bench.steps_as_dict(step_results, generate)
+    path = os.path.join(args.out, "bench.json")
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    _wrote(path)
+    if grid:
+        try:
+            png = os.path.join(args.out, "speedup.png")
+            bench.plot(data["results"], png, bench.plot_title(meta))
+            _wrote(png)
+        except ImportError:
+            _no_matplotlib()
+    return 0
+
+
+def _vanish(args: argparse.Namespace) -> int:
     if not _torch_or_exit():
         return 1
     from . import vanish
 
     print(f"‖∂L/∂h_t‖ against the distance k from the loss, T={args.T}, H={args.hidden}, "
           f"B={args.batch_size}, W_hh = gain · orthogonal", flush=True)
-    curves = vanish.compute(T=args.T, B=args.batch_size, H=args.hidden, gains=args.gains)
+    curves = vanish.compute(T=args.T, B=args.batch_size, H=args.hidden, gains=args.gains,
+                            seed=args.seed)
     print(vanish.table(curves))
+    print(f"the RNN (kernel) and the MLP (autograd) agree to a relative difference of "
+          f"{vanish.agreement(curves):.1e} at most")
     try:
-        vanish.plot(curves, _plot_path(args.out))
+        path = os.path.join(args.out, "vanish.png")
+        vanish.plot(curves, path)
+        _wrote(path)
     except ImportError:
-        print("no plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-        return 0
-    print(f"wrote {args.out}")
+        _no_matplotlib()
     return 0
 
 
-def _train(args) -> int:
+def _format_reach(value: float) -> str:
+    return "0 (below the float64 range)" if value == 0 else f"{value:.2e}"
+
+
+def _train(args: argparse.Namespace) -> int:
     if not _torch_or_exit():
         return 1
-    import torch
-
     from . import adding
 
     title = (f"adding problem T={args.T}, {args.nonlinearity}, init {args.init}, "
@@ -123,79 +216,121 @@ def _train(args) -> int:
     print(f"wall time {run.seconds:.2f} s ({1e3 * run.seconds / args.steps:.2f} ms per step)")
     print(f"final training MSE {run.losses[-1]:.4f}, test MSE {run.test_mse:.4f} "
           f"(predicting 1: {adding.BASELINE_MSE:.3f})")
-    if run.flow:
-        def reach(norms):
-            return float(norms[0] / norms[-1])
-        late = torch.stack(run.flow[-max(len(run.flow) // 10, 1):]).mean(0)
-        print(f"‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖: {reach(run.flow[0]):.2e} at the first iteration, "
-              f"{reach(late):.2e} over the last 10%")
-    os.makedirs(args.out, exist_ok=True)
+    if run.reach:
+        print(f"gradient reaching the first step, ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖ (measured in "
+              f"float64): {_format_reach(run.reach[0])} before training, "
+              f"{_format_reach(run.reach[1])} after")
     stem = f"adding-T{args.T}-{args.nonlinearity}-{args.init}-{args.engine}"
     try:
         loss_path = os.path.join(args.out, stem + "-loss.png")
         adding.plot_losses(run, title, loss_path)
-        print(f"wrote {loss_path}")
+        _wrote(loss_path)
         if run.flow:
             flow_path = os.path.join(args.out, stem + "-gradient-flow.png")
             adding.plot_flow(run, title, flow_path)
-            print(f"wrote {flow_path}")
+            _wrote(flow_path)
         else:
             print("no gradient-flow heat map: torch.nn.RNN cannot record it "
                   "(use --engine rnnkern)")
     except ImportError:
-        print("no plots: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        _no_matplotlib()
     return 0
 
 
+def _add_out(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                   help=f"folder to write {what} into, created if missing")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnkern", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="time rnnkern.RNN against torch.nn.RNN and print a table")
+    parser = argparse.ArgumentParser(prog="rnnkern", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    b = sub.add_parser("bench", formatter_class=_HelpFormatter,
+                       help="time rnnkern.RNN against torch.nn.RNN and print a table",
+                       description="Times forward (no grad) and a train step (forward + "
+                                   "backward) of rnnkern.RNN against torch.nn.RNN. The "
+                                   "implementations are interleaved; each figure is the median "
+                                   "of the repeats.")
     b.add_argument("--full", action="store_true",
-                   help="the whole grid, with the reference loop and its torch.compile")
+                   help="the whole grid, with the autograd loop and its torch.compile, and "
+                        "the step-by-step section")
+    b.add_argument("--steps", action="store_true",
+                   help="the step-by-step section: T = 1 to 10 calls with hx passed, and a "
+                        "generate loop of 1000 single-token calls (alone unless --size or "
+                        "--full is given)")
     b.add_argument("--size", type=_size, action="append", metavar="TxBxIxH",
-                   help="a size to time (repeatable); default: a short built-in grid")
-    b.add_argument("--layers", type=int, default=1, help="layers, for --size (default 1)")
+                   help="a size to time (repeatable); without it: a short built-in grid")
+    b.add_argument("--layers", type=_positive, default=1, help="layers, for --size")
     b.add_argument("--bidirectional", action="store_true", help="for --size")
     b.add_argument("--packed", action="store_true",
                    help="for --size: variable lengths as an unsorted PackedSequence")
-    b.add_argument("--impl", choices=["torch", "rnnkern", "reference", "compiled"],
-                   action="append", help="implementations to time (repeatable)")
+    b.add_argument("--impl", choices=["rnnkern", "reference", "compiled"], action="append",
+                   help="what to compare with torch.nn.RNN, which is always timed "
+                        "(repeatable; default: rnnkern, and all three with --full)")
     b.add_argument("--repeats", type=_positive, default=5, help="timed repeats (median)")
-    b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    b.add_argument("--out", metavar="DIR", help="also write DIR/bench.json and DIR/speedup.png")
-    b.set_defaults(func=_bench)
+    b.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of inputs and weights")
+    _add_out(b, "bench.json and speedup.png")
+    b.set_defaults(func=_bench, parser=b)
 
-    v = sub.add_parser("vanish", help="gradient norms through time for several W_hh gains, "
-                                      "as an RNN and as a tied-weight MLP; table and PNG")
-    v.add_argument("--T", type=_positive, default=100, help="steps (default 100)")
-    v.add_argument("--hidden", type=_positive, default=64, help="hidden size (default 64)")
-    v.add_argument("--batch-size", type=_positive, default=16, help="samples (default 16)")
-    v.add_argument("--gains", type=float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5])
-    v.add_argument("--out", default="vanish.png", help="PNG to write (default vanish.png)")
-    v.set_defaults(func=_vanish)
+    v = sub.add_parser("vanish", formatter_class=_HelpFormatter,
+                       help="gradient norms through time for several W_hh gains, "
+                            "as an RNN and as a tied-weight MLP; table and picture",
+                       description="‖∂L/∂h_t‖ against the distance from the loss for "
+                                   "W_hh = gain · orthogonal, tanh and relu, as an RNN (recorded "
+                                   "by the kernel) and as a deep MLP with tied weights "
+                                   "(autograd), with the gain^k bound.")
+    v.add_argument("--T", type=_positive, default=100, help="steps")
+    v.add_argument("--hidden", type=_positive, default=64, help="hidden size")
+    v.add_argument("--batch-size", type=_positive, default=16, help="samples")
+    v.add_argument("--gains", type=_positive_float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5],
+                   help="W_hh = gain · a random orthogonal matrix, one curve per gain")
+    v.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    _add_out(v, "vanish.png")
+    v.set_defaults(func=_vanish, parser=v)
 
-    t = sub.add_parser("train", help="train an RNN on a task; progress, loss and "
-                                     "gradient-flow plots")
+    t = sub.add_parser("train", formatter_class=_HelpFormatter,
+                       help="train adding: train an RNN on the adding problem; progress, "
+                            "loss curve and gradient-flow heat map",
+                       description="Trains on the adding problem (two marked values among T; "
+                                   "the target is their sum) with Adam and gradient clipping.")
     t.add_argument("task", choices=["adding"], help="adding: the adding problem")
-    t.add_argument("--T", type=_positive, default=50, help="sequence length (default 50)")
-    t.add_argument("--steps", type=_positive, default=2000, help="iterations (default 2000)")
-    t.add_argument("--hidden", type=_positive, default=64, help="hidden size (default 64)")
-    t.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh")
+    t.add_argument("--T", type=_positive, default=50, help="sequence length")
+    t.add_argument("--steps", type=_positive, default=2000, help="training iterations")
+    t.add_argument("--hidden", type=_positive, default=64, help="hidden size")
+    t.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh",
+                   help="activation")
     t.add_argument("--init", choices=["default", "orthogonal", "identity"], default="default",
                    help="W_hh initialisation; identity with relu is the IRNN")
     t.add_argument("--engine", choices=["rnnkern", "torch"], default="rnnkern",
                    help="rnnkern.RNN or torch.nn.RNN (no gradient-flow map)")
-    t.add_argument("--batch-size", type=_positive, default=64)
-    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="adding-results", help="folder for the PNGs")
-    t.set_defaults(func=_train)
+    t.add_argument("--batch-size", type=_positive, default=64, help="samples per iteration")
+    t.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
+    t.add_argument("--seed", type=int, default=0, help="seed of weights and data")
+    _add_out(t, "the loss curve and the gradient-flow heat map")
+    t.set_defaults(func=_train, parser=t)
     return parser
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Argument checks that argparse cannot do alone; all run before any work, and a bad
+    argument ends the command with argparse's usage line and a one-line message."""
+    parser = args.parser
+    if args.command == "bench" and not args.size:
+        given = [name for name, on in (("--layers", args.layers != 1),
+                                       ("--bidirectional", args.bidirectional),
+                                       ("--packed", args.packed)) if on]
+        if given:
+            parser.error(f"argument {given[0]}: applies to --size only; give a --size TxBxIxH")
+    args.out = _out_dir(parser, args.out)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs the command line with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(args)
     return args.func(args)
 
 

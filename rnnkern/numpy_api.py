@@ -5,7 +5,7 @@ No torch needed. See DESIGN.md section 1 for the math and the packed layout.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -38,8 +38,30 @@ def _batch_sizes(batch_sizes):
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh",
-            batch_sizes=None, reverse=False) -> np.ndarray:
+def _zeros_h0(x, w_ih, batch_sizes):
+    """The zero initial state (B, H) that h0=None stands for, as torch.nn.RNN's missing hx.
+
+    When x or w_ih is malformed the shape is a guess; the core then reports the bad argument.
+    """
+    shape_x = getattr(x, "shape", ())
+    shape_w = getattr(w_ih, "shape", ())
+    if batch_sizes is not None:
+        batch = int(batch_sizes[0]) if len(batch_sizes) else 0
+    else:
+        batch = shape_x[1] if len(shape_x) == 3 else 0
+    hidden = shape_w[0] if len(shape_w) == 2 else 0
+    dtype = getattr(x, "dtype", np.float64)
+    return np.zeros((batch, hidden), dtype=dtype if dtype in (np.float32, np.float64)
+                    else np.float64)
+
+
+ArrayOrNone = Optional[np.ndarray]
+BatchSizes = Optional[Union[np.ndarray, Sequence[int]]]
+
+
+def forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
+            b_ih: ArrayOrNone = None, b_hh: ArrayOrNone = None, nonlinearity: str = "tanh",
+            batch_sizes: BatchSizes = None, reverse: bool = False) -> np.ndarray:
     """Run one Elman RNN layer forward and return every hidden state.
 
     ``h_t = φ(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)`` with ``h_{-1} = h0`` and φ = tanh or relu.
@@ -47,7 +69,8 @@ def forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh",
     Args:
         x: (T, B, I) time-major input; with ``batch_sizes``, the packed (N, I) rows of all
             steps, N = sum(batch_sizes), as in ``torch.nn.utils.rnn.PackedSequence.data``.
-        h0: (B, H) initial state. w_ih: (H, I). w_hh: (H, H). b_ih, b_hh: (H,) or None.
+        h0: (B, H) initial state, or None for zeros (as torch.nn.RNN without hx).
+        w_ih: (H, I). w_hh: (H, H). b_ih, b_hh: (H,) or None.
         nonlinearity: "tanh" or "relu".
         batch_sizes: optional (T,) non-increasing integers: rows live at each step.
         reverse: walk the sequence from its last step to its first.
@@ -59,16 +82,22 @@ def forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh",
     Returns:
         y: (T, B, H), or (N, H) with ``batch_sizes``: the state of every row at every step.
     """
-    return _core.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity,
-                         _batch_sizes(batch_sizes), bool(reverse))
+    batch_sizes = _batch_sizes(batch_sizes)
+    if h0 is None:
+        h0 = _zeros_h0(x, w_ih, batch_sizes)
+    return _core.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes,
+                         bool(reverse))
 
 
-def backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn=None, nonlinearity="tanh",
-             batch_sizes=None, reverse=False) -> Gradients:
+def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
+             y: np.ndarray, grad_y: np.ndarray, grad_hn: ArrayOrNone = None,
+             nonlinearity: str = "tanh", batch_sizes: BatchSizes = None,
+             reverse: bool = False) -> Gradients:
     """Backpropagate through time for :func:`forward`.
 
     Args:
-        x, h0, w_ih, w_hh, nonlinearity, batch_sizes, reverse: as given to :func:`forward`.
+        x, h0, w_ih, w_hh, nonlinearity, batch_sizes, reverse: as given to :func:`forward`
+            (h0=None: zeros; the gradient with respect to that zero state is still returned).
         y: what :func:`forward` returned.
         grad_y: ∂L/∂y, same shape as y.
         grad_hn: optional (B, H) ∂L/∂h_n, where h_n holds each sequence's state at its own
@@ -83,7 +112,9 @@ def backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn=None, nonlinearity="tanh",
         gradients are equal (and separate arrays); they are returned whether or not the
         forward pass used biases.
     """
+    batch_sizes = _batch_sizes(batch_sizes)
+    if h0 is None:
+        h0 = _zeros_h0(x, w_ih, batch_sizes)
     gx, gh0, gw_ih, gw_hh, gb, _ = _core.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn,
-                                               nonlinearity, _batch_sizes(batch_sizes),
-                                               bool(reverse))
+                                               nonlinearity, batch_sizes, bool(reverse))
     return Gradients(gx, gh0, gw_ih, gw_hh, gb, gb.copy())

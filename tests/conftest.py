@@ -80,6 +80,18 @@ def make_problem(T, B, I, H, dtype=np.float64, seed=0, bias=True, packed=False):
     return p, bs, grads
 
 
+# Tests that rerun whole suites in subprocesses (each kernel variant, other thread counts):
+# in the slow group, which CI runs (`pytest -m slow`); the default run keeps the suites once.
+SLOW = {("test_isa.py", "test_kernel_variant_passes_kernel_suites"),
+        ("test_isa.py", "test_kernel_suites_with_other_thread_counts")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (item.path.name, getattr(item, "originalname", item.name)) in SLOW:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

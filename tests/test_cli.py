@@ -1,10 +1,13 @@
-"""`rnnkern bench` runs end to end on tiny sizes; the pieces behind it."""
+"""The command line's arguments, and `rnnkern bench` end to end on tiny sizes with the pieces
+behind it."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from rnnkern import bench, cli
 
@@ -22,13 +25,20 @@ def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
     rows = [line.split() for line in lines if line.split()[:5] in (["20", "2", "3", "4", "-"],
                                                                   ["3", "1", "1", "1", "-"])]
     assert len(rows) == 2
+    header = next(line for line in lines if line.startswith("machine: "))
+    assert cli.cpu_model() in header and torch.__version__ in header
+    assert f"{torch.get_num_threads()} threads" in header
     assert "[1/2]" in proc.stderr and "[2/2]" in proc.stderr and "sgemm" in proc.stderr
     data = json.loads((tmp_path / "res" / "bench.json").read_text())
     assert [r["T"] for r in data["results"]] == [20, 3]
     for r in data["results"]:
         assert set(r["train_ms"]) == {"torch", "rnnkern", "reference"}
         assert r["train_speedup"]["rnnkern"] > 0 and r["sgemm_gflops"] > 0
+    assert data["machine"] == cli.cpu_model() and data["torch"] == torch.__version__
     assert (tmp_path / "res" / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    # the real paths of what was written
+    for name in ("bench.json", "speedup.png"):
+        assert f"wrote {os.path.realpath(tmp_path / 'res' / name)}" in proc.stdout
 
 
 @pytest.mark.parametrize("bad", ["10x2x3", "10x0x3x4", "axbxcxd"])
@@ -38,9 +48,10 @@ def test_bench_rejects_bad_sizes(bad, capsys):
     assert "expected TxBxIxH" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", [bench.Case(5, 2, 3, 4),
-                                  bench.Case(6, 3, 2, 5, layers=2, bidirectional=True,
-                                             packed=True)])
+@pytest.mark.parametrize("case", [
+    # the first compiles the autograd loop with torch.compile: about 20 s
+    pytest.param(bench.Case(5, 2, 3, 4), marks=pytest.mark.slow),
+    bench.Case(6, 3, 2, 5, layers=2, bidirectional=True, packed=True)])
 def test_measure(case):
     impls = ("torch", "rnnkern", "reference", "compiled")
     r = bench.measure(case, impls=impls, repeats=1, sgemm=100.0)
@@ -64,3 +75,140 @@ def test_train_flop_counts_every_layer_direction():
     assert one == 6 * 20 * (3 * 4 + 4 * 4)
     two = bench.train_flop(bench.Case(10, 2, 3, 4, layers=2, bidirectional=True), rows=20)
     assert two == 2 * one + 2 * 6 * 20 * (8 * 4 + 4 * 4)
+
+
+def test_bench_writes_into_the_default_results_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--size", "3x1x1x1", "--repeats", "1"]) == 0
+    assert sorted(os.listdir(tmp_path)) == [cli.DEFAULT_OUT]
+    assert sorted(os.listdir(tmp_path / cli.DEFAULT_OUT)) == ["bench.json", "speedup.png"]
+
+
+def test_bench_table_without_rnnkern():
+    """--impl reference alone: torch.nn.RNN and the autograd loop, no rnnkern columns."""
+    r = bench.measure(bench.Case(4, 2, 3, 4), impls=("torch", "reference"), repeats=1,
+                      sgemm=100.0)
+    table = bench.format_table([r])
+    assert "reference speedup" in table and "rnnkern train ms" not in table
+
+
+def test_step_by_step_section(tmp_path, monkeypatch):
+    """`bench --steps`: the step sizes and the generate loop, timed for both modules."""
+    monkeypatch.setattr(bench, "STEP_CASES", (bench.Case(1, 1, 3, 4), bench.Case(3, 2, 3, 4)))
+    monkeypatch.setattr(bench, "GENERATE_TOKENS", 20)
+    monkeypatch.setattr(bench, "GENERATE_VOCAB", 11)
+    monkeypatch.setattr(bench, "GENERATE_INPUT", 5)
+    monkeypatch.setattr(bench, "GENERATE_HIDDEN", 6)
+    results, generate = bench.run_steps(bench.STEP_CASES, repeats=1, tokens=20, progress=None)
+    assert [r.case.T for r in results] == [1, 3]
+    for r in results:
+        assert set(r.inference_us) == set(r.train_us) == {"torch", "rnnkern"}
+        assert r.speedup("inference") > 0 and r.speedup("train") > 0
+    assert generate.tokens == 20 and set(generate.per_token_us) == {"torch", "rnnkern"}
+    table = bench.format_steps_table(results, generate)
+    assert "infer speedup" in table and "20 single-token calls" in table
+    data = bench.steps_as_dict(results, generate)
+    assert [c["T"] for c in data["cases"]] == [1, 3] and data["generate"]["speedup"] > 0
+
+
+def test_step_sizes_are_the_requested_ones():
+    assert [(c.T, c.B, c.I, c.H) for c in bench.STEP_CASES] == [
+        (1, 1, 8, 8), (1, 1, 64, 256), (1, 32, 128, 512), (10, 1, 32, 32)]
+    assert bench.GENERATE_TOKENS == 1000
+
+
+def test_generate_loop_feeds_back_tokens_and_passes_the_state():
+    """The rnnkern and the torch model share weights, so they generate the same tokens; the
+    hidden state goes from call to call (a model without it would repeat one token)."""
+    torch.manual_seed(0)
+    theirs = bench._Generator(torch.nn.RNN, 13, 5, 7, torch.float64)
+    ours = bench._Generator(bench.RNN, 13, 5, 7, torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+    start, hx = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, 7, dtype=torch.float64)
+    for n in (1, 5, 30):
+        assert torch.equal(theirs.generate(start, hx, n), ours.generate(start, hx, n))
+
+
+def test_bench_steps_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "STEP_CASES", (bench.Case(1, 1, 3, 4),))
+    monkeypatch.setattr(bench, "GENERATE_TOKENS", 10)
+    out = tmp_path / "steps"
+    assert cli.main(["bench", "--steps", "--repeats", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert "results" not in data and len(data["steps"]["cases"]) == 1
+    assert not (out / "speedup.png").exists()
+
+
+def test_help_shows_defaults_and_no_markup(capsys):
+    for argv, expected in ((["--help"], ["bench", "vanish", "train adding", "rnnkern-results"]),
+                           (["bench", "--help"], ["default: 5", "default: float32",
+                                                  "default: rnnkern-results"]),
+                           (["vanish", "--help"], ["default: 0.5 0.9 1 1.1 1.5",
+                                                   "default: 16", "default: 0"]),
+                           (["train", "--help"], ["default: 64", "default: 0",
+                                                  "default: 0.003"])):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "``" not in text
+        for piece in expected:
+            assert piece in text, (argv, piece)
+
+
+def test_torch_missing_message_names_the_cpu_index():
+    assert "--index-url https://download.pytorch.org/whl/cpu" in cli.TORCH_MISSING
+    assert "CUDA" in cli.TORCH_MISSING
+
+
+BAD_ARGUMENTS = [
+    (["bench", "--impl", "torch"], "invalid choice: 'torch'"),
+    (["bench", "--layers", "0", "--size", "3x1x1x1"], "expected a positive integer"),
+    (["bench", "--layers", "2"], "--layers: applies to --size only"),
+    (["bench", "--repeats", "0"], "expected a positive integer"),
+    (["vanish", "--gains", "0.5", "nan"], "expected a positive finite number"),
+    (["vanish", "--T", "-3"], "expected a positive integer"),
+    (["train", "adding", "--lr", "-1"], "expected a positive finite number"),
+    (["train", "adding", "--lr", "nan"], "expected a positive finite number"),
+    (["train", "adding", "--lr", "inf"], "expected a positive finite number"),
+    (["train", "adding", "--batch-size", "0"], "expected a positive integer"),
+    (["train", "copying"], "invalid choice: 'copying'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in
+                                                             BAD_ARGUMENTS])
+def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys, tmp_path,
+                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing ran
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("rnnkern") and ": error: " in last and message in last
+    assert "Traceback" not in captured.err
+    assert not os.listdir(tmp_path)  # not even the results folder
+
+
+@pytest.mark.parametrize("command", [["bench"], ["vanish"], ["train", "adding"]])
+def test_out_naming_a_file_or_an_unwritable_place(command, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for out, message in ((a_file, "is an existing file"),
+                         (a_file / "below", "cannot create the folder"),
+                         ("/proc/rnnkern-results", "cannot create the folder")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*command, "--out", str(out)])
+        assert exit_.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        last = captured.err.strip().splitlines()[-1]
+        assert ": error: argument --out: " in last and message in last
+
+
+def test_out_folder_is_created(tmp_path):
+    out = tmp_path / "a" / "b"
+    assert cli._out_dir(cli.build_parser(), str(out)) == os.path.realpath(out)
+    assert out.is_dir() and not os.listdir(out)

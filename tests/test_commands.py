@@ -1,12 +1,14 @@
 """`rnnkern vanish` and `rnnkern train adding`, and the pieces behind them."""
 
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from rnnkern import adding, vanish
+from rnnkern import adding, cli, vanish
 
 
 def run_cli(args, cwd):
@@ -30,12 +32,33 @@ def test_vanish_rnn_and_tied_mlp_curves_are_the_same_and_under_the_bound():
 
 def test_vanish_command_prints_table_and_writes_png(tmp_path):
     proc = run_cli(["vanish", "--T", "12", "--hidden", "6", "--batch-size", "2",
-                    "--gains", "0.5", "1.5", "--out", "plots/v.png"], tmp_path)
+                    "--gains", "0.5", "1.5", "--out", "plots/v"], tmp_path)
     assert "max |RNN-MLP|/MLP" in proc.stdout
     assert len([line for line in proc.stdout.splitlines()
                 if line.strip().startswith(("tanh", "relu"))]) == 4
-    png = tmp_path / "plots" / "v.png"
+    agree = re.search(r"agree to a relative difference of (\S+) at most", proc.stdout)
+    assert agree and float(agree.group(1)) < 1e-12
+    png = tmp_path / "plots" / "v" / "vanish.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {os.path.realpath(png)}" in proc.stdout
+
+
+def test_vanish_agreement_and_bound_are_computed():
+    curves = vanish.compute(T=10, B=2, H=5, I=3, gains=(0.9,))
+    assert 0 <= vanish.agreement(curves) < 1e-12 and vanish.within_bound(curves)
+    curves.mlp["tanh", 0.9] = curves.mlp["tanh", 0.9] * 1.5
+    assert vanish.agreement(curves) == pytest.approx(1 / 3)
+    curves.rnn["relu", 0.9] = curves.rnn["relu", 0.9] * torch.linspace(1, 100, 10,
+                                                                       dtype=torch.float64)
+    assert not vanish.within_bound(curves)
+
+
+def test_vanish_writes_into_the_default_results_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["vanish", "--T", "5", "--hidden", "3", "--batch-size", "1",
+                     "--gains", "1"]) == 0
+    assert os.listdir(tmp_path) == ["rnnkern-results"]
+    assert os.listdir(tmp_path / "rnnkern-results") == ["vanish.png"]
 
 
 def test_adding_batch():
@@ -55,9 +78,39 @@ def test_train_adding_command(tmp_path, engine):
                     "--engine", engine, "--init", "orthogonal", "--out", "out"], tmp_path)
     assert "wall time" in proc.stdout and "test MSE" in proc.stdout
     assert "20/20 loss" in proc.stderr  # the progress bar
+    assert ("before training" in proc.stdout) == (engine == "rnnkern")
     stem = f"adding-T8-tanh-orthogonal-{engine}"
     assert (tmp_path / "out" / f"{stem}-loss.png").exists()
     assert (tmp_path / "out" / f"{stem}-gradient-flow.png").exists() == (engine == "rnnkern")
+    written = [line[len("wrote "):] for line in proc.stdout.splitlines()
+               if line.startswith("wrote ")]
+    assert written and all(os.path.isabs(p) and os.path.exists(p) for p in written)
+
+
+def test_gradient_reach_is_measured_in_float64():
+    """At T = 100 a tanh RNN's gradient reaching the first step underflows float32 (the
+    kernel records 0); the float64 probe still measures it."""
+    run = adding.train(T=100, steps=2, hidden=16, engine="rnnkern", seed=0)
+    assert len(run.reach) == 2
+    assert 0 < run.reach[0] < 1e-10 and 0 < run.reach[1] < 1e-10
+    assert float(run.flow[0][0]) == 0.0  # what float32 recording gives
+    assert adding.train(T=5, steps=1, hidden=4, engine="torch").reach == ()
+
+
+def test_gradient_reach_leaves_the_model_alone():
+    model = adding.Model(6, "tanh", "default", "rnnkern")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = adding.batch(7, 3, torch.Generator().manual_seed(0))
+    reach = adding.gradient_reach(model, x, y)
+    assert 0 < reach
+    assert all(p.grad is None and p.dtype == torch.float32 for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_smooth():
+    assert adding.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert adding.smooth([2.0], 5) == [2.0]
 
 
 def test_train_records_flow_per_iteration_and_engines_agree():
