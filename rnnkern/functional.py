@@ -77,8 +77,8 @@ _SMALL_OUTPUT = 1 << 14
 
 def _small_sizes(x, h0, w_ih, w_hh, *others) -> Optional[Tuple[int, int, int, int]]:
     """(T, B, I, H) when a time-major call is small and all its tensors are C-contiguous CPU
-    tensors of x's kernel dtype with consistent shapes (``others``: (H,) biases and
-    (T, B, H) arrays, or None), so that their data_ptr()s can go to the core; else None."""
+    tensors of x's kernel dtype with consistent shapes (``others``: (H,), (B, H) or (T, B, H)
+    tensors, or None), so that their data_ptr()s can go to the core; else None."""
     if x.dim() != 3:
         return None
     steps, batch, features = x.shape
@@ -94,7 +94,7 @@ def _small_sizes(x, h0, w_ih, w_hh, *others) -> Optional[Tuple[int, int, int, in
                 or t.is_neg()):
             return None
     for t in others:
-        if t.shape != (hidden,) and t.shape != (steps, batch, hidden):
+        if t.shape not in ((hidden,), (batch, hidden), (steps, batch, hidden)):
             return None
     return steps, batch, features, hidden
 

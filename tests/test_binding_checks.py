@@ -119,3 +119,24 @@ def test_small_calls_on_pointers_match_the_array_path():
     y2 = rnnkern.forward(x.numpy(), h0.numpy(), strided.numpy(), w_hh.numpy(), b_ih.numpy(),
                          b_hh.numpy())
     assert rel_err(out.numpy(), y2) <= F64_TOL
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_small_backward_on_pointers_matches_the_array_path(reverse):
+    torch.manual_seed(1)
+    T, B, I, H = 4, 3, 5, 6
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(B, H, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(H, I, dtype=torch.float64), torch.randn(H, H, dtype=torch.float64)
+    y, _ = functional._forward(x, h0, w_ih, w_hh, None, None, "tanh", None, reverse)
+    grad_y = torch.ones(1, 1, 1, dtype=torch.float64).expand(T, B, H)  # as from y.sum()
+    grad_hn = torch.randn(B, H, dtype=torch.float64)
+    mask = [True] * 5
+    small = functional._backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, "tanh", reverse,
+                                       mask, True)
+    assert small is not None
+    expected = rnnkern._core.backward(x.numpy(), h0.numpy(), w_ih.numpy(), w_hh.numpy(),
+                                      y.numpy(), grad_y.numpy(), grad_hn.numpy(), "tanh", None,
+                                      reverse, grad_norms=True)
+    for got, want in zip((*small[0], small[1]), expected):
+        assert rel_err(got.numpy(), want) <= F64_TOL
