@@ -38,6 +38,14 @@ struct Problem {
   bool uniform() const { return rows_at(steps - 1) == batch; }
 };
 
+// Element i of a caller's array, which may start at any address.
+template <typename T>
+inline T element(const T* p, int64_t i) {
+  T v;
+  std::memcpy(&v, p + i, sizeof(T));
+  return v;
+}
+
 // What the step kernel does with the accumulated product acc = A · packed:
 //   kForward:  C = φ(C + acc + b)         C holds x W_ihᵀ on entry, h_t on exit; b is the
 //                                         bias row (Hs argument; nullptr for none)
@@ -111,7 +119,8 @@ void forward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T* 
   // b_ih + b_hh, added by the step's epilogue.
   T* bias = b_ih || b_hh ? packed + K::packed_size(H) : nullptr;
   if (bias)
-    for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+    for (int64_t j = 0; j < H; ++j)
+      bias[j] = (b_ih ? element(b_ih, j) : T(0)) + (b_hh ? element(b_hh, j) : T(0));
 
   // The input projection for all N rows at once.
   k.gemm(false, true, N, H, I, T(1), x, I, w_ih, I, T(0), y, H);
@@ -183,9 +192,9 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
         if (col == 1) {
           std::memcpy(d, g, sizeof(T) * H);
         } else if (col == 0) {
-          for (int64_t j = 0; j < H; ++j) d[j] = *g;
+          for (int64_t j = 0; j < H; ++j) d[j] = element(g, 0);
         } else {
-          for (int64_t j = 0; j < H; ++j) d[j] = g[j * col];
+          for (int64_t j = 0; j < H; ++j) d[j] = element(g, j * col);
         }
       }
     };
@@ -194,7 +203,7 @@ void backward(const Problem& p, const T* x, const T* h0, const T* w_ih, const T*
   auto add_grad_hn = [&](int64_t off, int64_t begin, int64_t end) {
     if (!grad_hn) return;
     for (int64_t b = begin; b < end; ++b)
-      for (int64_t j = 0; j < H; ++j) delta[(off + b) * H + j] += grad_hn[b * H + j];
+      for (int64_t j = 0; j < H; ++j) delta[(off + b) * H + j] += element(grad_hn, b * H + j);
   };
 
   auto store_grad_h0 = [&](const T* d) {  // ∂L/∂h0 rows: d W_hh for rows that began from h0

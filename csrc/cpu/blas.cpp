@@ -3,7 +3,9 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include <memory>
+#include <cstddef>
+
+#include "block_pool.h"
 
 namespace rnnkern::cpu {
 namespace {
@@ -22,6 +24,19 @@ void call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
                     blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
 }
 
+// The calling thread's buffer for the partial products of gemm_split_k, or none (data ==
+// nullptr) when there is no memory for it.
+struct PartialProducts {
+  void* data;
+  explicit PartialProducts(std::size_t bytes)
+      : data(scratch_acquire(ScratchSlot::kSplitK, bytes)) {}
+  ~PartialProducts() {
+    if (data) scratch_release(ScratchSlot::kSplitK);
+  }
+  PartialProducts(const PartialProducts&) = delete;
+  PartialProducts& operator=(const PartialProducts&) = delete;
+};
+
 // Below this many multiply-adds a GEMM runs on one thread.
 constexpr int64_t kParallelMinWork = int64_t(1) << 21;
 constexpr int64_t kSplitAlign = 16;
@@ -30,18 +45,14 @@ constexpr int64_t kSplitAlign = 16;
 
 // C = alpha · op(A) · op(B) + beta · C with k much larger than m and n (a weight gradient,
 // summed over all rows): each thread takes a slice of k, so each reads only its share of A
-// and B; the partial products are then added up.
+// and B; the partial products are then added up. False, with nothing done, when there is no
+// memory for the partial products.
 template <typename T>
-void gemm_split_k(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
+bool gemm_split_k(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
                   const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  thread_local std::unique_ptr<T[]> scratch;
-  thread_local int64_t capacity = 0;
-  const int64_t needed = (threads - 1) * m * n;
-  if (needed > capacity) {
-    scratch.reset(new T[needed]);
-    capacity = needed;
-  }
-  T* partial = scratch.get();
+  const PartialProducts scratch(sizeof(T) * std::size_t((threads - 1) * m * n));
+  if (!scratch.data) return false;
+  T* partial = static_cast<T*>(scratch.data);
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -65,6 +76,7 @@ void gemm_split_k(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k
         for (int64_t q = 0; q < n; ++q) dst[q] += src[q];
       }
   }
+  return true;
 }
 
 // OpenBLAS runs single-threaded: its own pool would spin against the OpenMP threads of the
@@ -88,10 +100,9 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
   }
   // Split along k only for small outputs: from m, n = 512 on, adding the partial blocks cost
   // more than the halved reads saved (measured).
-  if (m <= 256 && n <= 256 && k >= 8 * (m > n ? m : n)) {
-    gemm_split_k(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (m <= 256 && n <= 256 && k >= 8 * (m > n ? m : n) &&
+      gemm_split_k(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
     return;
-  }
   const bool by_rows = m >= n;
   const int64_t extent = by_rows ? m : n;
 #pragma omp parallel num_threads(threads)

@@ -22,6 +22,9 @@ constexpr std::size_t kMapMinBytes = std::size_t(1) << 20;
 // the kWindow before them.
 constexpr int kWindow = 64;
 
+// Larger requests fail (their rounded-up size, plus alignment, would wrap around).
+constexpr std::size_t kMaxBytes = SIZE_MAX / 2;
+
 std::size_t capacity_for(std::size_t bytes) {
   return bytes <= kPage ? kPage : (bytes + kPage - 1) / kPage * kPage;
 }
@@ -102,7 +105,7 @@ std::size_t free_cached_blocks() {
 
 // Per-thread scratch buffers, listed (intrusively: registering allocates nothing) so that
 // pool_clear can reach every thread's.
-constexpr int kScratchSlots = 1;
+constexpr int kScratchSlots = 2;
 
 struct Scratch {
   std::mutex mutex;  // held from scratch_acquire to scratch_release
@@ -159,6 +162,7 @@ Scratch& this_thread_slot(ScratchSlot slot) {
 }  // namespace
 
 void* pool_allocate(std::size_t bytes) {
+  if (bytes > kMaxBytes) return nullptr;
   Pool& p = pool();
   std::lock_guard<std::mutex> lock(p.mutex);
   if (++p.allocations == kWindow) {
@@ -246,6 +250,10 @@ Workspace::~Workspace() { pool_release(block_); }
 void* scratch_acquire(ScratchSlot slot, std::size_t bytes) noexcept {
   Scratch& s = this_thread_slot(slot);
   s.mutex.lock();
+  if (bytes > kMaxBytes) {
+    s.mutex.unlock();
+    return nullptr;
+  }
   if (bytes > s.capacity) {
     // The new block first: when there is no memory for it, the old one stays as it was.
     const std::size_t capacity = capacity_for(bytes);

@@ -47,6 +47,14 @@ inline void store(T* p, typename Vec<T>::type v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
 
+// One element of an array that may start at any address (the caller's h0, w_hh and y).
+template <typename T>
+inline T load1(const T* p) {
+  T v;
+  __builtin_memcpy(&v, p, sizeof(T));
+  return v;
+}
+
 inline Vec<float>::type activate(Activation act, Vec<float>::type a) {
   return act == Activation::kTanh ? tanh_float(a) : relu(a);
 }
@@ -106,7 +114,8 @@ void pack(const T* w, int64_t H, bool transpose, T* packed) {
     for (; k < H; ++k)
       for (int64_t jj = 0; jj < L; ++jj) {
         const int64_t j = p * L + jj;
-        packed[(p * H + k) * L + jj] = j < H ? (transpose ? w[j * H + k] : w[k * H + j]) : T(0);
+        packed[(p * H + k) * L + jj] =
+            j < H ? load1(transpose ? w + j * H + k : w + k * H + j) : T(0);
       }
   }
 }
@@ -163,7 +172,7 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, in
           const V bv = load(b + (q * H + k + i) * L);
           for (int r = 0; r < MR; ++r) {
             V& sum = i == 0 ? acc[r][q] : part[r][q][i - 1];
-            sum += a[r * lda + k + i] * bv;
+            sum += load1(a + r * lda + k + i) * bv;
           }
         }
     for (int r = 0; r < MR; ++r)
@@ -174,7 +183,7 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, in
     V bv[NP];
     for (int q = 0; q < NP; ++q) bv[q] = load(b + (q * H + k) * L);
     for (int r = 0; r < MR; ++r) {
-      const T ar = a[r * lda + k];
+      const T ar = load1(a + r * lda + k);
       for (int q = 0; q < NP; ++q) acc[r][q] += ar * bv[q];
     }
   }
@@ -192,7 +201,7 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, in
           if (valid == L) {
             hv = load(hs);
           } else {
-            for (int64_t i = 0; i < valid; ++i) hv[i] = hs[i];
+            for (int64_t i = 0; i < valid; ++i) hv[i] = load1(hs + i);
           }
         }
         if (E == Epilogue::kForward) out += hv;
@@ -353,7 +362,7 @@ void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T*
   const int64_t n = rows * H;
   int64_t i = 0;
   for (; i + L <= n; i += L) store(c + i, backward(act, load(c + i), load(h + i)));
-  for (; i < n; ++i) c[i] = activation_backward(act, c[i], h[i]);
+  for (; i < n; ++i) c[i] = activation_backward(act, c[i], load1(h + i));
 }
 
 template <typename T>
