@@ -72,9 +72,12 @@ struct Pool {
   std::size_t peak = 0, previous_peak = 0;  // most live bytes in this window and the last
   int allocations = 0;  // in this window
 
-  // Frees the oldest cached blocks until live and cached bytes fit in recent demand.
+  // Frees the oldest cached blocks until live and cached bytes fit in recent demand, and an
+  // eighth more: blocks never live at once (a forward's workspace, a backward's) are all
+  // asked for again at the next step (with no margin, 5% slower at T=200, B=32, H=256).
   void trim() {
-    const std::size_t limit = peak > previous_peak ? peak : previous_peak;
+    const std::size_t most = peak > previous_peak ? peak : previous_peak;
+    const std::size_t limit = most + most / 8;
     std::size_t n = 0;
     for (; n < cached.size() && live_bytes + cached_bytes > limit; ++n) {
       system_free(cached[n].first, cached[n].second);

@@ -2,7 +2,8 @@
 // faulted in one 4 KiB page at a time (about 1 µs each here), which at mid sizes costs more
 // than the kernels: a train step's outputs and workspaces come back to the pool when freed
 // and are handed out again at the next step. What the pool keeps is capped by recent demand:
-// live and cached blocks together stay within the most that was live at once lately.
+// live and cached blocks together stay within an eighth more than the most that was live at
+// once lately.
 #pragma once
 
 #include <cstddef>
