@@ -56,9 +56,10 @@ def isa() -> str:
 def empty_cache() -> int:
     """Frees the large output buffers that rnnkern keeps for reuse; returns the bytes freed.
 
-    Outputs of 64 KiB and more come from a cache of blocks (at most 512 MiB of freed ones),
-    so a training loop gets the same memory back at every step instead of page-faulting fresh
-    memory in. Like ``torch.cuda.empty_cache``, this gives the freed blocks back to the system.
+    Outputs of 64 KiB and more and the kernels' workspaces come from a cache of blocks (no
+    more than recent demand), so a training loop gets the same memory back at every step
+    instead of page-faulting fresh memory in. Like ``torch.cuda.empty_cache``, this gives every
+    cached block back to the system.
     """
     return _core.empty_cache()
 
