@@ -91,8 +91,9 @@ def test_failed_allocation_in_the_recurrent_kernel(tmp_path, threads):
 @needs_rlimit
 def test_failed_allocation_of_the_workspace(tmp_path):
     # A broadcast w_hh of H = 20000 needs a 1.6 GB contiguous copy and as much workspace.
+    w_hh = f"{RANDOM_W_HH} if H < 1000 else np.broadcast_to(dtype(0.5), (H, H))"
     code = OUT_OF_MEMORY.format(dtype="float32", small=(5, 64), big=(1, 20000), slack_mib=2000,
-                                w_hh=f"{RANDOM_W_HH} if H < 1000 else np.broadcast_to(dtype(0.5), (H, H))")
+                                w_hh=w_hh)
     status, out, result = run_python(code, tmp_path)
     assert status == 0, out
     assert result == ["MemoryError", "same"], out
