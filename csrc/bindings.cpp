@@ -451,7 +451,7 @@ PYBIND11_MODULE(_core, m) {
         "Gradients (x, h0, w_ih, w_hh, bias), None where not needed, and the (N,) float64 "
         "norms of the whole gradient reaching each row's h_t (None unless grad_norms).");
   m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },
-        "Frees the output buffers kept for reuse; returns the number of bytes freed.");
+        "Frees every cached block (outputs, workspaces, idle scratch); returns the bytes freed.");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
 }
