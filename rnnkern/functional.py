@@ -378,6 +378,13 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
     per_direction = len(weights) // (num_layers * directions)
     if batch_first and batch_sizes is None:
         input = input.transpose(0, 1)
+    if num_layers == 1 and directions == 1 and on_grad_norms is None:  # the shortest way
+        b_ih, b_hh = (weights[2], weights[3]) if per_direction == 4 else (None, None)
+        output, h = _layer(input, hx[0], weights[0], weights[1], b_ih, b_hh, nonlinearity,
+                           batch_sizes, False)
+        if batch_first and batch_sizes is None:
+            output = output.transpose(0, 1)
+        return output, h.unsqueeze(0)
     layer_input = input
     h_n = []
     for layer in range(num_layers):

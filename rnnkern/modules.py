@@ -72,13 +72,20 @@ class RNN(torch.nn.RNN):
             return None
         flat = self._flat_weights
         params = self._parameters
-        if type(self) is not RNN or any(params.get(name) is not w for name, w in
-                                        zip(self._flat_weights_names, flat)):
-            self._update_flat_weights()  # parametrized or replaced weights
+        if type(self) is not RNN:
+            flat = None
+        else:
+            for name, w in zip(self._flat_weights_names, flat):
+                if params.get(name) is not w:
+                    flat = None
+                    break
+        if flat is None:  # parametrized or replaced weights
+            self._update_flat_weights()
             flat = self._flat_weights
         dtype = input.dtype
-        if any(w.dtype is not dtype for w in flat):
-            return None
+        for w in flat:  # loops, not any(...): this path is timed in microseconds
+            if w.dtype is not dtype:
+                return None
         batched = input.dim() == 3
         if not batched:
             if input.dim() != 2 or (hx is not None and hx.dim() != 2):
