@@ -70,8 +70,8 @@ def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: 
     return y[_last_rows(batch_sizes)]
 
 
-# Below this many elements in each output, _forward and _backward pass data_ptr()s instead of
-# NumPy views, and the outputs come from torch's allocator.
+# Up to this many elements of y, _forward and _backward pass data_ptr()s instead of NumPy views
+# (see _backward_small for the weight gradients' own limit).
 _SMALL_OUTPUT = 1 << 14
 
 
@@ -141,8 +141,10 @@ def _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse
         return None
     steps, batch, features = x.shape
     hidden = w_hh.shape[0]
-    if hidden * max(hidden, features) > _SMALL_OUTPUT:  # large outputs come from the core's
-        return None                                     # block cache, not fresh pages
+    # weight gradients of up to 256 KiB (float32) from torch's allocator, larger ones from the
+    # core's block cache (fresh large allocations are page-faulted in at every call)
+    if hidden * max(hidden, features) > 4 * _SMALL_OUTPUT:
+        return None
     shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, (hidden,))
     grads = [torch.empty(shape, dtype=x.dtype) if wanted else None
              for shape, wanted in zip(shapes, output_mask)]
