@@ -151,6 +151,14 @@ void check_blas_size(const char* what, int64_t n) {
                           std::to_string(rnnkern::cpu::kMaxBlasInt));
 }
 
+// rows × I, rows × H, H × I and H × H each within the 32-bit BLAS interface (and int64).
+void check_sizes(int64_t rows, int64_t I, int64_t H) {
+  check_blas_size("x", checked_product("x", rows, I));
+  check_blas_size("the output", checked_product("the output", rows, H));
+  check_blas_size("w_ih", checked_product("w_ih", H, I));
+  check_blas_size("w_hh", checked_product("w_hh", H, H));
+}
+
 // Sizes from x, w_ih and batch_sizes, checked. batch_sizes_storage keeps the counts alive.
 Problem make_problem(const py::array& x, const py::array& w_ih, const py::object& batch_sizes,
                      bool reverse, const py::object& nonlinearity,
@@ -210,11 +218,7 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
     throw py::value_error("w_ih must have shape (hidden_size, " + std::to_string(p.input_size) +
                           "), got " + shape_str(ws));
   p.hidden_size = ws[0];
-  const int64_t n = p.total_rows(), H = p.hidden_size;
-  check_blas_size("x", checked_product("x", n, p.input_size));
-  check_blas_size("the output", checked_product("the output", n, H));
-  check_blas_size("w_ih", checked_product("w_ih", H, p.input_size));
-  check_blas_size("w_hh", checked_product("w_hh", H, H));
+  check_sizes(p.total_rows(), p.input_size, p.hidden_size);
   return p;
 }
 
@@ -254,10 +258,8 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   return y;
 }
 
-// The forward pass on raw pointers (torch's data_ptr()) to C-contiguous, aligned arrays of one
-// dtype whose shapes the caller has checked: x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H),
-// b_ih, b_hh (H) or 0, y (T, B, H). For rnnkern.functional's small calls, where converting six
-// tensors to arrays costs more than the kernel. Sizes are checked here, pointers cannot be.
+// The time-major problem of forward_pointers / backward_pointers, its sizes checked; the
+// pointers in `required` must not be 0.
 Problem pointer_problem(int64_t T, int64_t B, int64_t I, int64_t H,
                         const py::object& nonlinearity, bool reverse,
                         std::initializer_list<std::uintptr_t> required) {
@@ -272,14 +274,14 @@ Problem pointer_problem(int64_t T, int64_t B, int64_t I, int64_t H,
   for (const std::uintptr_t ptr : required) set = set && ptr;
   if (T < 1 || B < 1 || I < 1 || H < 1 || !set)
     throw py::value_error("sizes must be positive and pointers set");
-  const int64_t rows = checked_product("x", T, B);
-  check_blas_size("x", checked_product("x", rows, I));
-  check_blas_size("the output", checked_product("the output", rows, H));
-  check_blas_size("w_ih", checked_product("w_ih", H, I));
-  check_blas_size("w_hh", checked_product("w_hh", H, H));
+  check_sizes(checked_product("x", T, B), I, H);
   return p;
 }
 
+// The forward pass on raw pointers (torch's data_ptr()) to C-contiguous, aligned arrays of one
+// dtype whose shapes the caller has checked: x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H),
+// b_ih, b_hh (H) or 0, y (T, B, H). For rnnkern.functional's small calls, where converting six
+// tensors to arrays costs more than the kernel. Sizes are checked here, pointers cannot be.
 void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H,
                       std::uintptr_t x, std::uintptr_t h0, std::uintptr_t w_ih,
                       std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
@@ -393,8 +395,7 @@ bool is_double(const py::array& x, const char* name) {
 py::array forward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
                   const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
                   const py::object& nonlinearity, const py::object& batch_sizes, bool reverse,
-                  const std::string& x_name,
-                  const std::string& h0_name) {
+                  const std::string& x_name, const std::string& h0_name) {
   const Names names{x_name.c_str(), h0_name.c_str()};
   const py::array x = as_array(names.x, x_);
   const bool dbl = is_double(x, names.x);
@@ -410,8 +411,7 @@ py::tuple backward(const py::object& x_, const py::object& h0, const py::object&
                    const py::object& grad_hn, const py::object& nonlinearity,
                    const py::object& batch_sizes, bool reverse, bool need_x, bool need_h0,
                    bool need_w_ih, bool need_w_hh, bool need_bias, bool grad_norms,
-                   const std::string& x_name,
-                   const std::string& h0_name) {
+                   const std::string& x_name, const std::string& h0_name) {
   const Wanted want{need_x, need_h0, need_w_ih, need_w_hh, need_bias, grad_norms};
   const Names names{x_name.c_str(), h0_name.c_str()};
   const py::array x = as_array(names.x, x_);
@@ -429,8 +429,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnkern's compiled core. Use rnnkern.forward / rnnkern.backward instead.";
   m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"), py::arg("batch_sizes"),
-        py::arg("reverse"), py::arg("x_name") = "x",
-        py::arg("h0_name") = "h0");
+        py::arg("reverse"), py::arg("x_name") = "x", py::arg("h0_name") = "h0");
   m.def("forward_pointers", &forward_pointers, py::arg("is_double"), py::arg("T"), py::arg("B"),
         py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h0"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("y"),
