@@ -85,10 +85,15 @@ RNNKERN_HOST_DEVICE V relu_backward(V d, V h) {
   return h <= zero ? zero : d;
 }
 
-// Scalar forms for the reference paths and tails. float tanh is the vector kernels' so that
-// every lane agrees; double uses libm's tanh.
+// Scalar forms for the reference paths, tails and the CUDA kernels. On the CPU float tanh is
+// the vector kernels' so that every lane agrees; on a GPU it is CUDA's tanhf (as in torch's
+// CUDA tanh); double uses the math library's tanh.
 RNNKERN_HOST_DEVICE float activation(Activation act, float a) {
+#if defined(__CUDA_ARCH__)
+  return act == Activation::kTanh ? tanhf(a) : relu(a);
+#else
   return act == Activation::kTanh ? tanh_float(a) : relu(a);
+#endif
 }
 RNNKERN_HOST_DEVICE double activation(Activation act, double a) {
   return act == Activation::kTanh ? tanh(a) : relu(a);
