@@ -142,6 +142,7 @@ def _bench(args: argparse.Namespace) -> int:
                             packed=args.packed) for size in args.size]
     else:
         cases = bench.FULL_CASES if args.full else bench.DEFAULT_CASES
+    cases = _cells_cases(args, cases)
     impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else ("rnnkern",))))
     meta = {"machine": cpu_model(), "torch": torch.__version__, "dtype": args.dtype,
             "kernels": isa(), "threads": torch.get_num_threads(),
@@ -151,7 +152,7 @@ def _bench(args: argparse.Namespace) -> int:
           f"rnnkern kernels: {meta['kernels']}; median of {args.repeats} repeats", flush=True)
     data = dict(meta)
     if grid:
-        print("rnnkern.RNN vs torch.nn.RNN: forward (no grad) and train step "
+        print(_cells_title(args) + ": forward (no grad) and train step "
               "(forward + backward)", flush=True)
         results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype)
         print(bench.format_table(results), flush=True)
@@ -174,6 +175,35 @@ def _bench(args: argparse.Namespace) -> int:
         except ImportError:
             _no_matplotlib()
     return 0
+
+
+_CELL_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def _cells(args: argparse.Namespace) -> List[str]:
+    return ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
+
+
+def _cells_cases(args: argparse.Namespace, cases) -> list:
+    """bench --cell: the cases for each cell (the gated cells' own sizes unless --size)."""
+    import dataclasses
+
+    from . import bench
+
+    out = []
+    for cell in _cells(args):
+        if cell == "rnn":
+            out += list(cases)
+        elif args.size:
+            out += [dataclasses.replace(c, cell=cell) for c in cases]
+        else:
+            out += list(bench.gated_cases(cell))
+    return out
+
+
+def _cells_title(args: argparse.Namespace) -> str:
+    return ", ".join(f"rnnkern.{_CELL_NAMES[c]} vs torch.nn.{_CELL_NAMES[c]}"
+                     for c in _cells(args))
 
 
 def _vanish(args: argparse.Namespace) -> int:
@@ -268,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--impl", choices=["rnnkern", "reference", "compiled"], action="append",
                    help="what to compare with torch.nn.RNN, which is always timed "
                         "(repeatable; default: rnnkern, and all three with --full)")
+    b.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="rnn",
+                   help="which layer: rnn (torch.nn.RNN), lstm, gru, or all three; the gated "
+                        "cells run their own sizes unless --size is given")
     b.add_argument("--repeats", type=_positive, default=5, help="timed repeats (median)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of inputs and weights")

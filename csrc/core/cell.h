@@ -111,10 +111,34 @@ RNNKERN_HOST_DEVICE T activation_backward(Activation act, T d, T h) {
 // scalars, the CPU kernels their own for vectors).
 namespace rnnkern {
 
-// σ(a) for float through tanh_float: σ(a) = (1 + tanh(a / 2)) / 2, within an ulp of 1/2.
+// σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it, with exp(-a) by the same Cephes
+// reduction as tanh_float (-a clamped to [-87, 88]: σ is 1 above, ~0 below). NaN propagates.
 template <typename V>
 RNNKERN_HOST_DEVICE V sigmoid_float(V a) {
-  return tanh_float(a * 0.5f) * 0.5f + 0.5f;
+  typedef unsigned int U __attribute__((vector_size(sizeof(V))));
+  const V zero{};
+  V z = -a;
+  z = z > zero + 88.0f ? zero + 88.0f : z;
+  z = z < zero - 87.0f ? zero - 87.0f : z;
+  const V shift = zero + 12582912.0f;
+  const V k = z * 1.44269504088896341f + shift;
+  const V n = k - shift;
+  V r = n * -0.693359375f + z;
+  r = n * 2.12194440e-4f + r;
+  V q = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  q = r * q + 8.3334519073e-3f;
+  q = r * q + 4.1665795894e-2f;
+  q = r * q + 1.6666665459e-1f;
+  q = r * q + 5.0000001201e-1f;
+  V e = (r * r) * q + r + 1.0f;
+  U bits, k_bits, shift_bits;
+  __builtin_memcpy(&bits, &e, sizeof(e));
+  __builtin_memcpy(&k_bits, &k, sizeof(k));
+  __builtin_memcpy(&shift_bits, &shift, sizeof(shift));
+  bits += (k_bits - shift_bits) << 23;
+  __builtin_memcpy(&e, &bits, sizeof(e));
+  const V s = (zero + 1.0f) / (e + 1.0f);
+  return a == a ? s : a;
 }
 
 struct ScalarMath {

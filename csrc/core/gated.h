@@ -144,9 +144,17 @@ void gated_backward(Cell cell, const Problem& p, const T* x, const T* h0, const 
         for (int64_t r = a; r < b; ++r) {
           T* dr = d + r * H;
           const T* g = grad_y.data + (off + r) * grad_y.row_stride;
-          for (int64_t j = 0; j < H; ++j) {
-            const T v = grad_y.data ? element(g, j * grad_y.col_stride) : T(0);
-            dr[j] = carried ? dr[j] + v : v;
+          if (!grad_y.data) {
+            if (!carried) std::memset(dr, 0, sizeof(T) * H);
+          } else if (grad_y.col_stride == 1 && !carried) {
+            std::memcpy(dr, g, sizeof(T) * H);
+          } else if (grad_y.col_stride == 1) {
+            for (int64_t j = 0; j < H; ++j) dr[j] += element(g, j);
+          } else {
+            for (int64_t j = 0; j < H; ++j) {
+              const T v = element(g, j * grad_y.col_stride);
+              dr[j] = carried ? dr[j] + v : v;
+            }
           }
         }
       };
