@@ -214,10 +214,15 @@ def _vanish(args: argparse.Namespace) -> int:
     print(f"‖∂L/∂h_t‖ against the distance k from the loss, T={args.T}, H={args.hidden}, "
           f"B={args.batch_size}, W_hh = gain · orthogonal", flush=True)
     curves = vanish.compute(T=args.T, B=args.batch_size, H=args.hidden, gains=args.gains,
-                            seed=args.seed)
+                            seed=args.seed, cell=args.cell)
     print(vanish.table(curves))
-    print(f"the RNN (kernel) and the MLP (autograd) agree to a relative difference of "
-          f"{vanish.agreement(curves):.1e} at most")
+    if args.cell == "rnn":
+        print(f"the RNN (kernel) and the MLP (autograd) agree to a relative difference of "
+              f"{vanish.agreement(curves):.1e} at most")
+    print(f"\nthe three cells at the same T={args.T}, as torch initialises them, the LSTM's "
+          f"forget and the GRU's update gate bias +{vanish.GATE_BIAS:g} (first / last: the "
+          "gradient at the first step over the one at the last)")
+    print(vanish.cells_table(curves))
     try:
         path = os.path.join(args.out, "vanish.png")
         vanish.plot(curves, path)
@@ -236,13 +241,14 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     from . import adding
 
-    title = (f"adding problem T={args.T}, {args.nonlinearity}, init {args.init}, "
+    kind = args.nonlinearity if args.cell == "rnn" else args.cell
+    title = (f"adding problem T={args.T}, {kind}, init {args.init}, "
              f"H={args.hidden}, {args.engine}")
     print(title, flush=True)
     run = adding.train(T=args.T, steps=args.steps, hidden=args.hidden,
                        nonlinearity=args.nonlinearity, init=args.init, engine=args.engine,
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       progress=adding.Progress(args.steps))
+                       progress=adding.Progress(args.steps), cell=args.cell)
     print(f"wall time {run.seconds:.2f} s ({1e3 * run.seconds / args.steps:.2f} ms per step)")
     print(f"final training MSE {run.losses[-1]:.4f}, test MSE {run.test_mse:.4f} "
           f"(predicting 1: {adding.BASELINE_MSE:.3f})")
@@ -250,7 +256,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"gradient reaching the first step, ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖ (measured in "
               f"float64): {_format_reach(run.reach[0])} before training, "
               f"{_format_reach(run.reach[1])} after")
-    stem = f"adding-T{args.T}-{args.nonlinearity}-{args.init}-{args.engine}"
+    stem = f"adding-T{args.T}-{kind}-{args.init}-{args.engine}"
     try:
         loss_path = os.path.join(args.out, stem + "-loss.png")
         adding.plot_losses(run, title, loss_path)
@@ -260,8 +266,8 @@ def _train(args: argparse.Namespace) -> int:
             adding.plot_flow(run, title, flow_path)
             _wrote(flow_path)
         else:
-            print("no gradient-flow heat map: torch.nn.RNN cannot record it "
-                  "(use --engine rnnkern)")
+            print(f"no gradient-flow heat map: torch.nn.{_CELL_NAMES[args.cell]} cannot "
+                  "record it (use --engine rnnkern)")
     except ImportError:
         _no_matplotlib()
     return 0
@@ -320,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--gains", type=_positive_float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5],
                    help="W_hh = gain · a random orthogonal matrix, one curve per gain")
     v.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    v.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn",
+                   help="the gain sweep's layer: rnn (tanh and relu, with the tied-weight MLP), "
+                        "lstm or gru; the three cells side by side are shown for every choice")
     _add_out(v, "vanish.png")
     v.set_defaults(func=_vanish, parser=v)
 
@@ -336,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation")
     t.add_argument("--init", choices=["default", "orthogonal", "identity"], default="default",
                    help="W_hh initialisation; identity with relu is the IRNN")
+    t.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn",
+                   help="the recurrent layer: Elman RNN (--nonlinearity applies), LSTM or GRU")
     t.add_argument("--engine", choices=["rnnkern", "torch"], default="rnnkern",
                    help="rnnkern.RNN or torch.nn.RNN (no gradient-flow map)")
     t.add_argument("--batch-size", type=_positive, default=64, help="samples per iteration")
@@ -356,6 +367,10 @@ def _check(args: argparse.Namespace) -> None:
                                        ("--packed", args.packed)) if on]
         if given:
             parser.error(f"argument {given[0]}: applies to --size only; give a --size TxBxIxH")
+    if args.command == "train" and args.cell != "rnn" and args.init == "identity":
+        parser.error("argument --init: identity is for --cell rnn only")
+    if args.command == "train" and args.cell != "rnn" and args.nonlinearity != "tanh":
+        parser.error("argument --nonlinearity: applies to --cell rnn only")
     args.out = _out_dir(parser, args.out)
 
 

@@ -293,11 +293,12 @@ def _gated_compute(module, cell: str, input: Tensor, hx, batch_sizes: Optional[T
 def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
     if module._gradient_flow is None:
         return None
-    from .diagnostics import _flow_callback
+    from .diagnostics import _gated_flow_callback
 
     steps = input.size(1 if module.batch_first else 0) if batch_sizes is None \
         else batch_sizes.numel()
-    return _flow_callback(module, batch_sizes, steps, int(max_batch_size), unsorted_indices)
+    return _gated_flow_callback(module, batch_sizes, steps, int(max_batch_size),
+                                unsorted_indices)
 
 
 class LSTM(torch.nn.LSTM):
