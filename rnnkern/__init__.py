@@ -2,7 +2,8 @@
 
 ``rnnkern.forward`` / ``rnnkern.backward`` work on NumPy arrays. The torch parts load on first
 use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom ops),
-``rnnkern.reference`` (the autograd oracle) and ``rnnkern.diagnostics`` (gradient flow).
+``rnnkern.reference`` (the autograd oracle), ``rnnkern.diagnostics`` (gradient flow) and
+``rnnkern.testing`` (gradient checks for any RNN implementation against an oracle).
 """
 
 import os as _os
@@ -43,9 +44,9 @@ except ImportError as _error:
 from .numpy_api import Gradients, backward, forward  # noqa: E402
 
 __all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
-           "reference", "diagnostics", "isa", "empty_cache"]
+           "reference", "diagnostics", "testing", "isa", "empty_cache"]
 
-_TORCH_MODULES = ("functional", "reference", "modules", "diagnostics")
+_TORCH_MODULES = ("functional", "reference", "modules", "diagnostics", "testing")
 
 
 def isa() -> str:
