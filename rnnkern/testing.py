@@ -445,12 +445,9 @@ def _as_array(owner: str, what: str, value: Any, shape: Tuple[int, ...],
 def _runner(candidate: Any, forward: Optional[Callable[..., Any]] = None,
             name: Optional[str] = None, argument: str = "candidate"):
     if isinstance(candidate, str):
-        if argument != "reference":
-            raise TypeError(f"{argument} must be a module class or a NumPy bptt function, "
-                            f"got the string {candidate!r}")
         if candidate not in REFERENCES:
-            raise ValueError(f"reference must be one of {', '.join(REFERENCES)} or a "
-                             f"candidate, got {candidate!r}")
+            raise ValueError(f"{argument} must be one of {', '.join(REFERENCES)}, a module "
+                             f"class or a NumPy bptt function, got {candidate!r}")
         if candidate == "finite-differences":
             return _FiniteDifferences()
         if candidate == "reference":
@@ -675,8 +672,9 @@ def compare(candidate: Candidate, reference: Candidate = "reference", *,
     """Compares ``candidate`` with ``reference`` on one random problem; returns a Report.
 
     Args:
-        candidate: a torch.nn.Module class constructed like torch.nn.RNN, or a NumPy
-            ``bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y) -> dict`` (see the module docstring).
+        candidate: a torch.nn.Module class constructed like torch.nn.RNN, a NumPy
+            ``bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y) -> dict`` (see the module
+            docstring), or one of the references' names.
         reference: ``"reference"``, ``"torch"``, ``"rnnkern"``, ``"finite-differences"``, or
             another candidate (always run in float64).
         size: (T, B, I, H); default (5, 3, 4, 6).
@@ -828,7 +826,7 @@ def gradcheck(candidate: type, *, size: Sequence[int] = (3, 2, 2, 3), num_layers
               bias: bool = True, cell: str = "rnn", seed: int = 0) -> bool:
     """``torch.autograd.gradcheck`` in float64 of a module class built like torch.nn.RNN,
     with respect to its input, hx and every parameter. Keep the size tiny. Returns True, or
-    raises ``torch.autograd.GradcheckError`` saying which Jacobian differs."""
+    raises ``torch.autograd.gradcheck.GradcheckError`` saying which Jacobian differs."""
     runner = _runner(candidate)
     if runner.kind != "module":
         raise TypeError("gradcheck needs a module class built like torch.nn.RNN, got "
