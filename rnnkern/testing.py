@@ -344,14 +344,20 @@ class _FiniteDifferences(_ModuleRunner):
     def __init__(self) -> None:
         super().__init__(_ReferenceRNN, "finite differences")
 
-    def run(self, problem: _Problem, dtype: str) -> Dict[str, np.ndarray]:
-        config = problem.config
-        names = config.param_names()
-        count = problem.x.size + problem.hx.size + sum(w.size for w in problem.weights.values())
+    @staticmethod
+    def check_size(config: Config) -> None:
+        count = (config.T * config.B * config.I
+                 + config.num_layers * config.directions * config.B * config.H
+                 + sum(math.prod(config.param_shape(n)) for n in config.param_names()))
         if count > FD_MAX_ELEMENTS:
             raise ValueError(f"finite differences are for small sizes: {config.describe()} has "
                              f"{count} inputs and weights, more than {FD_MAX_ELEMENTS}; "
                              "use a smaller size")
+
+    def run(self, problem: _Problem, dtype: str) -> Dict[str, np.ndarray]:
+        config = problem.config
+        names = config.param_names()
+        self.check_size(config)
         module = self.build(config, "float64")
         params = self.parameters(module, config)
         x = torch.tensor(problem.x)
@@ -704,6 +710,9 @@ def compare(candidate: Candidate, reference: Candidate = "reference", *,
             raise ValueError(f"{label} must be a finite number ≥ 0, got {value!r}")
     config = _config_from(candidate_runner, size, num_layers, bidirectional, packed,
                           nonlinearity, bias, cell)
+    for runner in (candidate_runner, reference_runner):
+        if runner.kind == "finite-differences":
+            runner.check_size(config)
     return _compare(candidate_runner, reference_runner, config, dtype, atol, rtol, seed,
                     localise)
 
@@ -763,6 +772,11 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
                          localise=True)
         what = " and ".join(w for w, on in (("bidirectional", config.bidirectional),
                                              ("packed", config.packed)) if on)
+        if inner.passed and config.bidirectional and config.packed:
+            packed_only = _compare(candidate_runner, reference_runner,
+                                   replace(config, bidirectional=False), dtype, atol, rtol,
+                                   seed, localise=False)
+            what = "bidirectional" if packed_only.passed else "packed"
         if inner.passed:
             return Localisation(None, "configuration", f"with one direction and no packing "
                                 f"({simple.describe()}) every tensor agrees: the error comes "
@@ -770,16 +784,26 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
         loc = inner.localisation
         return replace(loc, message=f"{loc.message} (found on {simple.describe()}, one "
                                     "direction, no packing)")
-    # 3. walk back from the last step: δ_t through ∂L/∂x_t, then ∂L/∂h_{t-1} through the
-    #    ∂L/∂h0 of the same problem started at step t
+    # 3. walk back from the last step: δ_t through ∂L/∂x_t = δ_t W_ih of the full problem,
+    #    then ∂L/∂h_{t-1} through the ∂L/∂h0 of the same problem started at step t. That ∂L/∂h0
+    #    also goes through the candidate's hand-off to its initial state, so a difference
+    #    there counts only if δ_{t-1} differs too; else only the hand-off is wrong and the
+    #    shorter problems can tell nothing more.
     gradients = [t for t in report.tensors if t.key not in ("output", "h_n")]
     rel_bound = max(t.allowed_rel for t in gradients)
     x_bound = by_key["input"].allowed_abs if "input" in by_key else math.inf
+
+    def delta_differs(t: int) -> bool:
+        return not np.abs(got["input"][t] - ref["input"][t]).max() <= x_bound
+
     states = _layer_states(problem)
     last = max(0, config.T - LOCALISE_MAX_STEPS)
+    hand_off_wrong = False
     for t in range(config.T - 1, last - 1, -1):
-        if not np.abs(got["input"][t] - ref["input"][t]).max() <= x_bound:
+        if delta_differs(t):
             return Localisation(t, "delta", _delta_message(t, config.T))
+        if t > 0 and hand_off_wrong:
+            continue
         if t > 0:
             start = problem.suffix(t, np.stack([s[t - 1] for s in states]))
             c, r = candidate_runner.run(start, dtype)["hx"], reference_runner.run(
@@ -789,6 +813,9 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
         diff = np.abs(c - r).reshape(c.shape[0], -1).max(axis=1)
         diff = np.where(np.isnan(diff), np.inf, diff)
         if not diff.max() <= rel_bound * np.abs(r).max():
+            if t > 0 and not delta_differs(t - 1):
+                hand_off_wrong = True
+                continue
             layer = int(np.argmax(diff))
             return Localisation(t - 1, "grad_h", _grad_h_message(t, layer, config), layer)
     if last > 0:
