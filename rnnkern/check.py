@@ -177,11 +177,11 @@ def _cells(row: Row) -> List[str]:
             row.worst, number(row.rel), number(row.allowed), row.enters, result]
 
 
-def _widths(checks: Sequence[Check]) -> List[int]:
-    longest_param = max(len(p) for c in checks for p in c.config.param_names())
+def _widths(checks: Sequence[Check], bptt: bool) -> List[int]:
+    longest = len("grad w_ih") if bptt else \
+        len("grad ") + max(len(p) for c in checks for p in c.config.param_names())
     widths = [max(len(c.config.describe()) for c in checks), 7,
-              max(len(_REFERENCE_NAMES[c.reference]) for c in checks),
-              len("grad ") + longest_param, 7, 7, 15, 6]
+              max(len(_REFERENCE_NAMES[c.reference]) for c in checks), longest, 7, 7, 15, 6]
     return [max(w, len(h)) for w, h in zip(widths, _COLUMNS)]
 
 
@@ -191,8 +191,11 @@ def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 def run(candidate: Any, name: str, checks: Sequence[Check], *,
         forward: Optional[Callable[..., Any]] = None, atol: Optional[float] = None,
-        rtol: Optional[float] = None, seed: int = 0, out: TextIO = sys.stdout) -> List[Row]:
-    """Runs the checks, printing the table row by row and then what differs."""
+        rtol: Optional[float] = None, seed: int = 0, out: Optional[TextIO] = None
+        ) -> List[Row]:
+    """Runs the checks, printing the table row by row (to ``out``, default sys.stdout) and
+    then what differs."""
+    out = out or sys.stdout
     references = sorted({_REFERENCE_NAMES[c.reference] for c in checks
                          if c.reference != "gradcheck"}, key=list(_REFERENCE_NAMES.values()).index)
     also = ", and torch.autograd.gradcheck" if any(c.reference == "gradcheck" for c in checks) \
@@ -202,12 +205,16 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
     if atol is not None or rtol is not None:
         rule = f"max |error| ≤ {atol or 0:g} + {rtol or 0:g} · max |reference|"
     else:
-        rule = (f"float64 relative error ≤ {testing.F64_RTOL:g} ({testing.FD_RTOL:g} against "
-                f"finite differences), float32 ≤ {testing.F32_FACTOR:g} × torch.nn.RNN's own "
-                "float32 error")
-    print(f"tolerance: {rule}; rel err = max |error| / max |reference| of the worst tensor",
-          file=out)
-    widths = _widths(checks)
+        compared = [c for c in checks if c.reference != "gradcheck"]
+        rules = [(any(c.dtype == "float64" and c.reference != "finite-differences"
+                      for c in compared), f"float64 relative error ≤ {testing.F64_RTOL:g}"),
+                 (any(c.reference == "finite-differences" for c in compared),
+                  f"against finite differences ≤ {testing.FD_RTOL:g}"),
+                 (any(c.dtype == "float32" for c in compared),
+                  f"float32 ≤ {testing.F32_FACTOR:g} × torch.nn.RNN's own float32 error")]
+        rule = ", ".join(text for on, text in rules if on) or "-"
+    print(f"tolerance: {rule}; rel err = max |error| / max |reference|, worst tensor", file=out)
+    widths = _widths(checks, is_bptt(candidate))
     print(_line(_COLUMNS, widths), file=out, flush=True)
     rows = []
     for check in checks:

@@ -840,8 +840,8 @@ def _grad_h_message(t: int, layer: int, config: Config) -> str:
     target = "h0 (the initial state)" if t == 0 else f"h_{t - 1}"
     where = f" of layer {layer}" if config.num_layers > 1 else ""
     return (f"step {t - 1}: ∂L/∂{target}{where} differs while δ_{t} agrees: the gradient "
-            f"sent back from step {t} to step {t - 1} (δ_{t} W_hh, with W_hh as it is, not "
-            "transposed) is wrong" if t > 0 else
+            f"sent back from step {t} to step {t - 1} is wrong (it is δ_{t} W_hh: W_hh itself, "
+            "not its transpose)" if t > 0 else
             f"∂L/∂h0{where} differs while every δ_t agrees: the gradient sent back from "
             "step 0 to the initial state (δ_0 W_hh) is wrong")
 
