@@ -217,8 +217,15 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
     widths = _widths(checks, is_bptt(candidate))
     print(_line(_COLUMNS, widths), file=out, flush=True)
     rows = []
-    for check in checks:
+    progress = sys.stderr.isatty()  # on a terminal: what runs now, until its row is printed
+    for number, check in enumerate(checks, 1):
+        if progress:
+            print(f"[{number}/{len(checks)}] {check.config.describe()} {check.dtype} against "
+                  f"{_REFERENCE_NAMES[check.reference]} ...", end="\r", file=sys.stderr,
+                  flush=True)
         row = _run_one(candidate, name, check, forward, atol, rtol, seed)
+        if progress:
+            print("\033[K", end="", file=sys.stderr, flush=True)  # clear that line
         rows.append(row)
         print(_line(_cells(row), widths), file=out, flush=True)
     failed = [r for r in rows if not r.passed]

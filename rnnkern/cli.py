@@ -62,16 +62,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
-    return value
-
-
 def _size(text: str):
     parts = text.lower().split("x")
     if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -245,6 +235,22 @@ def _train(args: argparse.Namespace) -> int:
     except ImportError:
         _no_matplotlib()
     return 0
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return int(text)
 
 
 def _check_gradients(args: argparse.Namespace) -> int:
@@ -423,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "|reference| per tensor; default: float64 rtol 1e-10, float32 8 × "
                         "torch.nn.RNN's float32 error)")
     c.add_argument("--rtol", type=_nonnegative_float, help="relative tolerance, see --atol")
-    c.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and loss")
+    c.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of weights, inputs and loss")
     _add_out(c, "check.json")
     c.set_defaults(func=_check_gradients, parser=c)
     return parser

@@ -126,6 +126,8 @@ def _validate_config(config: Config) -> None:
 
 
 def _dtype_name(dtype: Any) -> str:
+    if isinstance(dtype, np.dtype):
+        dtype = dtype.name
     for name, forms in (("float64", (torch.float64, np.float64, "float64", "double")),
                         ("float32", (torch.float32, np.float32, "float32", "float"))):
         if any(dtype is f or (isinstance(dtype, str) and dtype == f) for f in forms):
@@ -622,8 +624,8 @@ def _errors(candidate: np.ndarray, reference: np.ndarray) -> Tuple[float, float,
 
 # ----------------------------------------------------------------------------- comparing
 
-def _config_from(candidate_runner, size, num_layers, bidirectional, packed, nonlinearity,
-                 bias, cell) -> Config:
+def _config_from(runners, size, num_layers, bidirectional, packed, nonlinearity, bias,
+                 cell) -> Config:
     if size is None:
         size = (5, 3, 4, 6)
     try:
@@ -634,13 +636,16 @@ def _config_from(candidate_runner, size, num_layers, bidirectional, packed, nonl
     config = Config(T, B, I, H, num_layers, bool(bidirectional), bool(packed), nonlinearity,
                     bool(bias), cell)
     _validate_config(config)
-    if candidate_runner.kind == "bptt":
+    for runner in runners:
+        if runner.kind != "bptt":
+            continue
         extra = [f"{name}={value!r}" for name, value, plain in
                  (("num_layers", num_layers, 1), ("bidirectional", bidirectional, False),
                   ("packed", packed, False), ("bias", bias, True)) if value != plain]
         if extra:
-            raise ValueError(f"{extra[0]} needs a module candidate: a NumPy bptt is one "
-                             "layer, one direction, unpacked, with biases")
+            raise ValueError(f"{extra[0]} needs a module candidate: a NumPy bptt "
+                             f"({runner.name}) is one layer, one direction, unpacked, with "
+                             "biases")
     return config
 
 
@@ -708,8 +713,10 @@ def compare(candidate: Candidate, reference: Candidate = "reference", *,
         if value is not None and not (isinstance(value, (int, float)) and value >= 0
                                       and math.isfinite(value)):
             raise ValueError(f"{label} must be a finite number ≥ 0, got {value!r}")
-    config = _config_from(candidate_runner, size, num_layers, bidirectional, packed,
-                          nonlinearity, bias, cell)
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"seed must be an integer ≥ 0, got {seed!r}")
+    config = _config_from((candidate_runner, reference_runner), size, num_layers,
+                          bidirectional, packed, nonlinearity, bias, cell)
     for runner in (candidate_runner, reference_runner):
         if runner.kind == "finite-differences":
             runner.check_size(config)
@@ -720,7 +727,8 @@ def compare(candidate: Candidate, reference: Candidate = "reference", *,
 def _compare(candidate_runner, reference_runner, config: Config, dtype: str,
              atol: Optional[float], rtol: Optional[float], seed: int, localise: bool) -> Report:
     bptt = candidate_runner.kind == "bptt"
-    problem = _make_problem(config, seed, final_state_grad=not bptt,
+    final_state_grad = "bptt" not in (candidate_runner.kind, reference_runner.kind)
+    problem = _make_problem(config, seed, final_state_grad=final_state_grad,
                             float32=dtype == "float32")
     got = candidate_runner.run(problem, dtype)
     ref = reference_runner.run(problem, "float64")
@@ -858,7 +866,7 @@ def gradcheck(candidate: type, *, size: Sequence[int] = (3, 2, 2, 3), num_layers
     if runner.kind != "module":
         raise TypeError("gradcheck needs a module class built like torch.nn.RNN, got "
                         f"{type(candidate).__name__}")
-    config = _config_from(runner, size, num_layers, bidirectional, packed, nonlinearity,
+    config = _config_from((runner,), size, num_layers, bidirectional, packed, nonlinearity,
                           bias, cell)
     problem = _make_problem(config, seed, final_state_grad=True, float32=False)
     module = runner.build(config, "float64")
