@@ -174,6 +174,7 @@ BAD_ARGUMENTS = [
     (["--layers", "0"], "argument --layers: expected a positive integer"),
     (["--atol", "-1"], "argument --atol: expected a finite number ≥ 0, got '-1'"),
     (["--rtol", "nan"], "argument --rtol: expected a finite number ≥ 0"),
+    (["--seed", "-1"], "argument --seed: expected an integer ≥ 0, got '-1'"),
     (["--reference", "numpy"], "argument --reference: invalid choice: 'numpy'"),
     (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     (["--nonlinearity", "sigmoid"], "argument --nonlinearity: invalid choice"),

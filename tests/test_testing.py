@@ -290,9 +290,13 @@ def test_report_table_is_readable():
     (lambda: testing.compare(rnnkern.RNN, num_layers=0), ValueError,
      "num_layers must be a positive integer, got 0"),
     (lambda: testing.compare(impls.bptt, num_layers=2), ValueError,
-     "num_layers=2 needs a module candidate: a NumPy bptt is one layer"),
+     r"num_layers=2 needs a module candidate: a NumPy bptt \(bptt.bptt\) is one layer"),
     (lambda: testing.compare(impls.bptt, packed=True), ValueError,
      "packed=True needs a module candidate"),
+    (lambda: testing.compare(rnnkern.RNN, impls.bptt, num_layers=2), ValueError,
+     r"num_layers=2 needs a module candidate: a NumPy bptt \(bptt.bptt\) is one layer"),
+    (lambda: testing.compare(rnnkern.RNN, seed=-1), ValueError,
+     "seed must be an integer ≥ 0, got -1"),
     (lambda: testing.compare(rnnkern.RNN, atol=-1), ValueError,
      "atol must be a finite number ≥ 0, got -1"),
     (lambda: testing.compare(module_impls.WrongNames), ValueError,
@@ -307,6 +311,14 @@ def test_report_table_is_readable():
 def test_bad_input_names_what_is_wrong(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_numpy_bptt_as_the_reference_and_numpy_dtypes():
+    """Any candidate can be the oracle of another; dtypes may be given as NumPy or torch's."""
+    report = testing.assert_gradients_close(rnnkern.RNN, impls.bptt, size=(5, 3, 4, 6),
+                                            dtype=np.dtype("float64"))
+    assert report.reference == "bptt.bptt"
+    assert testing.compare(impls.bptt, dtype=torch.float32).dtype == "float32"
 
 
 def test_candidate_may_write_into_its_arguments():
