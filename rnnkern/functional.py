@@ -19,7 +19,7 @@ import torch
 import torch.autograd.forward_ad
 from torch import Tensor
 
-from . import _core, reference
+from . import _core, gpu, reference
 
 __all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward"]
 
@@ -35,9 +35,7 @@ def _numpy(name: str, t: Optional[Tensor]):
             t = t.resolve_neg()
         return t.detach().numpy()
     if t.device.type != "cpu":
-        why = ("rnnkern was not compiled with CUDA support" if t.device.type == "cuda"
-               else "rnnkern's kernels run on the CPU")
-        raise RuntimeError(f"{name} must be on the CPU, got device {t.device} ({why})")
+        raise RuntimeError(f"{name} must be on the CPU, got device {t.device}")
     raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
 
 
@@ -117,7 +115,16 @@ def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Opti
     return y
 
 
+def _on_gpu(x: Tensor) -> bool:
+    """Whether a call goes to the CUDA loops of rnnkern.gpu (which check its arguments): x is
+    not a CPU tensor. (tests/test_cuda_on_cpu.py sends CPU tensors there too.)"""
+    return x.device.type != "cpu"
+
+
 def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse, own=True):
+    if _on_gpu(x):
+        y = gpu.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+        return y, _final_state(y, h0.shape[0], batch_sizes, reverse, own)
     if batch_sizes is None:
         y = _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
         if y is not None:
@@ -162,6 +169,9 @@ def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, 
               output_mask, grad_norms=False):
     """(x, h0, w_ih, w_hh, bias) gradients, None where output_mask is False, and the (N,)
     float64 norms of the whole gradient reaching each row's h_t (None unless grad_norms)."""
+    if _on_gpu(x):
+        return gpu.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes,
+                            reverse, output_mask, grad_norms)
     if batch_sizes is None and grad_y is not None:
         small = _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse,
                                 output_mask, grad_norms)

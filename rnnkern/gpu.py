@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["available", "extension", "forward", "backward"]
+__all__ = ["available", "extension", "check_arguments", "forward", "backward"]
 
 _NO_CUDA = (
     "rnnkern was built without CUDA support (the module rnnkern._cuda is missing), so it "
@@ -65,6 +65,65 @@ def _batch_sizes_on(batch_sizes: Optional[Tensor], device: torch.device) -> Opti
     return batch_sizes.to(device)
 
 
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _shape(shape) -> str:
+    return str(tuple(shape))
+
+
+def check_arguments(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                    batch_sizes: Optional[Tensor], **others: Optional[Tensor]) -> None:
+    """What rnnkern._cuda cannot check: devices, dtypes and shapes, with errors that name the
+    argument (input and hx as in torch.nn.RNN). ``others``: b_ih, b_hh (H,), y, grad_y
+    (shaped like the output) and grad_hn (B, H), each may be None."""
+    if x.device.type not in ("cuda", "cpu"):
+        raise RuntimeError(f"rnnkern runs on CPU and CUDA tensors, got input on {x.device}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"input must have dtype torch.float32 or torch.float64, got {x.dtype}")
+    named = {"hx": h0, "w_ih": w_ih, "w_hh": w_hh, **others}
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise RuntimeError(f"{name} must be on {x.device} like input, got device {t.device}")
+        if t.dtype is not x.dtype:
+            raise TypeError(f"{name} must have input's dtype {x.dtype}, got {t.dtype}")
+    if batch_sizes is None:
+        if x.dim() != 3:
+            raise ValueError(f"input must have 3 dimensions (T, B, I), got shape {_shape(x.shape)}")
+        steps, batch, features = x.shape
+        if steps < 1 or features < 1:
+            raise ValueError("input must have at least one step and one feature, got shape "
+                             f"{_shape(x.shape)}")
+    else:
+        if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+            raise TypeError("batch_sizes must be an int64 CPU tensor, got "
+                            f"{batch_sizes.dtype} on {batch_sizes.device}")
+        if batch_sizes.dim() != 1 or batch_sizes.shape[0] < 1:
+            raise ValueError("batch_sizes must have 1 dimension and at least one entry, got "
+                             f"shape {_shape(batch_sizes.shape)}")
+        if bool((batch_sizes < 1).any()) or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+            raise ValueError("batch_sizes must be positive and non-increasing, got "
+                             f"{batch_sizes.tolist()}")
+        total = int(batch_sizes.sum())
+        if x.dim() != 2 or x.shape[0] != total or x.shape[1] < 1:
+            raise ValueError(f"input must have shape (sum(batch_sizes) = {total}, I) when "
+                             f"batch_sizes is given, got {_shape(x.shape)}")
+        batch, features = int(batch_sizes[0]), x.shape[1]
+    if w_ih.dim() != 2 or w_ih.shape[1] != features or w_ih.shape[0] < 1:
+        raise ValueError(f"w_ih must have shape (hidden_size, {features}), got "
+                         f"{_shape(w_ih.shape)}")
+    hidden = w_ih.shape[0]
+    output = (*x.shape[:-1], hidden)
+    expected = {"w_hh": (hidden, hidden), "hx": (batch, hidden), "b_ih": (hidden,),
+                "b_hh": (hidden,), "y": output, "grad_y": output, "grad_hn": (batch, hidden)}
+    for name, t in named.items():
+        if t is not None and name in expected and tuple(t.shape) != expected[name]:
+            raise ValueError(f"{name} must have shape {_shape(expected[name])}, got "
+                             f"{_shape(t.shape)}")
+
+
 def _pointer(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -73,6 +132,7 @@ def forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
             b_hh: Optional[Tensor], nonlinearity: str, batch_sizes: Optional[Tensor],
             reverse: bool) -> Tensor:
     """y of one layer-direction, shaped like x with H features (checked arguments)."""
+    check_arguments(x, h0, w_ih, w_hh, batch_sizes, b_ih=b_ih, b_hh=b_hh)
     ext = extension(x.device)
     hidden = w_hh.shape[0]
     rows = x.reshape(-1, x.shape[-1])
@@ -114,6 +174,7 @@ def backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor,
              ) -> Tuple[Tuple[Optional[Tensor], ...], Optional[Tensor]]:
     """(x, h0, w_ih, w_hh, bias) gradients, None where output_mask is False, and the (N,)
     float64 norms of ∂L/∂h_t per row when grad_norms (checked arguments)."""
+    check_arguments(x, h0, w_ih, w_hh, batch_sizes, y=y, grad_y=grad_y, grad_hn=grad_hn)
     ext = extension(x.device)
     hidden = w_hh.shape[0]
     batch = h0.shape[0]
