@@ -21,6 +21,9 @@ namespace cuda {
 namespace {
 
 constexpr int kMaxThreads = 256;
+// Two blocks per multiprocessor: ptxas then keeps every kernel within registers (sm_100 spilled
+// one of them with no minimum given).
+constexpr int kMinBlocks = 2;
 constexpr std::size_t kSharedBytes = 48 * 1024;  // what every block gets without an opt-in
 
 void check(cudaError_t status, const char* what) {
@@ -58,7 +61,7 @@ __device__ __forceinline__ int live_rows(int64_t n, int64_t b0, int R) {
 
 // Shared memory: state[2][R][H], then W_hhᵀ (H, H) when `shared_w`.
 template <typename T, int R>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
     forward_kernel(Loop p, const T* __restrict__ w_hh_t, const T* __restrict__ h0,
                    T* __restrict__ y, bool shared_w) {
   RNNKERN_DYNAMIC_SHARED(smem);
@@ -118,7 +121,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 // (the gradient reaching h_t from later steps, each thread's own units), delta[2][R][H], and
 // W_hh (H, H) when `shared_w`.
 template <typename T, int R>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
     backward_kernel(Loop p, const T* __restrict__ w_hh, const T* __restrict__ y,
                     const T* __restrict__ grad_y, const T* __restrict__ grad_hn,
                     T* __restrict__ delta, T* __restrict__ grad_h0, double* __restrict__ norms,
