@@ -152,3 +152,34 @@ def test_argument_checks_name_the_argument():
         with pytest.raises(error, match=message):
             gpu.check_arguments(args.pop("x"), args.pop("h0"), args.pop("w_ih"),
                                 args.pop("w_hh"), args.pop("batch_sizes"), **args)
+
+
+def test_bench_on_a_gpu_reports_time_per_step_and_launch_floor():
+    """The GPU columns of `rnnkern bench --device cuda`, from a result as a GPU run fills it."""
+    from rnnkern import bench
+
+    result = bench.Result(bench.Case(100, 16, 32, 64, layers=2, bidirectional=True),
+                          forward_ms={"torch": 2.0, "rnnkern": 1.0},
+                          train_ms={"torch": 6.0, "rnnkern": 3.0},
+                          saved_bytes={"torch": 10**6, "rnnkern": 10**6}, train_flop=3e9,
+                          sgemm_gflops=5e4, device="cuda", launch_us=2.5)
+    table = bench.format_table([result])
+    head, _, row = table.splitlines()
+    assert "torch fwd us/step" in head and "launch floor us/step" in head
+    assert row.split()[-3:] == ["20.0", "10.0", "10.0"]  # 2 ms / 100, 1 ms / 100, 2.5 · 2 · 2
+    assert bench.as_dicts([result])[0]["launch_us"] == 2.5
+    assert "launch floor" not in bench.format_table([bench.Result(
+        result.case, result.forward_ms, result.train_ms, result.saved_bytes, 3e9, 5e4)])
+
+
+def test_bench_device_cuda_without_a_gpu(capsys):
+    from rnnkern import cli
+
+    if rnnkern.cuda_available():
+        pytest.skip("a GPU is visible")
+    assert cli.main(["bench", "--device", "cuda"]) == 1
+    assert "rnnkern bench --device cuda: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--device", "cuda", "--steps"])
+    assert exit_info.value.code == 2
+    assert "step-by-step section runs on the CPU only" in capsys.readouterr().err
