@@ -3,7 +3,8 @@
 ``rnnkern::rnn_forward`` and ``rnnkern::rnn_backward`` are ``torch.library.custom_op``s with
 fake (meta) implementations and a registered autograd formula, so :func:`rnn` works under
 ``torch.library.opcheck`` and inside ``torch.compile(fullgraph=True)``. In eager mode the same
-kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch.
+kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch. CPU
+tensors go to the C++ core (``rnnkern._core``), CUDA tensors to :mod:`rnnkern.gpu`.
 
 What the kernels cannot do runs on the autograd loop of :mod:`rnnkern.reference` instead, with
 the same results: second derivatives (``create_graph=True``), forward-mode AD, ``torch.func``
@@ -350,7 +351,8 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
 
     Returns:
         (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
-        at its own last step. float32 and float64; all tensors of one dtype, on the CPU.
+        at its own last step. float32 and float64; all tensors of one dtype, on the CPU or
+        on one CUDA device (batch_sizes always on the CPU).
     """
     for name, t in (("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh),
                     ("b_ih", b_ih), ("b_hh", b_hh), ("batch_sizes", batch_sizes)):
