@@ -44,7 +44,7 @@ except ImportError as _error:
 from .numpy_api import Gradients, backward, forward  # noqa: E402
 
 __all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
-           "reference", "diagnostics", "testing", "isa", "empty_cache"]
+           "reference", "diagnostics", "testing", "isa", "empty_cache", "cuda_available"]
 
 _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics", "testing")
 
@@ -52,6 +52,16 @@ _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics", "testing"
 def isa() -> str:
     """Instruction set of the recurrent kernels in use: "avx512", "avx2" or "generic"."""
     return _core.isa()
+
+
+def cuda_available() -> bool:
+    """Whether rnnkern runs CUDA tensors here: its CUDA module (rnnkern._cuda, built when nvcc
+    was found at install time) loads and a GPU is visible. CPU tensors work either way."""
+    try:
+        from . import _cuda
+    except ImportError:
+        return False
+    return _cuda.device_count() > 0
 
 
 def empty_cache() -> int:

@@ -127,6 +127,14 @@ def _no_matplotlib() -> None:
     print("no plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
 
 
+def _has_cuda_module() -> bool:
+    try:
+        from . import _cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _bench(args: argparse.Namespace) -> int:
     if not _torch_or_exit():
         return 1
@@ -136,7 +144,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     grid = bool(args.size) or args.full or not args.steps
-    steps = args.steps or args.full
+    steps = args.steps or (args.full and args.device == "cpu")
     if args.size:
         cases = [bench.Case(*size, layers=args.layers, bidirectional=args.bidirectional,
                             packed=args.packed) for size in args.size]
@@ -145,15 +153,29 @@ def _bench(args: argparse.Namespace) -> int:
     impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else ("rnnkern",))))
     meta = {"machine": cpu_model(), "torch": torch.__version__, "dtype": args.dtype,
             "kernels": isa(), "threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "device": args.device}
+    if args.device == "cuda":
+        from . import cuda_available
+
+        if not cuda_available():
+            why = ("no GPU is visible" if _has_cuda_module()
+                   else "rnnkern was built without CUDA support (rnnkern._cuda is missing); "
+                        "reinstall it where nvcc is on PATH (README, The CUDA path)")
+            print(f"rnnkern bench --device cuda: {why}", file=sys.stderr)
+            return 1
+        meta["device"] = torch.cuda.get_device_name()
+        meta["kernels"] = "cuda v1"
     print(f"machine: {meta['machine']} ({platform.machine()}, {os.cpu_count()} logical CPUs); "
           f"torch {meta['torch']}, {meta['threads']} threads; {args.dtype}; "
           f"rnnkern kernels: {meta['kernels']}; median of {args.repeats} repeats", flush=True)
+    if args.device == "cuda":
+        print(f"device: {meta['device']}", flush=True)
     data = dict(meta)
     if grid:
         print("rnnkern.RNN vs torch.nn.RNN: forward (no grad) and train step "
               "(forward + backward)", flush=True)
-        results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype)
+        results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
+                            device=args.device)
         print(bench.format_table(results), flush=True)
         data["results"] = bench.as_dicts(results)
     if steps:
@@ -341,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive, default=5, help="timed repeats (median)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of inputs and weights")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to run: cuda times the CUDA kernels against torch.nn.RNN "
+                        "(cuDNN) and adds time per step against the launch latency")
     _add_out(b, "bench.json and speedup.png")
     b.set_defaults(func=_bench, parser=b)
 
@@ -446,6 +471,9 @@ def _check(args: argparse.Namespace) -> None:
                                        ("--packed", args.packed)) if on]
         if given:
             parser.error(f"argument {given[0]}: applies to --size only; give a --size TxBxIxH")
+    if args.command == "bench" and args.device == "cuda" and args.steps:
+        parser.error("argument --steps: the step-by-step section runs on the CPU only "
+                     "(--device cpu)")
     if args.command == "check":
         _check_arguments_of_check(args)
     args.out = _out_dir(parser, args.out)
