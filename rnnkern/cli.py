@@ -150,7 +150,8 @@ def _bench(args: argparse.Namespace) -> int:
                             packed=args.packed) for size in args.size]
     else:
         cases = bench.FULL_CASES if args.full else bench.DEFAULT_CASES
-    impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else ("rnnkern",))))
+    default = ("rnnkern", "reference") if args.device == "cuda" else ("rnnkern",)
+    impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else default)))
     meta = {"machine": cpu_model(), "torch": torch.__version__, "dtype": args.dtype,
             "kernels": isa(), "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"), "device": args.device}
@@ -365,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of inputs and weights")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where to run: cuda times the CUDA kernels against torch.nn.RNN "
-                        "(cuDNN) and adds time per step against the launch latency")
+                        "(cuDNN) and the autograd loop, and adds the time per step against "
+                        "the launch latency")
     _add_out(b, "bench.json and speedup.png")
     b.set_defaults(func=_bench, parser=b)
 
