@@ -2,7 +2,8 @@
 
 ``rnnkern.forward`` / ``rnnkern.backward`` work on NumPy arrays. The torch parts load on first
 use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom ops),
-``rnnkern.reference`` (the autograd oracle) and ``rnnkern.diagnostics`` (gradient flow).
+``rnnkern.reference`` (the autograd oracle), ``rnnkern.diagnostics`` (gradient flow) and
+``rnnkern.testing`` (gradient checks for any RNN implementation against an oracle).
 """
 
 import os as _os
@@ -43,17 +44,27 @@ except ImportError as _error:
 from .numpy_api import Gradients, backward, forward  # noqa: E402
 
 __all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
-           "reference", "diagnostics", "isa", "empty_cache"]
+           "reference", "diagnostics", "testing", "isa", "empty_cache", "cuda_available"]
 # The gated cells: rnnkern.LSTM, rnnkern.GRU (torch) and their NumPy-level functions.
 __all__ += ["LSTM", "GRU", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
 from .numpy_api import gru_backward, gru_forward, lstm_backward, lstm_forward  # noqa: E402
 
-_TORCH_MODULES = ("functional", "reference", "modules", "diagnostics")
+_TORCH_MODULES = ("functional", "reference", "modules", "diagnostics", "testing")
 
 
 def isa() -> str:
     """Instruction set of the recurrent kernels in use: "avx512", "avx2" or "generic"."""
     return _core.isa()
+
+
+def cuda_available() -> bool:
+    """Whether rnnkern runs CUDA tensors here: its CUDA module (rnnkern._cuda, built when nvcc
+    was found at install time) loads and a GPU is visible. CPU tensors work either way."""
+    try:
+        from . import _cuda
+    except ImportError:
+        return False
+    return _cuda.device_count() > 0
 
 
 def empty_cache() -> int:

@@ -102,6 +102,8 @@ class Result:
     saved_bytes: Dict[str, int] = field(default_factory=dict)
     train_flop: float = 0.0
     sgemm_gflops: float = 0.0
+    device: str = "cpu"
+    launch_us: float = math.nan  # one kernel launch (GPU): the floor of a launch per step
 
     def speedup(self, impl: str, what: str = "train") -> float:
         times = self.train_ms if what == "train" else self.forward_ms
@@ -122,26 +124,55 @@ def train_flop(case: Case, rows: int) -> float:
     return total
 
 
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 GEMM rate (torch.mm), measured now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _synchronize(device: str) -> Optional[Callable[[], None]]:
+    """What makes a timer see the end of queued GPU work; None on the CPU."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """This machine's float32 GEMM rate (torch.mm on the device), measured now."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = _synchronize(device) or (lambda: None)
     a @ b
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+def launch_us(device: str, launches: int = 2000) -> float:
+    """Microseconds per launch of a one-element kernel on a busy stream: what any
+    implementation that launches a kernel per time step pays per step at least."""
+    t = torch.zeros(1, device=device)
+    sync = _synchronize(device) or (lambda: None)
+    samples = []
+    for _ in range(5):
+        sync()
+        start = time.perf_counter()
+        for _ in range(launches):
+            t.add_(1)
+        sync()
+        samples.append((time.perf_counter() - start) * 1e6 / launches)
+    return statistics.median(samples)
+
+
 def _timed_blocks(fns: Dict[str, Callable[[], None]], repeats: int,
-                  min_block_s: float = 0.02) -> Dict[str, float]:
-    """Median ms per call; each repeat runs a block of calls of every implementation."""
+                  min_block_s: float = 0.02,
+                  sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+    """Median ms per call; each repeat runs a block of calls of every implementation.
+    ``sync`` (GPU) waits for the queued work before a block's time is read."""
+    sync = sync or (lambda: None)
     numbers = {}
     for name, fn in fns.items():  # warm-up, and calls per block
         fn()
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         once = max(time.perf_counter() - start, 1e-7)
         numbers[name] = max(1, min(1000, int(min_block_s / once)))
     samples: Dict[str, List[float]] = {name: [] for name in fns}
@@ -150,12 +181,13 @@ def _timed_blocks(fns: Dict[str, Callable[[], None]], repeats: int,
             start = time.perf_counter()
             for _ in range(numbers[name]):
                 fn()
+            sync()
             samples[name].append((time.perf_counter() - start) * 1e3 / numbers[name])
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def _input(case: Case, dtype: torch.dtype, generator: torch.Generator):
-    x = torch.randn(case.T, case.B, case.I, dtype=dtype, generator=generator)
+def _input(case: Case, dtype: torch.dtype, generator: torch.Generator, device: str = "cpu"):
+    x = torch.randn(case.T, case.B, case.I, dtype=dtype, generator=generator).to(device)
     if not case.packed:
         return x.requires_grad_()
     lengths = torch.randint(1, case.T + 1, (case.B,), generator=generator)
@@ -190,14 +222,14 @@ def _saved_bytes(run: Callable[[], tuple], exclude: Sequence[torch.Tensor]) -> i
 
 def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: int = 5,
             dtype: torch.dtype = torch.float32, seed: int = 0,
-            sgemm: Optional[float] = None) -> Result:
+            sgemm: Optional[float] = None, device: str = "cpu") -> Result:
     torch.manual_seed(seed)
     kwargs = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
     theirs_class, ours_class = classes(case.cell)
-    theirs = theirs_class(case.I, case.H, **kwargs)
-    ours = ours_class(case.I, case.H, **kwargs)
+    theirs = theirs_class(case.I, case.H, **kwargs).to(device)
+    ours = ours_class(case.I, case.H, **kwargs).to(device)
     ours.load_state_dict(theirs.state_dict())
-    x = _input(case, dtype, torch.Generator().manual_seed(seed))
+    x = _input(case, dtype, torch.Generator().manual_seed(seed), device)
     leaf = x if isinstance(x, torch.Tensor) else x.data
     simple = (case.layers == 1 and not case.bidirectional and not case.packed
               and case.cell == "rnn")
@@ -225,13 +257,18 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
             (out.sum() + _state_sum(h_n)).backward()
         return run
 
-    result = Result(case)
-    result.forward_ms = _timed_blocks({k: forward(f) for k, f in calls.items()}, repeats)
-    result.train_ms = _timed_blocks({k: train(f) for k, f in calls.items()}, repeats)
+    result = Result(case, device=torch.device(device).type)
+    sync = _synchronize(device)
+    result.forward_ms = _timed_blocks({k: forward(f) for k, f in calls.items()}, repeats,
+                                      sync=sync)
+    result.train_ms = _timed_blocks({k: train(f) for k, f in calls.items()}, repeats,
+                                    sync=sync)
     params = list(theirs.parameters()) + list(ours.parameters())
     result.saved_bytes = {k: _saved_bytes(lambda f=f: f(x), params) for k, f in calls.items()}
     result.train_flop = train_flop(case, leaf.shape[0] if case.packed else case.T * case.B)
-    result.sgemm_gflops = sgemm if sgemm is not None else sgemm_gflops()
+    result.sgemm_gflops = sgemm if sgemm is not None else sgemm_gflops(device=device)
+    if sync is not None:
+        result.launch_us = launch_us(device)
     return result
 
 
@@ -249,6 +286,9 @@ def format_table(results: Sequence[Result]) -> str:
         head += [f"{impl} fwd ms", f"{impl} train ms"]
     head += [f"{impl} speedup" for impl in impls if impl != "torch"]
     head += ["rnnkern GFLOP/s", "% of sgemm", "saved MB torch", "saved MB rnnkern"]
+    gpu = any(r.device == "cuda" for r in results)
+    if gpu:  # forward time per step against one launch per step and layer-direction
+        head += [f"{impl} fwd us/step" for impl in impls] + ["launch floor us/step"]
     rows = [head]
     for r in results:
         c = r.case
@@ -263,22 +303,28 @@ def format_table(results: Sequence[Result]) -> str:
                 "-" if math.isnan(rate) else f"{100 * rate / r.sgemm_gflops:.0f}%"]
         row += [f"{r.saved_bytes[impl] / 1e6:.2f}" if impl in r.saved_bytes else "-"
                 for impl in ("torch", "rnnkern")]
+        if gpu:
+            directions = 2 if c.bidirectional else 1
+            row += [f"{1e3 * r.forward_ms[impl] / c.T:.1f}" if impl in r.forward_ms else "-"
+                    for impl in impls]
+            row += [f"{r.launch_us * c.layers * directions:.1f}"]
         rows.append(row)
     return _fmt_table(rows)
 
 
 def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", "rnnkern"),
         repeats: int = 5, dtype: torch.dtype = torch.float32,
-        progress=sys.stderr) -> List[Result]:
-    sgemm = sgemm_gflops()
+        progress=sys.stderr, device: str = "cpu") -> List[Result]:
+    sgemm = sgemm_gflops(device=device)
     if progress is not None:
-        print(f"sgemm (torch.mm 2048x2048, float32): {sgemm:.0f} GFLOP/s", file=progress,
-              flush=True)
+        print(f"sgemm (torch.mm 2048x2048, float32, {device}): {sgemm:.0f} GFLOP/s",
+              file=progress, flush=True)
     results = []
     for i, case in enumerate(cases, 1):
         if progress is not None:
             print(f"[{i}/{len(cases)}] {case.name()} ...", file=progress, flush=True)
-        results.append(measure(case, impls, repeats=repeats, dtype=dtype, sgemm=sgemm))
+        results.append(measure(case, impls, repeats=repeats, dtype=dtype, sgemm=sgemm,
+                               device=device))
     return results
 
 
@@ -458,7 +504,8 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
                         train_speedup={k: r.speedup(k) for k in r.train_ms if k != "torch"},
                         forward_speedup={k: r.speedup(k, "forward")
                                          for k in r.forward_ms if k != "torch"},
-                        rnnkern_gflops=r.gflops("rnnkern")))
+                        rnnkern_gflops=r.gflops("rnnkern"), device=r.device,
+                        launch_us=None if math.isnan(r.launch_us) else r.launch_us))
     return out
 
 

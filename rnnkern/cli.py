@@ -127,6 +127,14 @@ def _no_matplotlib() -> None:
     print("no plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
 
 
+def _has_cuda_module() -> bool:
+    try:
+        from . import _cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _bench(args: argparse.Namespace) -> int:
     if not _torch_or_exit():
         return 1
@@ -136,25 +144,40 @@ def _bench(args: argparse.Namespace) -> int:
 
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     grid = bool(args.size) or args.full or not args.steps
-    steps = args.steps or args.full
+    steps = args.steps or (args.full and args.device == "cpu")
     if args.size:
         cases = [bench.Case(*size, layers=args.layers, bidirectional=args.bidirectional,
                             packed=args.packed) for size in args.size]
     else:
         cases = bench.FULL_CASES if args.full else bench.DEFAULT_CASES
     cases = _cells_cases(args, cases)
-    impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else ("rnnkern",))))
+    default = ("rnnkern", "reference") if args.device == "cuda" else ("rnnkern",)
+    impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else default)))
     meta = {"machine": cpu_model(), "torch": torch.__version__, "dtype": args.dtype,
             "kernels": isa(), "threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "device": args.device}
+    if args.device == "cuda":
+        from . import cuda_available
+
+        if not cuda_available():
+            why = ("no GPU is visible" if _has_cuda_module()
+                   else "rnnkern was built without CUDA support (rnnkern._cuda is missing); "
+                        "reinstall it where nvcc is on PATH (README, The CUDA path)")
+            print(f"rnnkern bench --device cuda: {why}", file=sys.stderr)
+            return 1
+        meta["device"] = torch.cuda.get_device_name()
+        meta["kernels"] = "cuda v1"
     print(f"machine: {meta['machine']} ({platform.machine()}, {os.cpu_count()} logical CPUs); "
           f"torch {meta['torch']}, {meta['threads']} threads; {args.dtype}; "
           f"rnnkern kernels: {meta['kernels']}; median of {args.repeats} repeats", flush=True)
+    if args.device == "cuda":
+        print(f"device: {meta['device']}", flush=True)
     data = dict(meta)
     if grid:
         print(_cells_title(args) + ": forward (no grad) and train step "
               "(forward + backward)", flush=True)
-        results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype)
+        results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
+                            device=args.device)
         print(bench.format_table(results), flush=True)
         data["results"] = bench.as_dicts(results)
     if steps:
@@ -273,6 +296,76 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return int(text)
+
+
+def _check_gradients(args: argparse.Namespace) -> int:
+    from . import check
+
+    if args.impl:
+        candidate, name = args.candidate, args.candidate_name
+    else:
+        candidate, name = check.default_candidate()
+    checks = check.plan(bptt=check.is_bptt(candidate), sizes=args.size, layers=args.layers,
+                        bidirectional=args.bidirectional, packed=args.packed,
+                        nonlinearity=args.nonlinearity, dtype=args.dtype,
+                        references=args.reference, builtin=not args.impl)
+    rows = check.run(candidate, name, checks, forward=args.forward_fn, atol=args.atol,
+                     rtol=args.rtol, seed=args.seed)
+    path = os.path.join(args.out, "check.json")
+    check.write_json(rows, name, path)
+    _wrote(path)
+    return 0 if all(row.passed for row in rows) else 1
+
+
+def _check_arguments_of_check(args: argparse.Namespace) -> None:
+    """`rnnkern check`: loads --impl and --forward (their errors are usage errors) and checks
+    that the options fit the candidate, before any work."""
+    parser = args.parser
+    if not _torch_or_exit():
+        sys.exit(1)
+    from . import check
+
+    args.forward_fn = None
+    if args.forward and not args.impl:
+        parser.error("argument --forward: goes with --impl FILE.py:NAME (a NumPy bptt)")
+    if not args.impl:
+        return
+    try:
+        args.candidate, args.candidate_name = check.load(args.impl)
+    except ValueError as error:
+        parser.error(f"argument --impl: {error}")
+    if args.forward:
+        try:
+            args.forward_fn = check.load(args.forward)[0]
+        except ValueError as error:
+            parser.error(f"argument --forward: {error}")
+    if check.is_bptt(args.candidate):
+        given = [name for name, on in (("--layers", args.layers is not None),
+                                       ("--bidirectional", args.bidirectional),
+                                       ("--packed", args.packed)) if on]
+        if given:
+            parser.error(f"argument {given[0]}: {args.impl} is a NumPy bptt function (one "
+                         "layer, one direction, unpacked); options of that kind apply to a "
+                         "module class")
+    elif args.forward:
+        parser.error(f"argument --forward: {args.impl} is a module class, whose forward is "
+                     "its own; --forward goes with a NumPy bptt function")
+
+
 def _add_out(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                    help=f"folder to write {what} into, created if missing")
@@ -310,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive, default=5, help="timed repeats (median)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of inputs and weights")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to run: cuda times the CUDA kernels against torch.nn.RNN "
+                        "(cuDNN) and the autograd loop, and adds the time per step against "
+                        "the launch latency")
     _add_out(b, "bench.json and speedup.png")
     b.set_defaults(func=_bench, parser=b)
 
@@ -354,6 +451,59 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     _add_out(t, "the loss curve and the gradient-flow heat map")
     t.set_defaults(func=_train, parser=t)
+
+    c = sub.add_parser("check", formatter_class=_HelpFormatter,
+                       help="check gradients (rnnkern's kernels, or your own RNN with --impl) "
+                            "against rnnkern.reference and torch.nn.RNN; exit 1 if any differ",
+                       description="Compares outputs, final state and every gradient (input, "
+                                   "h0, each weight and bias) with oracles and prints a table "
+                                   "naming the worst tensor and the step where an error "
+                                   "enters. Without --impl: rnnkern.RNN on a built-in grid "
+                                   "(odd sizes, layers, directions, packed, both dtypes), "
+                                   "against rnnkern.reference, torch.nn.RNN and finite "
+                                   "differences, plus torch.autograd.gradcheck. Exit status: "
+                                   "0 when everything agrees, 1 when anything differs, 2 for "
+                                   "usage errors.",
+                       epilog="--impl FILE.py:NAME names either a torch.nn.Module class "
+                              "constructed like torch.nn.RNN (same arguments and parameter "
+                              "names, called as module(input, hx) -> (output, h_n)), or a NumPy "
+                              "function bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y) that returns "
+                              "a dict of the gradients of sum(y * grad_y) with keys x, h0, "
+                              "w_ih, w_hh, b_ih, b_hh (one tanh layer, time-major x of shape "
+                              "(T, B, I); --nonlinearity relu for a relu one).\n"
+                              "Without --size and the configuration options: a built-in grid. "
+                              "With any of them: each --size (default 5x3x4x6) with those "
+                              "options.")
+    c.add_argument("--impl", metavar="FILE.py:NAME",
+                   help="your module class or NumPy bptt function (default: rnnkern.RNN)")
+    c.add_argument("--forward", metavar="FILE.py:NAME",
+                   help="with a NumPy bptt: its forward(x, h0, w_ih, w_hh, b_ih, b_hh) -> y, "
+                        "compared too")
+    c.add_argument("--size", type=_size, action="append", metavar="TxBxIxH",
+                   help="a size to check (repeatable); without it and the options below: a "
+                        "built-in grid")
+    c.add_argument("--layers", type=_positive, help="layers (module classes; default 1)")
+    c.add_argument("--bidirectional", action="store_true", help="both directions")
+    c.add_argument("--packed", action="store_true",
+                   help="variable lengths as an unsorted PackedSequence")
+    c.add_argument("--nonlinearity", choices=["tanh", "relu"],
+                   help="activation (default tanh)")
+    c.add_argument("--dtype", choices=["float64", "float32"],
+                   help="dtype of the candidate (default float64); the references run in "
+                        "float64, and float32 is held to torch.nn.RNN's own float32 error")
+    c.add_argument("--reference", choices=["reference", "torch", "rnnkern",
+                                           "finite-differences"], action="append",
+                   help="oracle (repeatable; default: reference and torch). "
+                        "finite-differences: central differences in float64, small sizes only")
+    c.add_argument("--atol", type=_nonnegative_float,
+                   help="absolute tolerance (with --rtol: |error| ≤ atol + rtol · max "
+                        "|reference| per tensor; default: float64 rtol 1e-10, float32 8 × "
+                        "torch.nn.RNN's float32 error)")
+    c.add_argument("--rtol", type=_nonnegative_float, help="relative tolerance, see --atol")
+    c.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of weights, inputs and loss")
+    _add_out(c, "check.json")
+    c.set_defaults(func=_check_gradients, parser=c)
     return parser
 
 
@@ -371,6 +521,13 @@ def _check(args: argparse.Namespace) -> None:
         parser.error("argument --init: identity is for --cell rnn only")
     if args.command == "train" and args.cell != "rnn" and args.nonlinearity != "tanh":
         parser.error("argument --nonlinearity: applies to --cell rnn only")
+    if args.command == "bench" and args.device == "cuda" and args.cell != "rnn":
+        parser.error("argument --cell: the LSTM and GRU run on the CPU only (--device cpu)")
+    if args.command == "bench" and args.device == "cuda" and args.steps:
+        parser.error("argument --steps: the step-by-step section runs on the CPU only "
+                     "(--device cpu)")
+    if args.command == "check":
+        _check_arguments_of_check(args)
     args.out = _out_dir(parser, args.out)
 
 

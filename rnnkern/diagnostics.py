@@ -73,7 +73,8 @@ class GradientFlow:
             parts[index] = to_steps(row_norms)
             if any(parts[i] is None for i in range(count) if i not in absent):
                 return
-            nan = torch.full((T, B), math.nan, dtype=torch.float64)
+            device = next(p for p in parts if p is not None).device
+            nan = torch.full((T, B), math.nan, dtype=torch.float64, device=device)
             history.append(torch.stack([nan if p is None else p for p in parts]))
             parts[:] = [None] * count
             self.not_recorded = [divmod(i, directions) for i in sorted(absent)]
@@ -91,15 +92,16 @@ def _steps_by_batch(T: int, B: int, batch_sizes: Optional[Tensor],
     """Maps per-row values in the kernel's layout to a (T, B) tensor in the caller's order."""
     if batch_sizes is None:
         return lambda rows: rows.reshape(T, B)
-    sizes = batch_sizes.tolist()
+    # packed row i is step t, batch row b: element t·B + b of the (T, B) result
+    steps = torch.repeat_interleave(torch.arange(len(batch_sizes)), batch_sizes)
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    flat = steps * B + torch.arange(len(steps)) - offsets[steps]
 
-    def to_steps(rows: Tensor) -> Tensor:
-        out = torch.full((T, B), math.nan, dtype=torch.float64)
-        offset = 0
-        for t, n in enumerate(sizes):
-            out[t, :n] = rows[offset:offset + n]
-            offset += n
-        return out if unsorted_indices is None else out[:, unsorted_indices]
+    def to_steps(rows: Tensor) -> Tensor:  # on the device of rows (the kernel's)
+        out = torch.full((T * B,), math.nan, dtype=torch.float64, device=rows.device)
+        out[flat.to(rows.device)] = rows
+        out = out.view(T, B)
+        return out if unsorted_indices is None else out[:, unsorted_indices.to(rows.device)]
 
     return to_steps
 

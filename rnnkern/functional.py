@@ -5,7 +5,8 @@ on the ops ``rnnkern::gated_forward`` / ``rnnkern::gated_backward``).
 ``rnnkern::rnn_forward`` and ``rnnkern::rnn_backward`` are ``torch.library.custom_op``s with
 fake (meta) implementations and a registered autograd formula, so :func:`rnn` works under
 ``torch.library.opcheck`` and inside ``torch.compile(fullgraph=True)``. In eager mode the same
-kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch.
+kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch. CPU
+tensors go to the C++ core (``rnnkern._core``), CUDA tensors to :mod:`rnnkern.gpu`.
 
 What the kernels cannot do runs on the autograd loop of :mod:`rnnkern.reference` instead, with
 the same results: second derivatives (``create_graph=True``), forward-mode AD, ``torch.func``
@@ -21,7 +22,7 @@ import torch
 import torch.autograd.forward_ad
 from torch import Tensor
 
-from . import _core, reference
+from . import _core, gpu, reference
 
 __all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward", "lstm", "gru", "lstm_layers",
            "gru_layers", "gated_forward", "gated_backward"]
@@ -38,9 +39,7 @@ def _numpy(name: str, t: Optional[Tensor]):
             t = t.resolve_neg()
         return t.detach().numpy()
     if t.device.type != "cpu":
-        why = ("rnnkern was not compiled with CUDA support" if t.device.type == "cuda"
-               else "rnnkern's kernels run on the CPU")
-        raise RuntimeError(f"{name} must be on the CPU, got device {t.device} ({why})")
+        raise RuntimeError(f"{name} must be on the CPU, got device {t.device}")
     raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
 
 
@@ -120,7 +119,16 @@ def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Opti
     return y
 
 
+def _on_gpu(x: Tensor) -> bool:
+    """Whether a call goes to the CUDA loops of rnnkern.gpu (which check its arguments): x is
+    not a CPU tensor. (tests/test_cuda_on_cpu.py sends CPU tensors there too.)"""
+    return x.device.type != "cpu"
+
+
 def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse, own=True):
+    if _on_gpu(x):
+        y = gpu.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+        return y, _final_state(y, h0.shape[0], batch_sizes, reverse, own)
     if batch_sizes is None:
         y = _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
         if y is not None:
@@ -165,6 +173,9 @@ def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, 
               output_mask, grad_norms=False):
     """(x, h0, w_ih, w_hh, bias) gradients, None where output_mask is False, and the (N,)
     float64 norms of the whole gradient reaching each row's h_t (None unless grad_norms)."""
+    if _on_gpu(x):
+        return gpu.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes,
+                            reverse, output_mask, grad_norms)
     if batch_sizes is None and grad_y is not None:
         small = _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse,
                                 output_mask, grad_norms)
@@ -343,7 +354,8 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
 
     Returns:
         (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
-        at its own last step. float32 and float64; all tensors of one dtype, on the CPU.
+        at its own last step. float32 and float64; all tensors of one dtype, on the CPU or
+        on one CUDA device (batch_sizes always on the CPU).
     """
     for name, t in (("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh),
                     ("b_ih", b_ih), ("b_hh", b_hh), ("batch_sizes", batch_sizes)):

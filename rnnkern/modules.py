@@ -33,7 +33,8 @@ def _let_dynamo_trace_rnn_modules() -> None:
 
 
 class RNN(torch.nn.RNN):
-    """``torch.nn.RNN`` with forward and backward on rnnkern's fused CPU kernels.
+    """``torch.nn.RNN`` with forward and backward on rnnkern's fused kernels: the CPU core, or
+    for CUDA tensors the loops of ``rnnkern._cuda`` (see ``rnnkern.cuda_available()``).
 
     Use it exactly like ``torch.nn.RNN``; see its documentation for the arguments. float32 and
     float64 run on the kernels directly; float16 and bfloat16 (also under autocast) are

@@ -1,0 +1,304 @@
+"""`rnnkern check`: the default grid, --impl loading (NumPy bptt functions and module classes),
+the exit status (0 agree, 1 differ, 2 usage error), check.json, and the README's worked example
+run as pasted."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnkern import check, cli
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPLS = ROOT / "tests" / "impls"
+BPTT = str(IMPLS / "bptt.py")
+MODULES = str(IMPLS / "modules.py")
+
+
+def run_check(argv, tmp_path, capsys):
+    """cli.main in this process; (exit status, stdout lines)."""
+    status = cli.main(["check", *argv, "--out", str(tmp_path / "out")])
+    return status, capsys.readouterr().out.splitlines()
+
+
+def table_rows(lines):
+    """The table's rows: the lines between the column header and the summary line."""
+    start = next(i for i, l in enumerate(lines) if l.startswith("configuration"))
+    end = next(i for i, l in enumerate(lines) if re.match(r"(all \d+|\d+ of \d+) checks", l))
+    return lines[start + 1:end]
+
+
+def table_cells(lines):
+    """Each row as a dict column name -> cell, cut where the header's columns start."""
+    header = next(l for l in lines if l.startswith("configuration"))
+    names = re.findall(r"\S+(?: \S+)*", header)
+    starts = [header.index(n) for n in names] + [None]
+    return [{n: row[a:b].strip() for n, a, b in zip(names, starts, starts[1:])}
+            for row in table_rows(lines)]
+
+
+def test_default_run_checks_the_kernels_on_the_grid(tmp_path, capsys):
+    status, lines = run_check([], tmp_path, capsys)
+    assert status == 0
+    assert lines[0].startswith("rnnkern check: rnnkern.RNN against rnnkern.reference, "
+                               "torch.nn.RNN, finite differences, and torch.autograd.gradcheck")
+    rows = table_rows(lines)
+    expected = (len(check.DEFAULT_GRID) * 2 + len(check.FINITE_DIFFERENCES_GRID)
+                + len(check.GRADCHECK_GRID))
+    assert len(rows) == expected and all(r.split()[-1] == "ok" for r in rows)
+    text = "\n".join(rows)
+    for piece in ("1x1x1x1 tanh", "L2 bi packed relu", "no-bias", "12x11x4x129", "float32",
+                  "finite differences", "autograd.gradcheck", "torch.nn.RNN"):
+        assert piece in text, piece
+    for cells in table_cells(lines):
+        assert cells["result"] == "ok" and cells["error enters"] == "-"
+        if cells["reference"] != "autograd.gradcheck":  # a few ulps, well under the bound
+            margin = 10 if cells["dtype"] == "float32" else 100
+            assert float(cells["rel err"]) < float(cells["allowed"]) / margin
+    assert lines[-2] == f"all {expected} checks agree"
+    data = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert data["passed"] and data["candidate"] == "rnnkern.RNN" and len(data["checks"]) == expected
+    assert lines[-1] == f"wrote {os.path.realpath(tmp_path / 'out' / 'check.json')}"
+
+
+def test_correct_bptt_passes_and_buggy_one_fails_with_the_step(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{BPTT}:bptt", "--forward", f"{BPTT}:forward"],
+                              tmp_path, capsys)
+    assert status == 0 and lines[-2] == f"all {len(check.BPTT_GRID) * 2} checks agree"
+    assert all(r.split()[-1] == "ok" for r in table_rows(lines))
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_no_dphi", "--size", "7x2x3x4",
+                               "--size", "3x1x2x2"], tmp_path, capsys)
+    assert status == 1
+    rows = [r.split() for r in table_rows(lines)]
+    assert [r[0] for r in rows] == ["7x2x3x4", "7x2x3x4", "3x1x2x2", "3x1x2x2"]
+    assert all(r[-1] == "FAIL" for r in rows)
+    assert [" ".join(r[-3:-1]) for r in rows] == ["6 (δ)", "6 (δ)", "2 (δ)", "2 (δ)"]
+    assert "4 of 4 checks differ" in lines
+    # one detailed report per configuration, with the step where the error enters
+    details = [l for l in lines if l.startswith("error enters: ")]
+    assert [d.split(":")[1].strip() for d in details] == ["step 6 (the last)", "step 2 (the last)"]
+    data = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert not data["passed"] and data["checks"][0]["error_enters"] == "step 6 (δ)"
+
+
+@pytest.mark.parametrize("name, enters", [("bptt_w_hh_untransposed", "step 4 (∂L/∂h)"),
+                                          ("bptt_one_step_late", "step 4 (δ)")])
+def test_each_bug_is_named_in_the_table(name, enters, tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{BPTT}:{name}", "--size", "6x3x4x5",
+                               "--reference", "finite-differences"], tmp_path, capsys)
+    assert status == 1
+    row, = table_rows(lines)
+    assert "finite differences" in row and enters in row and row.endswith("FAIL")
+
+
+def test_bias_axis_bug_is_after_the_loop(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_bias_axis", "--size", "5x4x3x4"],
+                              tmp_path, capsys)
+    assert status == 1
+    for row in table_rows(lines):
+        assert "after the loop" in row and ("grad b_ih" in row or "grad b_hh" in row)
+
+
+def test_wrong_forward_is_compared(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{BPTT}:bptt", "--forward",
+                               f"{BPTT}:forward_off_by_one", "--size", "6x2x3x4"],
+                              tmp_path, capsys)
+    assert status == 1
+    cells = table_cells(lines)[0]
+    assert cells["worst tensor"] in ("y", "h_n") and cells["error enters"] == "step 3 (forward)"
+
+
+def test_module_class_from_a_file(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{MODULES}:HandRNN", "--size", "5x2x3x4",
+                               "--layers", "2"], tmp_path, capsys)
+    assert status == 0
+    assert "5x2x3x4 L2 tanh" in table_rows(lines)[0]
+    status, lines = run_check(["--impl", f"{MODULES}:HandRNNWhhUntransposedInLayer1", "--size",
+                               "5x2x3x4", "--layers", "2"], tmp_path, capsys)
+    assert status == 1
+    assert "step 3 (∂L/∂h)" in table_rows(lines)[0]
+    assert any("∂L/∂h_3 of layer 1 differs" in l for l in lines)
+
+
+def test_module_class_default_grid_includes_gradcheck(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{MODULES}:HandRNNNoDphi", "--size", "3x2x2x3"],
+                              tmp_path, capsys)
+    assert status == 1
+    checks = check.plan(bptt=False)
+    assert sum(c.reference == "gradcheck" for c in checks) == len(check.GRADCHECK_GRID)
+    assert not any(c.reference == "finite-differences" for c in checks)  # built-in run only
+
+
+def test_candidate_that_raises_is_an_error_row(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_without_w_hh", "--size", "3x2x2x3"],
+                              tmp_path, capsys)
+    assert status == 1
+    assert all(r.endswith("ERROR") for r in table_rows(lines))
+    assert any("result has no key 'w_hh'" in l for l in lines)
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_transposed_w_ih", "--size", "3x2x2x3"],
+                              tmp_path, capsys)
+    assert status == 1
+    assert any("result['w_ih'] has shape (2, 3), expected (3, 2)" in l for l in lines)
+
+
+def test_exit_status_of_the_command(tmp_path):
+    """As a user's CI sees it: a separate process, 1 when gradients differ."""
+    for name, status in (("bptt", 0), ("bptt_no_dphi", 1)):
+        proc = subprocess.run([sys.executable, "-m", "rnnkern", "check", "--impl",
+                               f"{BPTT}:{name}", "--size", "3x2x2x3"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == status, proc.stderr[-2000:]
+    assert (tmp_path / "rnnkern-results" / "check.json").exists()
+
+
+BAD_ARGUMENTS = [
+    (["--impl", BPTT], "argument --impl: expected FILE.py:NAME"),
+    (["--impl", f"{BPTT}:Missing"], f"argument --impl: 'Missing' was not found in {BPTT} "
+                                   "(it defines: bptt, bptt_bias_axis,"),
+    (["--impl", "no-such-file.py:bptt"], "argument --impl: no file 'no-such-file.py'"),
+    (["--impl", f"{BPTT}:NOT_A_FUNCTION"], "is not a class or a function (it is of type int)"),
+    (["--impl", f"{BPTT}:bptt", "--layers", "2"], "argument --layers: "),
+    (["--impl", f"{BPTT}:bptt", "--bidirectional"], "argument --bidirectional: "),
+    (["--impl", f"{BPTT}:bptt", "--packed"], "a NumPy bptt function (one layer, one direction"),
+    (["--impl", f"{MODULES}:HandRNN", "--forward", f"{BPTT}:forward"],
+     "argument --forward: " + f"{MODULES}:HandRNN is a module class"),
+    (["--impl", f"{BPTT}:bptt", "--forward", f"{BPTT}:nope"],
+     "argument --forward: 'nope' was not found"),
+    (["--forward", f"{BPTT}:forward"], "argument --forward: goes with --impl"),
+    (["--size", "3x4"], "argument --size: expected TxBxIxH with positive integers, got '3x4'"),
+    (["--size", "3x0x1x1"], "expected TxBxIxH"),
+    (["--layers", "0"], "argument --layers: expected a positive integer"),
+    (["--atol", "-1"], "argument --atol: expected a finite number ≥ 0, got '-1'"),
+    (["--rtol", "nan"], "argument --rtol: expected a finite number ≥ 0"),
+    (["--seed", "-1"], "argument --seed: expected an integer ≥ 0, got '-1'"),
+    (["--reference", "numpy"], "argument --reference: invalid choice: 'numpy'"),
+    (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["--nonlinearity", "sigmoid"], "argument --nonlinearity: invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS,
+                         ids=[" ".join(a).replace(str(IMPLS), "impls") for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_are_usage_errors(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", *argv])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("rnnkern check: error: ") and message in last, last
+    assert "Traceback" not in captured.err
+    assert not os.listdir(tmp_path)  # nothing ran, not even the results folder
+
+
+def test_impl_file_that_fails_to_import(tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import numpy\nraise RuntimeError('no GPU here')\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", "--impl", f"{broken}:bptt", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"importing {broken} raised RuntimeError: no GPU here" in last
+
+
+def test_impl_file_may_import_its_neighbours(tmp_path, capsys):
+    (tmp_path / "helper.py").write_text(f"import sys\nsys.path.insert(0, {str(IMPLS)!r})\n"
+                                        "from bptt import bptt\n")
+    (tmp_path / "mine.py").write_text("from helper import bptt as my_bptt\n")
+    status, lines = run_check(["--impl", f"{tmp_path / 'mine.py'}:my_bptt", "--size", "3x2x2x3"],
+                              tmp_path, capsys)
+    assert status == 0 and lines[0].startswith("rnnkern check: mine.my_bptt against")
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for piece in ("--impl FILE.py:NAME", "--forward", "--size TxBxIxH", "--layers",
+                  "--bidirectional", "--packed", "--nonlinearity", "--dtype", "--atol", "--rtol",
+                  "--reference", "finite-differences", "default: 0", "default: rnnkern-results",
+                  "exit status", "bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y)"):
+        assert piece.lower() in text.lower(), piece
+
+
+def test_plan_with_options_replaces_the_grid():
+    checks = check.plan(bptt=False, sizes=[(4, 3, 2, 5)], layers=2, packed=True,
+                        dtype="float32", references=["torch"])
+    assert [(c.config.describe(), c.dtype, c.reference) for c in checks] == [
+        ("4x3x2x5 L2 packed tanh", "float32", "torch")]
+    checks = check.plan(bptt=True, nonlinearity="relu")
+    assert [c.config.describe() for c in checks] == ["5x3x4x6 relu"] * 2
+    assert all(c.config.num_layers == 1 and not c.config.packed
+               for c in check.plan(bptt=True))
+
+
+# ----------------------------------------------------------------------------- README example
+
+README = (ROOT / "README.md").read_text()
+SECTION = README[README.index("## Checking gradients"):README.index("## Developing")]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+BLOCKS = [(m.group(1), m.group(2)) for m in FENCE.finditer(SECTION)]
+
+
+def _readme_example():
+    source = next(code for lang, code in BLOCKS if lang == "python"
+                  and code.startswith("# my_bptt.py"))
+    command = next(code.strip() for lang, code in BLOCKS if lang == "bash")
+    shown = next(code for lang, code in BLOCKS if lang == "text")
+    return source, command, shown
+
+
+def _comparable(text):
+    """The output with what depends on the machine and folder left out: torch's version and
+    the kernels in the first line, the path written, and rounding-level numbers (< 1e-6)."""
+    lines = []
+    text = text[text.index("rnnkern check:"):]  # an editable install prints its build first
+    for line in text.strip().splitlines():
+        if line.startswith("rnnkern check:"):
+            line = line.split(";")[0]
+        if line.startswith("wrote "):
+            line = "wrote " + os.path.basename(line)
+        lines.append(re.sub(r"\d\.\de-(0[7-9]|[1-9]\d)", "<tiny>", line))
+    return lines
+
+
+def test_readme_example_runs_as_pasted_and_prints_what_the_readme_shows(tmp_path):
+    source, command, shown = _readme_example()
+    assert command.startswith("rnnkern check --impl my_bptt.py:bptt")
+    (tmp_path / "my_bptt.py").write_text(source)
+    argv = [sys.executable, "-m", "rnnkern", *command.split()[1:]]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert _comparable(proc.stdout) == _comparable(shown)
+    # the fix the README names makes it agree, exit status 0
+    fixed = source.replace("g = delta[t] @ w_hh.T", "g = delta[t] @ w_hh")
+    assert fixed != source
+    (tmp_path / "my_bptt.py").write_text(fixed)
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "all 2 checks agree" in proc.stdout
+    # `python my_bptt.py` runs the same check from Python (and asserts what it finds)
+    (tmp_path / "my_bptt.py").write_text(source)
+    proc = subprocess.run([sys.executable, "my_bptt.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "error enters: step 4:" in proc.stdout
+
+
+def test_readme_names_the_step_of_each_bug():
+    """What the README says the other bugs report, at the example's size 6x3x4x5."""
+    from rnnkern import testing
+
+    sys.path.insert(0, str(IMPLS))
+    import bptt as impls
+
+    for name, short in (("bptt_no_dphi", "step 5 (δ)"), ("bptt_one_step_late", "step 4 (δ)")):
+        assert f"`{short}`" in SECTION
+        report = testing.compare(getattr(impls, name), size=(6, 3, 4, 5))
+        assert report.localisation.short() == short
+    assert "`after the loop`" in SECTION

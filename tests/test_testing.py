@@ -1,0 +1,358 @@
+"""rnnkern.testing: candidates (NumPy bptt functions, module classes) against every reference,
+the classic hand-written BPTT bugs caught and localised at the right step, finite differences
+against the reference, tolerances, and errors that name the argument."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rnnkern
+from rnnkern import testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "impls"))
+import bptt as impls  # noqa: E402
+import modules as module_impls  # noqa: E402
+
+# the smallest with H > 1: with H = 1, W_hh is its own transpose
+SIZES = [(6, 3, 4, 5), (9, 2, 3, 7), (2, 1, 1, 2), (4, 5, 7, 3)]
+
+
+# ----------------------------------------------------------------------------- correct code
+
+@pytest.mark.parametrize("reference", testing.REFERENCES)
+@pytest.mark.parametrize("size", SIZES[:2])
+def test_correct_numpy_bptt_passes_every_reference(reference, size):
+    report = testing.assert_gradients_close(impls.bptt, reference, size=size,
+                                            forward=impls.forward)
+    names = [t.name for t in report.tensors]
+    assert names == ["y", "h_n", "grad x", "grad h0", "grad w_ih", "grad w_hh", "grad b_ih",
+                     "grad b_hh"]
+    bound = testing.FD_RTOL if reference == "finite-differences" else 1e-10
+    assert all(t.rel <= bound and t.allowed_rel == bound for t in report.tensors)
+    assert report.passed and report.localisation is None and "agree" in report.table()
+
+
+def test_correct_numpy_bptt_passes_in_float32():
+    report = testing.assert_gradients_close(impls.bptt, size=(7, 3, 5, 17), dtype="float32")
+    # held to torch.nn.RNN's own float32 error, not to float64's 1e-10
+    assert all(1e-7 < t.allowed_rel < 1e-3 for t in report.tensors)
+    assert all(1e-9 < t.rel for t in report.tensors)  # it did run in float32
+    assert "torch.nn.RNN's float32 error" in report.tolerance
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("options", [dict(), dict(num_layers=2, bidirectional=True),
+                                     dict(packed=True, nonlinearity="relu"),
+                                     dict(num_layers=3, bidirectional=True, packed=True),
+                                     dict(bias=False, bidirectional=True)],
+                         ids=["plain", "L2-bi", "packed-relu", "L3-bi-packed", "no-bias"])
+def test_rnnkern_and_torch_modules_agree_with_the_reference(options, dtype):
+    for candidate in (rnnkern.RNN, torch.nn.RNN):
+        report = testing.assert_gradients_close(candidate, size=(5, 4, 3, 7), dtype=dtype,
+                                                **options)
+        keys = [t.key for t in report.tensors]
+        assert keys[:4] == ["output", "h_n", "input", "hx"]
+        layers = options.get("num_layers", 1)
+        per = 4 if options.get("bias", True) else 2
+        assert len(keys) == 4 + per * layers * (2 if options.get("bidirectional") else 1)
+    assert testing.compare(rnnkern.RNN, "torch", size=(5, 4, 3, 7), **options).passed
+
+
+@pytest.mark.parametrize("options", [dict(), dict(nonlinearity="relu"),
+                                     dict(num_layers=2, bidirectional=True, packed=True)],
+                         ids=["tanh", "relu", "L2-bi-packed"])
+def test_finite_differences_agree_with_the_reference(options):
+    """The autograd-free oracle and the autograd one agree far inside FD_RTOL, on outputs
+    (the same forward) and on every gradient."""
+    report = testing.assert_gradients_close("reference", "finite-differences", size=(4, 3, 3, 5),
+                                            **options)
+    outputs = [t for t in report.tensors if t.key in ("output", "h_n")]
+    grads = [t for t in report.tensors if t not in outputs]
+    assert all(t.rel < 1e-14 for t in outputs)
+    assert all(t.rel < testing.FD_RTOL / 10 for t in grads)
+
+
+def test_finite_differences_are_not_autograd():
+    """A module whose autograd backward is wrong but whose forward is right fails against
+    finite differences (so they come from the forward alone) and against the reference."""
+    for reference in ("finite-differences", "reference"):
+        report = testing.compare(module_impls.HandRNNNoDphi, reference, size=(3, 2, 2, 3))
+        assert not report.passed
+        assert all(t.passed for t in report.tensors if t.key in ("output", "h_n"))
+
+
+def test_hand_written_module_passes_with_layers():
+    testing.assert_gradients_close(module_impls.HandRNN, size=(6, 3, 4, 5), num_layers=3)
+
+
+def test_gradcheck_of_module_classes():
+    assert testing.gradcheck(rnnkern.RNN)
+    assert testing.gradcheck(rnnkern.RNN, num_layers=2, bidirectional=True, packed=True,
+                             nonlinearity="relu")
+    from torch.autograd.gradcheck import GradcheckError
+
+    with pytest.raises(GradcheckError, match="Jacobian mismatch"):
+        testing.gradcheck(module_impls.HandRNNNoDphi)
+
+
+# ----------------------------------------------------------------------------- the classic bugs
+
+# bug: (function, the step where the error enters as a function of T, the quantity)
+BUGS = {
+    # δ_{T-1} = ∂L/∂h_{T-1} without φ': wrong at the last step already, inside the step
+    "phi' left out": (impls.bptt_no_dphi, lambda T: T - 1, "delta"),
+    # δ_{T-1} is right; what it sends to h_{T-2} (δ W_hhᵀ) is not
+    "W_hh untransposed": (impls.bptt_w_hh_untransposed, lambda T: T - 2, "grad_h"),
+    # the gradient from step T-1 does not reach step T-2: δ_{T-2} is wrong
+    "one step late": (impls.bptt_one_step_late, lambda T: T - 2, "delta"),
+}
+
+
+@pytest.mark.parametrize("reference", ["reference", "torch", "finite-differences"])
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("bug", BUGS)
+def test_classic_bug_is_caught_at_the_right_step(bug, size, reference):
+    function, step, quantity = BUGS[bug]
+    report = testing.compare(function, reference, size=size, forward=impls.forward)
+    assert not report.passed
+    T = size[0]
+    failed = {t.name for t in report.failed()}
+    assert {"grad x", "grad w_hh"} <= failed and not {"y", "h_n"} & failed
+    loc = report.localisation
+    assert (loc.step, loc.quantity) == (step(T), quantity), loc
+    assert loc.message.startswith(f"step {step(T)}") or (step(T) == -1 and "∂L/∂h0" in
+                                                         loc.message)
+    with pytest.raises(AssertionError) as error:
+        testing.assert_gradients_close(function, reference, size=size)
+    assert "gradients differ" in str(error.value)
+    assert f"error enters: {loc.message}" in str(error.value)
+
+
+def test_w_hh_untransposed_with_one_step_shows_in_the_gradient_of_h0():
+    report = testing.compare(impls.bptt_w_hh_untransposed, size=(1, 3, 4, 5))
+    assert [t.name for t in report.failed()] == ["grad h0"]
+    assert (report.localisation.step, report.localisation.quantity) == (-1, "grad_h")
+    assert report.localisation.short() == "∂L/∂h0"
+
+
+@pytest.mark.parametrize("reference", ["reference", "finite-differences"])
+def test_bias_summed_over_the_wrong_axis_is_found_after_the_loop(reference):
+    """Summed over time and units instead of time and batch: the right shape when B == H;
+    every δ_t is right, only the two bias gradients differ."""
+    report = testing.compare(impls.bptt_bias_axis, reference, size=(6, 4, 3, 4))
+    assert [t.name for t in report.failed()] == ["grad b_ih", "grad b_hh"]
+    assert report.worst.name in ("grad b_ih", "grad b_hh")
+    loc = report.localisation
+    assert (loc.step, loc.quantity) == (None, "after the loop")
+    assert "grad b_ih, grad b_hh" in loc.message and loc.short() == "after the loop"
+
+
+def test_bias_summed_over_the_wrong_axis_with_another_shape_names_key_and_shapes():
+    with pytest.raises(ValueError, match=r"result\['b_ih'\] has shape \(3,\), expected \(5,\)"):
+        testing.compare(impls.bptt_bias_axis, size=(6, 3, 4, 5))
+
+
+def test_module_candidates_are_localised_per_layer():
+    report = testing.compare(module_impls.HandRNNNoDphi, size=(6, 3, 4, 5), num_layers=2)
+    assert (report.localisation.step, report.localisation.quantity) == (5, "delta")
+    report = testing.compare(module_impls.HandRNNWhhUntransposedInLayer1, size=(6, 3, 4, 5),
+                             num_layers=2)
+    loc = report.localisation
+    assert (loc.step, loc.quantity, loc.layer) == (4, "grad_h", 1)
+    assert "of layer 1" in loc.message
+    # layer 0 is right: its weight gradients agree only if nothing reached it wrong; here the
+    # error flows down, so they differ too, but the layer named is where it entered
+    assert not report.passed
+
+
+def test_bidirectional_or_packed_errors_are_localised_on_one_direction():
+    report = testing.compare(module_impls.DoubledGradientOfHx, size=(6, 3, 4, 5), packed=True,
+                             bidirectional=True, num_layers=2)
+    assert [t.name for t in report.failed()] == ["grad hx"]
+    loc = report.localisation
+    assert (loc.step, loc.quantity) == (-1, "grad_h")
+    assert loc.message.endswith("(found on 6x3x4x5 L2 tanh, one direction, no packing)")
+    report = testing.compare(module_impls.ReverseDirectionDetached, size=(6, 3, 4, 5),
+                             bidirectional=True, packed=True)
+    failed = {t.key for t in report.failed()}
+    assert "weight_hh_l0_reverse" in failed and "weight_hh_l0" not in failed
+    assert report.localisation.quantity == "configuration"
+    assert report.localisation.message.endswith("the error comes with bidirectional")
+
+
+def test_wrong_forward_is_reported_at_its_first_step():
+    report = testing.compare(impls.bptt, size=(6, 3, 4, 5), forward=impls.forward_off_by_one)
+    assert [t.name for t in report.failed()] == ["y", "h_n"]
+    assert (report.localisation.step, report.localisation.quantity) == (3, "output")
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _perturbed(key, index, amount):
+    def bptt(*args):
+        grads = impls.bptt(*args)
+        grads[key] = grads[key].copy()
+        if all(i < n for i, n in zip(index, grads[key].shape)):  # localisation runs shorter
+            grads[key][index] += amount
+        return grads
+    return bptt
+
+
+@pytest.mark.parametrize("key, index, name, where, loc", [
+    ("x", (1, 2, 0), "grad x", "step 1, row 2, feature 0", (1, "delta")),
+    ("w_hh", (2, 3), "grad w_hh", "unit 2, column 3", (None, "after the loop")),
+    ("b_hh", (4,), "grad b_hh", "unit 4", (None, "after the loop")),
+    ("h0", (0, 1), "grad h0", "row 0, unit 1", (-1, "grad_h")),
+])
+def test_worst_element_and_errors_are_exact(key, index, name, where, loc):
+    report = testing.compare(_perturbed(key, index, 1e-3), size=(6, 3, 4, 5))
+    bad = report.failed()
+    assert [t.name for t in bad] == [name] and report.worst.name == name
+    assert bad[0].where == where
+    assert bad[0].index == ((0, *index) if key == "h0" else index)  # hx: (layer, row, unit)
+    assert bad[0].max_abs == pytest.approx(1e-3, rel=1e-6)
+    reference = testing.compare(impls.bptt, size=(6, 3, 4, 5))  # same problem, no error
+    assert reference.passed
+    assert (report.localisation.step, report.localisation.quantity) == loc
+    line = next(l for l in report.table().splitlines() if l.strip().startswith(name + " "))
+    assert where in line and line.endswith("FAIL") and "1.0e-03" in line
+
+
+def test_nan_in_a_gradient_fails():
+    report = testing.compare(_perturbed("w_ih", (0, 0), np.nan), size=(3, 2, 2, 3))
+    assert [t.name for t in report.failed()] == ["grad w_ih"]
+    assert report.failed()[0].where == "unit 0, column 0"
+
+
+def test_caller_sets_the_tolerance():
+    small = _perturbed("w_hh", (0, 0), 1e-7)
+    assert not testing.compare(small, size=(6, 3, 4, 5)).passed
+    report = testing.compare(small, size=(6, 3, 4, 5), rtol=1e-5)
+    assert report.passed and "1e-05" in report.tolerance
+    assert testing.compare(small, size=(6, 3, 4, 5), atol=1e-6).passed
+    assert not testing.compare(small, size=(6, 3, 4, 5), atol=1e-8).passed
+
+
+def test_float32_tolerance_is_torchs_own_error():
+    """A float32 candidate that loses more precision than torch's float32 (gradients rounded
+    to float16) fails; the bound is 8 times torch.nn.RNN's float32 error."""
+    def rounded(*args):
+        return {k: v.astype(np.float16).astype(np.float32) for k, v in impls.bptt(*args).items()}
+    report = testing.compare(rounded, size=(7, 3, 5, 17), dtype="float32")
+    assert not report.passed and {t.name for t in report.failed()} >= {"grad w_hh"}
+    assert all(t.allowed_rel >= testing.F32_FACTOR * testing.F32_FLOOR for t in report.tensors)
+
+
+def test_report_table_is_readable():
+    report = testing.compare(impls.bptt_no_dphi, size=(6, 3, 4, 5), forward=impls.forward)
+    lines = report.table().splitlines()
+    assert lines[0] == ("bptt.bptt_no_dphi against rnnkern.reference: 6x3x4x5 tanh, float64 "
+                        "(relative error ≤ 1e-10): DIFFER")
+    assert lines[1].split() == ["tensor", "max", "abs", "err", "rel", "err", "allowed",
+                                "worst", "element"]
+    assert len(lines) == 2 + 8 + 1 and lines[-1].startswith("error enters: step 5 (the last)")
+    assert str(report) == report.table()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: testing.compare(impls.bptt_without_w_hh), ValueError,
+     r"bptt.bptt_without_w_hh's result has no key 'w_hh'.*got keys 'x', 'h0', 'w_ih', "
+     r"'b_ih', 'b_hh'"),
+    (lambda: testing.compare(impls.bptt_transposed_w_ih), ValueError,
+     r"result\['w_ih'\] has shape \(4, 6\), expected \(6, 4\) \(the shape of w_ih\)"),
+    (lambda: testing.compare(impls.bptt_returns_a_tuple), TypeError,
+     "must return a dict with keys x, h0, w_ih, w_hh, b_ih, b_hh, got tuple"),
+    (lambda: testing.compare(impls.bptt, forward=lambda *a: a[0]), ValueError,
+     r"its result y has shape \(5, 3, 4\), expected \(5, 3, 6\) \(\(T, B, H\)\)"),
+    (lambda: testing.compare(torch.nn.RNN(3, 4)), TypeError, "not an instance: pass RNN"),
+    (lambda: testing.compare(3), TypeError, "got int"),
+    (lambda: testing.compare(dict), TypeError, "got the class builtins.dict"),
+    (lambda: testing.compare(impls.bptt, "numpy"), ValueError,
+     "reference must be one of reference, torch, rnnkern, finite-differences.*got 'numpy'"),
+    (lambda: testing.compare(rnnkern.RNN, cell="lstm"), ValueError,
+     r"cell must be one of \('rnn',\).*got 'lstm'"),
+    (lambda: testing.compare(rnnkern.RNN, size=(3, 4)), ValueError,
+     r"size must be \(T, B, I, H\), four positive integers, got \(3, 4\)"),
+    (lambda: testing.compare(rnnkern.RNN, size=(3, 0, 2, 2)), ValueError,
+     r"four positive integers, got \(3, 0, 2, 2\)"),
+    (lambda: testing.compare(rnnkern.RNN, dtype="float16"), ValueError,
+     "dtype must be 'float64' or 'float32', got 'float16'"),
+    (lambda: testing.compare(rnnkern.RNN, nonlinearity="sigmoid"), ValueError,
+     "nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"),
+    (lambda: testing.compare(rnnkern.RNN, num_layers=0), ValueError,
+     "num_layers must be a positive integer, got 0"),
+    (lambda: testing.compare(impls.bptt, num_layers=2), ValueError,
+     r"num_layers=2 needs a module candidate: a NumPy bptt \(bptt.bptt\) is one layer"),
+    (lambda: testing.compare(impls.bptt, packed=True), ValueError,
+     "packed=True needs a module candidate"),
+    (lambda: testing.compare(rnnkern.RNN, impls.bptt, num_layers=2), ValueError,
+     r"num_layers=2 needs a module candidate: a NumPy bptt \(bptt.bptt\) is one layer"),
+    (lambda: testing.compare(rnnkern.RNN, seed=-1), ValueError,
+     "seed must be an integer ≥ 0, got -1"),
+    (lambda: testing.compare(rnnkern.RNN, atol=-1), ValueError,
+     "atol must be a finite number ≥ 0, got -1"),
+    (lambda: testing.compare(module_impls.WrongNames), ValueError,
+     "has no parameter 'weight_ih_l0': a candidate module must have torch.nn.RNN's parameter "
+     "names .*; it has w"),
+    (lambda: testing.compare(module_impls.ReturnsOutputOnly), TypeError,
+     r"must return \(output, h_n\) as torch.nn.RNN does, got Tensor"),
+    (lambda: testing.compare(rnnkern.RNN, "finite-differences", size=(100, 20, 10, 40)),
+     ValueError, "finite differences are for small sizes: 100x20x10x40 tanh has 22880 inputs"),
+    (lambda: testing.gradcheck(impls.bptt), TypeError, "gradcheck needs a module class"),
+])
+def test_bad_input_names_what_is_wrong(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_numpy_bptt_as_the_reference_and_numpy_dtypes():
+    """Any candidate can be the oracle of another; dtypes may be given as NumPy or torch's."""
+    report = testing.assert_gradients_close(rnnkern.RNN, impls.bptt, size=(5, 3, 4, 6),
+                                            dtype=np.dtype("float64"))
+    assert report.reference == "bptt.bptt"
+    assert testing.compare(impls.bptt, dtype=torch.float32).dtype == "float32"
+
+
+def test_candidate_may_write_into_its_arguments():
+    def scribbler(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y):
+        grads = impls.bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y)
+        for a in (x, h0, w_ih, w_hh, b_ih, b_hh, grad_y):
+            a[...] = 0
+        return grads
+    assert testing.compare(scribbler, forward=impls.forward).passed
+
+
+# ----------------------------------------------------------------------------- the library
+
+def test_testing_imports_no_application_module():
+    source = (Path(testing.__file__)).read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {(node.module or "") + ":" + a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    applications = ("bench", "vanish", "adding", "cli", "check", "__main__")
+    assert not [m for m in imported if any(m.split(":")[-1] == a or m.endswith("." + a)
+                                          for a in applications)], imported
+    code = ("import sys, rnnkern.testing\n"
+            "print(sorted(m for m in sys.modules if m.startswith('rnnkern.')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(testing.__file__) + "/..")
+    loaded = eval(proc.stdout.strip().splitlines()[-1])
+    assert "rnnkern.testing" in loaded
+    assert not [m for m in loaded if m.rsplit(".", 1)[-1] in applications], loaded
+
+
+def test_testing_is_a_lazy_public_module():
+    assert "testing" in rnnkern.__all__ and rnnkern.testing is testing
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None
