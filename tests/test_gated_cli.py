@@ -78,6 +78,7 @@ def test_adding_model_and_runs_for_every_cell():
     (["train", "adding", "--cell", "lstm", "--init", "identity"], "identity is for --cell rnn"),
     (["train", "adding", "--cell", "gru", "--nonlinearity", "relu"], "applies to --cell rnn"),
     (["bench", "--cell", "tcn"], "invalid choice: 'tcn'"),
+    (["bench", "--cell", "lstm", "--device", "cuda"], "run on the CPU only"),
 ])
 def test_bad_cell_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
