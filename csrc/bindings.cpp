@@ -454,40 +454,62 @@ std::vector<int64_t> with_width(const py::array& x, int64_t width) {
   return s;
 }
 
+// The LSTM's proj_size P from w_hr (P, H) with 0 < P < H, or 0 without w_hr.
+int64_t proj_size(Cell cell, const py::object& w_hr, const Problem& p) {
+  if (w_hr.is_none()) return 0;
+  if (cell != Cell::kLstm) throw py::value_error("w_hr (proj_size) is for the lstm only");
+  const auto s = shape_of(as_array("w_hr", w_hr));
+  if (s.size() != 2 || s[1] != p.hidden_size || s[0] < 1 || s[0] >= p.hidden_size)
+    throw py::value_error("w_hr must have shape (proj_size, " + std::to_string(p.hidden_size) +
+                          ") with 0 < proj_size < " + std::to_string(p.hidden_size) + ", got " +
+                          shape_str(s));
+  return s[0];
+}
+
 template <typename T>
 py::tuple gated_forward_impl(Cell cell, const py::array& x, const py::object& h0,
                              const py::object& c0, const py::array& w_ih,
                              const py::object& w_hh, const py::object& b_ih,
-                             const py::object& b_hh, const Problem& p, Names names,
-                             const char* c0_name) {
+                             const py::object& b_hh, const py::object& w_hr, const Problem& p,
+                             Names names, const char* c0_name) {
   const bool lstm = cell == Cell::kLstm;
   const int64_t H = p.hidden_size, B = p.batch, GH = rnnkern::gate_count(cell) * H;
+  const int64_t P = proj_size(cell, w_hr, p), HP = P ? P : H;
   const py::object xa = checked<T>(names.x, x, shape_of(x));
-  const py::object h0a = checked<T>(names.h0, h0, {B, H});
+  const py::object h0a = checked<T>(names.h0, h0, {B, HP});
   const py::object c0a = lstm ? checked<T>(c0_name, c0, {B, H}) : py::object(py::none());
   const py::object wia = checked<T>("w_ih", w_ih, {GH, p.input_size});
-  const py::object wha = checked<T>("w_hh", w_hh, {GH, H});
+  const py::object wha = checked<T>("w_hh", w_hh, {GH, HP});
   const py::object bia = checked<T>("b_ih", b_ih, {GH}, true);
   const py::object bha = checked<T>("b_hh", b_hh, {GH}, true);
-  py::array_t<T> y = new_array<T>(with_width(x, H));
+  const py::object wra = P ? checked<T>("w_hr", w_hr, {P, H}) : py::object(py::none());
+  py::array_t<T> y = new_array<T>(with_width(x, HP));
   py::array_t<T> gates = new_array<T>(with_width(x, GH));
   py::array_t<T> state = new_array<T>(with_width(x, H));
+  py::array_t<T> m = new_array<T>(P ? with_width(x, H) : std::vector<int64_t>{0});
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *cp = data<T>(c0a), *wi = data<T>(wia);
-  const T *wh = data<T>(wha), *bi = data<T>(bia), *bh = data<T>(bha);
+  const T *wh = data<T>(wha), *bi = data<T>(bia), *bh = data<T>(bha), *wr = data<T>(wra);
   T *yp = y.mutable_data(), *gp = gates.mutable_data(), *sp = state.mutable_data();
+  T* mp = m.mutable_data();
   const rnnkern::cpu::Workspace workspace(
-      sizeof(T) * rnnkern::cpu::gated_forward_workspace_size<T>(cell, p));
+      sizeof(T) * (P ? rnnkern::cpu::lstm_proj_forward_workspace_size<T>(p)
+                     : rnnkern::cpu::gated_forward_workspace_size<T>(cell, p)));
   T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
-    rnnkern::cpu::gated_forward<T>(cell, p, xp, hp, cp, wi, wh, bi, bh, yp, gp, sp, ws);
+    if (P)
+      rnnkern::cpu::lstm_proj_forward<T>(p, P, xp, hp, cp, wi, wh, bi, bh, wr, yp, gp, sp, mp,
+                                         ws);
+    else
+      rnnkern::cpu::gated_forward<T>(cell, p, xp, hp, cp, wi, wh, bi, bh, yp, gp, sp, ws);
   }
+  if (P) return py::make_tuple(y, gates, state, m);
   return py::make_tuple(y, gates, state);
 }
 
 // Which gradients gated_backward computes (the others come back as None), and which norms.
 struct GatedWanted {
-  bool x, h0, c0, w_ih, w_hh, bias, grad_norms;
+  bool x, h0, c0, w_ih, w_hh, bias, grad_norms, w_hr;
 };
 
 template <typename T>
@@ -496,26 +518,30 @@ py::tuple gated_backward_impl(Cell cell, const py::array& x, const py::object& h
                               const py::object& w_hh, const py::object& y,
                               const py::object& gates, const py::object& state,
                               const py::object& grad_y, const py::object& grad_hn,
-                              const py::object& grad_cn, const Problem& p, GatedWanted want,
+                              const py::object& grad_cn, const py::object& w_hr,
+                              const py::object& m, const Problem& p, GatedWanted want,
                               Names names, const char* c0_name) {
   const bool lstm = cell == Cell::kLstm;
   const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
   const int64_t GH = rnnkern::gate_count(cell) * H;
-  const auto ys = with_width(x, H);
+  const int64_t P = proj_size(cell, w_hr, p), HP = P ? P : H;
+  const auto ys = with_width(x, HP);
   const py::object xa = checked<T>(names.x, x, shape_of(x));
-  const py::object h0a = checked<T>(names.h0, h0, {B, H});
+  const py::object h0a = checked<T>(names.h0, h0, {B, HP});
   const py::object c0a = lstm ? checked<T>(c0_name, c0, {B, H}) : py::object(py::none());
-  const py::object wia = checked<T>("w_ih", w_ih, {GH, I}), wha = checked<T>("w_hh", w_hh, {GH, H});
+  const py::object wia = checked<T>("w_ih", w_ih, {GH, I}), wha = checked<T>("w_hh", w_hh, {GH, HP});
   const py::object ya = checked<T>("y", y, ys);
   const py::object ga = checked<T>("gates", gates, with_width(x, GH));
-  const py::object sa = checked<T>("state", state, ys);
+  const py::object sa = checked<T>("state", state, with_width(x, H));
+  const py::object wra = P ? checked<T>("w_hr", w_hr, {P, H}) : py::object(py::none());
+  const py::object ma = P ? checked<T>("m", m, with_width(x, H)) : py::object(py::none());
   py::object gya = checked_array<T>("grad_y", grad_y, ys);
   rnnkern::Rows<T> gy;
   if (!as_rows(py::reinterpret_borrow<py::array>(gya), gy)) {
     gya = checked<T>("grad_y", gya, ys);
-    gy = rnnkern::Rows<T>{data<T>(gya), H, 1};
+    gy = rnnkern::Rows<T>{data<T>(gya), HP, 1};
   }
-  const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
+  const py::object ghna = checked<T>("grad_hn", grad_hn, {B, HP}, true);
   const py::object gcna = lstm ? checked<T>("grad_cn", grad_cn, {B, H}, true)
                                : py::object(py::none());
   auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
@@ -525,25 +551,34 @@ py::tuple gated_backward_impl(Cell cell, const py::array& x, const py::object& h
     return std::move(a);
   };
   T *gxp = nullptr, *gh0p = nullptr, *gc0p = nullptr, *gwip = nullptr, *gwhp = nullptr;
-  T *gbip = nullptr, *gbhp = nullptr;
-  py::object gx = output(want.x, shape_of(x), gxp), gh0 = output(want.h0, {B, H}, gh0p);
+  T *gbip = nullptr, *gbhp = nullptr, *gwrp = nullptr;
+  py::object gx = output(want.x, shape_of(x), gxp), gh0 = output(want.h0, {B, HP}, gh0p);
   py::object gc0 = output(want.c0 && lstm, {B, H}, gc0p);
-  py::object gwi = output(want.w_ih, {GH, I}, gwip), gwh = output(want.w_hh, {GH, H}, gwhp);
+  py::object gwi = output(want.w_ih, {GH, I}, gwip), gwh = output(want.w_hh, {GH, HP}, gwhp);
+  py::object gwr = output(P && want.w_hr, {P, H}, gwrp);
   py::object gbi = output(want.bias, {GH}, gbip), gbh = output(want.bias, {GH}, gbhp);
   double *nhp = nullptr, *ncp = nullptr;
   py::object nh = output(want.grad_norms, {p.total_rows()}, nhp);
   py::object nc = output(want.grad_norms && lstm, {p.total_rows()}, ncp);
   const rnnkern::cpu::Workspace workspace(
-      sizeof(T) * rnnkern::cpu::gated_backward_workspace_size<T>(cell, p));
+      sizeof(T) * (P ? rnnkern::cpu::lstm_proj_backward_workspace_size<T>(p, P)
+                     : rnnkern::cpu::gated_backward_workspace_size<T>(cell, p)));
   T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
-    rnnkern::cpu::gated_backward<T>(cell, p, data<T>(xa), data<T>(h0a), data<T>(c0a),
-                                    data<T>(wia), data<T>(wha), data<T>(ya), data<T>(ga),
-                                    data<T>(sa), gy, data<T>(ghna), data<T>(gcna), gxp, gh0p,
-                                    gc0p, gwip, gwhp, gbip, gbhp, nhp, ncp, ws);
+    if (P)
+      rnnkern::cpu::lstm_proj_backward<T>(p, P, data<T>(xa), data<T>(h0a), data<T>(c0a),
+                                          data<T>(wia), data<T>(wha), data<T>(wra), data<T>(ya),
+                                          data<T>(ga), data<T>(sa), data<T>(ma), gy,
+                                          data<T>(ghna), data<T>(gcna), gxp, gh0p, gc0p, gwip,
+                                          gwhp, gbip, gbhp, gwrp, nhp, ncp, ws);
+    else
+      rnnkern::cpu::gated_backward<T>(cell, p, data<T>(xa), data<T>(h0a), data<T>(c0a),
+                                      data<T>(wia), data<T>(wha), data<T>(ya), data<T>(ga),
+                                      data<T>(sa), gy, data<T>(ghna), data<T>(gcna), gxp, gh0p,
+                                      gc0p, gwip, gwhp, gbip, gbhp, nhp, ncp, ws);
   }
-  return py::make_tuple(gx, gh0, gc0, gwi, gwh, gbi, gbh, nh, nc);
+  return py::make_tuple(gx, gh0, gc0, gwi, gwh, gbi, gbh, nh, nc, gwr);
 }
 
 Cell parse_cell(const std::string& cell) {
@@ -556,7 +591,8 @@ py::tuple gated_forward(const std::string& cell_, const py::object& x_, const py
                         const py::object& c0, const py::object& w_ih_, const py::object& w_hh,
                         const py::object& b_ih, const py::object& b_hh,
                         const py::object& batch_sizes, bool reverse, const std::string& x_name,
-                        const std::string& h0_name, const std::string& c0_name) {
+                        const std::string& h0_name, const std::string& c0_name,
+                        const py::object& w_hr) {
   const Cell cell = parse_cell(cell_);
   const Names names{x_name.c_str(), h0_name.c_str()};
   const py::array x = as_array(names.x, x_);
@@ -564,10 +600,10 @@ py::tuple gated_forward(const std::string& cell_, const py::object& x_, const py
   const py::array w_ih = as_array("w_ih", w_ih_);
   std::vector<int64_t> storage;
   const Problem p = gated_problem(cell, x, w_ih, batch_sizes, reverse, storage);
-  return dbl ? gated_forward_impl<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p, names,
-                                          c0_name.c_str())
-             : gated_forward_impl<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p, names,
-                                         c0_name.c_str());
+  return dbl ? gated_forward_impl<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, p,
+                                          names, c0_name.c_str())
+             : gated_forward_impl<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, p,
+                                         names, c0_name.c_str());
 }
 
 py::tuple gated_backward(const std::string& cell_, const py::object& x_, const py::object& h0,
@@ -578,9 +614,11 @@ py::tuple gated_backward(const std::string& cell_, const py::object& x_, const p
                          const py::object& batch_sizes, bool reverse, bool need_x,
                          bool need_h0, bool need_c0, bool need_w_ih, bool need_w_hh,
                          bool need_bias, bool grad_norms, const std::string& x_name,
-                         const std::string& h0_name, const std::string& c0_name) {
+                         const std::string& h0_name, const std::string& c0_name,
+                         const py::object& w_hr, const py::object& m, bool need_w_hr) {
   const Cell cell = parse_cell(cell_);
-  const GatedWanted want{need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_bias, grad_norms};
+  const GatedWanted want{need_x,    need_h0,   need_c0,    need_w_ih,
+                         need_w_hh, need_bias, grad_norms, need_w_hr};
   const Names names{x_name.c_str(), h0_name.c_str()};
   const py::array x = as_array(names.x, x_);
   const bool dbl = is_double(x, names.x);
@@ -589,8 +627,8 @@ py::tuple gated_backward(const std::string& cell_, const py::object& x_, const p
   const Problem p = gated_problem(cell, x, w_ih, batch_sizes, reverse, storage);
   auto run = [&](auto zero) {
     return gated_backward_impl<decltype(zero)>(cell, x, h0, c0, w_ih, w_hh, y, gates, state,
-                                               grad_y, grad_hn, grad_cn, p, want, names,
-                                               c0_name.c_str());
+                                               grad_y, grad_hn, grad_cn, w_hr, m, p, want,
+                                               names, c0_name.c_str());
   };
   return dbl ? run(double(0)) : run(float(0));
 }
@@ -629,9 +667,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("gated_forward", &gated_forward, py::arg("cell"), py::arg("x"), py::arg("h0"),
         py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
         py::arg("batch_sizes"), py::arg("reverse"), py::arg("x_name") = "x",
-        py::arg("h0_name") = "h0", py::arg("c0_name") = "c0",
+        py::arg("h0_name") = "h0", py::arg("c0_name") = "c0", py::arg("w_hr") = py::none(),
         "(y, gates, state): every h_t, and what backward needs: the activated gates (width "
-        "G·H) and state (LSTM: c_t; GRU: h_{t-1} W_hnᵀ + b_hn), shaped like x.");
+        "G·H) and state (LSTM: c_t; GRU: h_{t-1} W_hnᵀ + b_hn), shaped like x. With w_hr "
+        "(the LSTM's proj_size): (y, gates, state, m), m = o ⊙ tanh(c_t), y of width P.");
   m.def("gated_backward", &gated_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
         py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("y"), py::arg("gates"),
         py::arg("state"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("grad_cn"),
@@ -639,7 +678,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("need_h0") = true, py::arg("need_c0") = true, py::arg("need_w_ih") = true,
         py::arg("need_w_hh") = true, py::arg("need_bias") = true,
         py::arg("grad_norms") = false, py::arg("x_name") = "x", py::arg("h0_name") = "h0",
-        py::arg("c0_name") = "c0",
-        "Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh), None where not needed (c0: GRU), and "
-        "the (N,) float64 norms of ∂L/∂h_t and (LSTM) ∂L/∂c_t per row (None unless grad_norms).");
+        py::arg("c0_name") = "c0", py::arg("w_hr") = py::none(), py::arg("m") = py::none(),
+        py::arg("need_w_hr") = true,
+        "Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh), None where not needed (c0: GRU), "
+        "the (N,) float64 norms of ∂L/∂h_t and (LSTM) ∂L/∂c_t per row (None unless grad_norms) "
+        "and the gradient of w_hr (None without it).");
 }

@@ -112,7 +112,6 @@ def record_gradient_flow(rnn: Union[RNN, LSTM, GRU]) -> Iterator[GradientFlow]:
     inside the block.
 
     The fused kernel computes the norms in the backward pass it runs anyway. Eager mode only.
-    An LSTM with proj_size runs on the reference loop and cannot record.
 
     >>> with record_gradient_flow(rnn) as flow:
     ...     loss(rnn(x)).backward()

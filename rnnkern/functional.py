@@ -436,99 +436,118 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
 _GATES = {"lstm": 4, "gru": 3}
 
 
-def _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, own=True):
-    """(y, h_n, c_n, state, gates): state and gates are what backward reads (see
-    rnnkern.numpy_api); c_n is None for the GRU."""
-    y, gates, state = (torch.from_numpy(a) for a in _core.gated_forward(
+def _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                   own=True):
+    """(y, h_n, c_n, state, gates, m): state, gates and m (the LSTM's o ⊙ tanh(c_t) with
+    proj_size, else None) are what backward reads (see rnnkern.numpy_api); c_n is None for
+    the GRU."""
+    y, gates, state, *m = (torch.from_numpy(a) for a in _core.gated_forward(
         cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
         _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
-        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx", c0_name="cx"))
+        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx", c0_name="cx",
+        w_hr=_numpy("w_hr", w_hr)))
     batch = h0.shape[0]
     h_n = _final_state(y, batch, batch_sizes, reverse, own)
     c_n = _final_state(state, batch, batch_sizes, reverse) if cell == "lstm" else None
-    return y, h_n, c_n, state, gates
+    return y, h_n, c_n, state, gates, m[0] if m else None
 
 
-def _gated_backward(cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn, grad_cn,
-                    batch_sizes, reverse, output_mask, grad_norms=False):
-    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh), None where output_mask (x, h0, c0,
-    w_ih, w_hh, bias) is False, and the (N,) float64 norms of ∂L/∂h_t and (LSTM) ∂L/∂c_t."""
-    *grads, norm_h, norm_c = _core.gated_backward(
+def _gated_backward(cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, grad_y, grad_hn,
+                    grad_cn, batch_sizes, reverse, output_mask, grad_norms=False):
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where output_mask (x, h0,
+    c0, w_ih, w_hh, bias, w_hr) is False, and the (N,) float64 norms of ∂L/∂h_t and (LSTM)
+    ∂L/∂c_t."""
+    *grads, norm_h, norm_c, grad_w_hr = _core.gated_backward(
         cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
         _numpy("w_hh", w_hh), _numpy("y", y), _numpy("gates", gates), _numpy("state", state),
         _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), _numpy("grad_cn", grad_cn),
-        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms,
-        x_name="input", h0_name="hx", c0_name="cx")
-    grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
+        _batch_sizes_numpy(batch_sizes), reverse, *output_mask[:6], grad_norms,
+        x_name="input", h0_name="hx", c0_name="cx", w_hr=_numpy("w_hr", w_hr),
+        m=_numpy("m", m), need_w_hr=output_mask[6])
+    grads = tuple(None if g is None else torch.from_numpy(g) for g in (*grads, grad_w_hr))
     norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c))
     return grads, norms
 
 
 def _gated_mask(needs):
-    """output_mask for the inputs (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, …)."""
-    return [needs[1], needs[2], needs[3], needs[4], needs[5], needs[6] or needs[7]]
+    """output_mask for the inputs (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, …)."""
+    return [needs[1], needs[2], needs[3], needs[4], needs[5], needs[6] or needs[7], needs[8]]
 
 
 def _gated_input_grads(needs, grads):
-    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh = grads
-    return (None, *(g if need else None for g, need in
-                    zip((gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh), needs[1:8])), None, None)
+    return (None, *(g if need else None for g, need in zip(grads, needs[1:9])), None, None)
+
+
+def _empty_if_none(t, like):
+    return like.new_empty(0) if t is None else t
+
+
+def _none_if_empty(t):
+    return None if t is None or t.numel() == 0 else t
 
 
 @torch.library.custom_op("rnnkern::gated_forward", mutates_args=())
 def gated_forward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
                   w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-                  batch_sizes: Optional[Tensor], reverse: bool
-                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, h_n, c_n, state, gates) of one LSTM or GRU layer-direction; c_n is empty for the
-    GRU; state and gates are saved for backward."""
-    y, h_n, c_n, state, gates = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                               batch_sizes, reverse)
-    return y, h_n, x.new_empty(0) if c_n is None else c_n, state, gates
+                  w_hr: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, h_n, c_n, state, gates, m) of one LSTM or GRU layer-direction; c_n is empty for
+    the GRU, m without w_hr (the LSTM's proj_size); state, gates and m are saved for
+    backward."""
+    y, h_n, c_n, state, gates, m = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                  w_hr, batch_sizes, reverse)
+    return y, h_n, _empty_if_none(c_n, x), state, gates, _empty_if_none(m, x)
 
 
 @gated_forward.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
-    hidden = w_hh.shape[1]
-    y = x.new_empty((*x.shape[:-1], hidden))
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    hidden = w_hh.shape[0] // _GATES[cell]
+    lead = x.shape[:-1]
+    y = x.new_empty((*lead, w_hh.shape[1]))
     c_n = x.new_empty(0) if c0 is None else c0.new_empty(c0.shape)
-    return (y, h0.new_empty(h0.shape), c_n, x.new_empty((*x.shape[:-1], hidden)),
-            x.new_empty((*x.shape[:-1], w_hh.shape[0])))
+    m = x.new_empty(0) if w_hr is None else x.new_empty((*lead, hidden))
+    return (y, h0.new_empty(h0.shape), c_n, x.new_empty((*lead, hidden)),
+            x.new_empty((*lead, w_hh.shape[0])), m)
 
 
 @torch.library.custom_op("rnnkern::gated_backward", mutates_args=())
 def gated_backward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
-                   w_hh: Tensor, y: Tensor, state: Tensor, gates: Tensor, grad_y: Tensor,
-                   grad_hn: Tensor, grad_cn: Optional[Tensor], batch_sizes: Optional[Tensor],
-                   reverse: bool, output_mask: List[bool]
-                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh) of one layer-direction; ``output_mask``
-    (x, h0, c0, w_ih, w_hh, bias) says which to compute, the others come back empty."""
-    grads, _ = _gated_backward(cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn,
-                               grad_cn, batch_sizes, reverse, output_mask)
+                   w_hh: Tensor, w_hr: Optional[Tensor], y: Tensor, state: Tensor,
+                   gates: Tensor, m: Optional[Tensor], grad_y: Tensor, grad_hn: Tensor,
+                   grad_cn: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool,
+                   output_mask: List[bool]
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one layer-direction;
+    ``output_mask`` (x, h0, c0, w_ih, w_hh, bias, w_hr) says which to compute, the others
+    come back empty."""
+    grads, _ = _gated_backward(cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, grad_y,
+                               grad_hn, grad_cn, batch_sizes, reverse, output_mask)
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
 @gated_backward.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn, grad_cn, batch_sizes,
-      reverse, output_mask):
-    wanted = [*output_mask[:5], output_mask[5], output_mask[5]]
+def _(cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, grad_y, grad_hn, grad_cn,
+      batch_sizes, reverse, output_mask):
+    wanted = [*output_mask[:5], output_mask[5], output_mask[5], output_mask[6]]
     wanted[2] = wanted[2] and c0 is not None
-    shapes = (x.shape, h0.shape, h0.shape, w_ih.shape, w_hh.shape, (w_hh.shape[0],),
-              (w_hh.shape[0],))
+    wanted[7] = wanted[7] and w_hr is not None
+    shapes = (x.shape, h0.shape, () if c0 is None else c0.shape, w_ih.shape, w_hh.shape,
+              (w_hh.shape[0],), (w_hh.shape[0],), () if w_hr is None else w_hr.shape)
     return tuple(x.new_empty(shape if want else (0,)) for shape, want in zip(shapes, wanted))
 
 
 def _gated_setup_context(ctx, inputs, output):
-    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse = inputs
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, output[0], output[3], output[4], batch_sizes)
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = inputs
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, output[0], output[3], output[4],
+                          output[5], batch_sizes)
     ctx.cell = cell
     ctx.reverse = reverse
 
 
-def _gated_op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_state, _grad_gates):
-    x, h0, c0, w_ih, w_hh, y, state, gates, batch_sizes = ctx.saved_tensors
-    grads = gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn,
+def _gated_op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_state, _grad_gates, _grad_m):
+    x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, batch_sizes = ctx.saved_tensors
+    grads = gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates,
+                           None if w_hr is None else m, grad_y, grad_hn,
                            grad_cn if ctx.cell == "lstm" else None, batch_sizes, ctx.reverse,
                            _gated_mask(ctx.needs_input_grad))
     return _gated_input_grads(ctx.needs_input_grad, grads)
@@ -553,33 +572,35 @@ class _EagerGated(torch.autograd.Function):
     GRU's c0 and c_n are None. on_grad_norms gets (norm_h, norm_c) at each backward."""
 
     @staticmethod
-    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
                 on_grad_norms):
-        y, h_n, c_n, state, gates = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                                   batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, state, gates, batch_sizes)
+        y, h_n, c_n, state, gates, m = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                      w_hr, batch_sizes, reverse)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, state, gates, m,
+                              batch_sizes)
         ctx.cell, ctx.reverse, ctx.on_grad_norms = cell, reverse, on_grad_norms
         return y, h_n, c_n
 
     @staticmethod
     def backward(ctx, grad_y, grad_hn, grad_cn):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, state, gates, batch_sizes = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, state, gates, m, batch_sizes = \
+            ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-            wanted = [i for i, need in enumerate(ctx.needs_input_grad[1:8]) if need]
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            wanted = [i for i, need in enumerate(ctx.needs_input_grad[1:9]) if need]
             with torch.enable_grad():
-                out = _gated_reference(ctx.cell, *inputs, None, batch_sizes, ctx.reverse)
+                out = _gated_reference(ctx.cell, *inputs, batch_sizes, ctx.reverse)
                 pairs = [(o, g) for o, g in zip(out, (grad_y, grad_hn, grad_cn)) if o is not None]
                 found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
                                             [g for _, g in pairs], create_graph=True,
                                             allow_unused=True)
-            grads = [None] * 7
+            grads = [None] * 8
             for i, g in zip(wanted, found):
                 grads[i] = torch.zeros_like(inputs[i]) if g is None else g
             return (None, *grads, None, None, None)
         record = ctx.on_grad_norms is not None
-        grads, norms = _gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, y, state, gates,
-                                       grad_y, grad_hn, grad_cn, batch_sizes, ctx.reverse,
+        grads, norms = _gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates,
+                                       m, grad_y, grad_hn, grad_cn, batch_sizes, ctx.reverse,
                                        _gated_mask(ctx.needs_input_grad), record)
         if record:
             ctx.on_grad_norms(*norms)
@@ -588,23 +609,20 @@ class _EagerGated(torch.autograd.Function):
 
 def _gated_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
                  on_grad_norms=None, own=True):
-    """(y, h_n, c_n) of one layer-direction, chosen as _layer chooses (c_n None for the GRU).
-    An LSTM with proj_size (w_hr) runs on the reference loop: the kernels do not project."""
-    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
-    if torch.compiler.is_compiling() and w_hr is None:
+    """(y, h_n, c_n) of one layer-direction, chosen as _layer chooses (c_n None for the GRU;
+    w_hr: the LSTM's proj_size, or None)."""
+    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
+    if torch.compiler.is_compiling():
         if on_grad_norms is not None:
             raise RuntimeError("gradient-flow recording runs in eager mode only, "
                                "not under torch.compile")
-        y, h_n, c_n, _, _ = gated_forward(*args)
+        y, h_n, c_n, _, _, _ = gated_forward(*args)
         return y, h_n, c_n if cell == "lstm" else None
-    if w_hr is not None or _on_reference(x):
-        if on_grad_norms is not None:
-            raise RuntimeError("gradient-flow recording needs rnnkern's kernels, which do not "
-                               "run an LSTM with proj_size")
-        return _gated_reference(*args[:8], w_hr, batch_sizes, reverse)
-    if _tracked(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    if _on_reference(x):
+        return _gated_reference(*args[:9], batch_sizes, reverse)
+    if _tracked(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         return _EagerGated.apply(*args, on_grad_norms)
-    y, h_n, c_n, _, _ = _gated_forward(*args, own=own)
+    y, h_n, c_n, _, _, _ = _gated_forward(*args, own=own)
     return y, h_n, c_n
 
 
@@ -623,8 +641,8 @@ def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh:
     """One LSTM layer in one direction (torch.nn.LSTM's math), differentiable in every tensor.
 
     Arguments as :func:`rnn`, with hx = (h0, c0) (B, H) each or None for zeros, w_ih (4H, I),
-    w_hh (4H, H), b_ih, b_hh (4H,). w_hr (P, H) (proj_size; then h0 and w_hh have P columns)
-    runs on the reference loop. on_grad_norms gets (‖∂L/∂h_t‖₂, ‖∂L/∂c_t‖₂) per row.
+    w_hh (4H, H), b_ih, b_hh (4H,); w_hr (P, H) for proj_size P (then h0, w_hh and the output
+    have P columns). on_grad_norms gets (‖∂L/∂h_t‖₂, ‖∂L/∂c_t‖₂) per row.
 
     Returns:
         (output, (h_n, c_n)), output (T, B, H) or packed (N, H).

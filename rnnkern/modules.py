@@ -305,9 +305,8 @@ def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
 class LSTM(torch.nn.LSTM):
     """``torch.nn.LSTM`` with forward and backward on rnnkern's fused CPU kernels.
 
-    Use it exactly like ``torch.nn.LSTM``; dtypes, fallbacks, compile and saving as for
-    :class:`RNN`. With ``proj_size`` > 0 it runs on the autograd loop of
-    ``rnnkern.reference`` (same results; the kernels do not project yet).
+    Use it exactly like ``torch.nn.LSTM`` (``proj_size`` included); dtypes, fallbacks, compile
+    and saving as for :class:`RNN`.
     """
 
     _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow

@@ -131,6 +131,7 @@ class LSTMOutput(NamedTuple):
     y: np.ndarray
     c: np.ndarray
     gates: np.ndarray
+    m: Optional[np.ndarray] = None  # with w_hr (proj_size): o ⊙ tanh(c_t), (…, H)
 
 
 class LSTMGradients(NamedTuple):
@@ -143,6 +144,7 @@ class LSTMGradients(NamedTuple):
     w_hh: np.ndarray
     b_ih: np.ndarray
     b_hh: np.ndarray
+    w_hr: Optional[np.ndarray] = None
 
 
 class GRUOutput(NamedTuple):
@@ -165,34 +167,43 @@ class GRUGradients(NamedTuple):
     b_hh: np.ndarray
 
 
-def _gated_zeros(x, w_ih, batch_sizes, gates):
-    """The zero state (B, H) that None stands for (see _zeros_h0)."""
+def _gated_zeros(x, w_ih, batch_sizes, gates, width=None):
+    """The zero state (B, H) (or (B, width)) that None stands for (see _zeros_h0)."""
     zeros = _zeros_h0(x, w_ih, batch_sizes)
-    return np.zeros((zeros.shape[0], zeros.shape[1] // gates), dtype=zeros.dtype)
+    return np.zeros((zeros.shape[0], zeros.shape[1] // gates if width is None else width),
+                    dtype=zeros.dtype)
+
+
+def _proj(w_hr):
+    shape = getattr(w_hr, "shape", ())
+    return shape[0] if w_hr is not None and len(shape) == 2 else None
 
 
 def lstm_forward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndarray,
                  w_hh: np.ndarray, b_ih: ArrayOrNone = None, b_hh: ArrayOrNone = None,
-                 batch_sizes: BatchSizes = None, reverse: bool = False) -> LSTMOutput:
+                 batch_sizes: BatchSizes = None, reverse: bool = False,
+                 w_hr: ArrayOrNone = None) -> LSTMOutput:
     """Run one LSTM layer forward (torch.nn.LSTM's math, gate order i, f, g, o).
 
     x, batch_sizes and reverse as for :func:`forward`; h0, c0 (B, H) or None for zeros;
-    w_ih (4H, I), w_hh (4H, H), b_ih, b_hh (4H,) or None. One dtype, float32 or float64.
+    w_ih (4H, I), w_hh (4H, H), b_ih, b_hh (4H,) or None; w_hr (P, H) with proj_size P
+    (then h0, w_hh and y have P columns). One dtype, float32 or float64.
     """
     batch_sizes = _batch_sizes(batch_sizes)
     if h0 is None:
-        h0 = _gated_zeros(x, w_ih, batch_sizes, 4)
+        h0 = _gated_zeros(x, w_ih, batch_sizes, 4, _proj(w_hr))
     if c0 is None:
         c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
-    y, gates, c = _core.gated_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes,
-                                      bool(reverse))
-    return LSTMOutput(y, c, gates)
+    y, gates, c, *m = _core.gated_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                          batch_sizes, bool(reverse), w_hr=w_hr)
+    return LSTMOutput(y, c, gates, m[0] if m else None)
 
 
 def lstm_backward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndarray,
                   w_hh: np.ndarray, output: LSTMOutput, grad_y: np.ndarray,
                   grad_hn: ArrayOrNone = None, grad_cn: ArrayOrNone = None,
-                  batch_sizes: BatchSizes = None, reverse: bool = False) -> LSTMGradients:
+                  batch_sizes: BatchSizes = None, reverse: bool = False,
+                  w_hr: ArrayOrNone = None) -> LSTMGradients:
     """Backpropagate through time for :func:`lstm_forward`.
 
     ``output`` is what :func:`lstm_forward` returned; grad_y = ∂L/∂y; grad_hn, grad_cn (B, H)
@@ -201,14 +212,14 @@ def lstm_backward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndar
     """
     batch_sizes = _batch_sizes(batch_sizes)
     if h0 is None:
-        h0 = _gated_zeros(x, w_ih, batch_sizes, 4)
+        h0 = _gated_zeros(x, w_ih, batch_sizes, 4, _proj(w_hr))
     if c0 is None:
         c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
-    y, c, gates = output
-    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, _, _ = _core.gated_backward(
+    y, c, gates, m = output
+    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, _, _, gw_hr = _core.gated_backward(
         "lstm", x, h0, c0, w_ih, w_hh, y, gates, c, grad_y, grad_hn, grad_cn, batch_sizes,
-        bool(reverse))
-    return LSTMGradients(gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh)
+        bool(reverse), w_hr=w_hr, m=m)
+    return LSTMGradients(gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr)
 
 
 def gru_forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
@@ -232,7 +243,7 @@ def gru_backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndar
     if h0 is None:
         h0 = _gated_zeros(x, w_ih, batch_sizes, 3)
     y, gates, hidden_n = output
-    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _ = _core.gated_backward(
+    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _, _ = _core.gated_backward(
         "gru", x, h0, None, w_ih, w_hh, y, gates, hidden_n, grad_y, grad_hn, None, batch_sizes,
         bool(reverse))
     return GRUGradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)

@@ -79,7 +79,7 @@ GRID = [("lstm", *c) for c in itertools.product([1, 2, 3], [False, True], [False
                                                  [True, False], FORMS, [False, True], [0])]
 GRID += [("gru", *c) for c in itertools.product([1, 2, 3], [False, True], [False, True],
                                                 [True, False], FORMS, [False, True], [0])]
-# proj_size: fewer combinations (it runs on the reference loop)
+# proj_size: fewer combinations
 GRID += [("lstm", *c) for c in itertools.product([1, 2], [False, True], [False, True],
                                                  [True], FORMS, [False, True], [1])]
 
@@ -386,41 +386,46 @@ def test_seeded_training_with_dropout_gives_the_same_losses(cell):
 
 # The functional level: the ops themselves.
 
-def gated_args(cell, packed, reverse, bias, seed=0, sizes=(4, 3, 5, 6)):
+def gated_args(cell, packed, reverse, bias, seed=0, sizes=(4, 3, 5, 6), proj=0):
+    """The arguments of rnnkern::gated_forward (w_hr (proj, H) with proj > 0)."""
     g = torch.Generator().manual_seed(seed)
     T, B, I, H = sizes
     G = 4 if cell == "lstm" else 3
+    P = proj or H
     r = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g)  # noqa: E731
     bs = torch.tensor([B] + [max(B - t, 1) for t in range(1, T)]) if packed else None
     x = r(int(bs.sum()), I) if packed else r(T, B, I)
     c0 = r(B, H) if cell == "lstm" else None
     b = (r(G * H) * 0.3, r(G * H) * 0.3) if bias else (None, None)
-    return (cell, x, r(B, H), c0, r(G * H, I) * 0.3, r(G * H, H) * 0.3, *b, bs, reverse)
+    w_hr = r(P, H) * 0.3 if proj else None
+    return (cell, x, r(B, P), c0, r(G * H, I) * 0.3, r(G * H, P) * 0.3, *b, w_hr, bs, reverse)
 
 
-OPCHECK = [(c, p, r, b) for c in ("lstm", "gru") for p, r, b in
+OPCHECK = [(c, p, r, b, 0) for c in ("lstm", "gru") for p, r, b in
            ((False, False, True), (True, True, False), (True, False, True))]
+OPCHECK += [("lstm", False, True, True, 4), ("lstm", True, False, False, 2)]
 
 
-@pytest.mark.parametrize("cell,packed,reverse,bias", OPCHECK)
-def test_opcheck(cell, packed, reverse, bias):
-    fwd = gated_args(cell, packed, reverse, bias)
+@pytest.mark.parametrize("cell,packed,reverse,bias,proj", OPCHECK)
+def test_opcheck(cell, packed, reverse, bias, proj):
+    fwd = gated_args(cell, packed, reverse, bias, proj=proj)
     torch.library.opcheck(torch.ops.rnnkern.gated_forward.default, fwd)
-    y, h_n, c_n, state, gates = torch.ops.rnnkern.gated_forward(*fwd)
-    _, x, h0, c0, w_ih, w_hh, _, _, bs, _ = fwd
+    y, h_n, c_n, state, gates, m = torch.ops.rnnkern.gated_forward(*fwd)
+    _, x, h0, c0, w_ih, w_hh, _, _, w_hr, bs, _ = fwd
     gen = torch.Generator().manual_seed(9)
     gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
     ghn = torch.randn(h_n.shape, dtype=y.dtype, generator=gen)
-    gcn = torch.randn(h_n.shape, dtype=y.dtype, generator=gen) if cell == "lstm" else None
-    mask = [True] * 6 if bias else [False, True, cell == "lstm", True, False, True]
-    bwd = (cell, x, h0, c0, w_ih, w_hh, y, state, gates, gy, ghn, gcn, bs, reverse, mask)
+    gcn = torch.randn(c_n.shape, dtype=y.dtype, generator=gen) if cell == "lstm" else None
+    mask = [True] * 7 if bias else [False, True, cell == "lstm", True, False, True, False]
+    bwd = (cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m if proj else None, gy, ghn,
+           gcn, bs, reverse, mask)
     torch.library.opcheck(torch.ops.rnnkern.gated_backward.default, bwd)
 
 
-@pytest.mark.parametrize("cell,packed,reverse,bias", OPCHECK)
-def test_gradcheck_through_the_custom_op(cell, packed, reverse, bias):
-    args = list(gated_args(cell, packed, reverse, bias, seed=1))
-    index = [i for i in range(1, 8) if args[i] is not None]
+@pytest.mark.parametrize("cell,packed,reverse,bias,proj", OPCHECK)
+def test_gradcheck_through_the_custom_op(cell, packed, reverse, bias, proj):
+    args = list(gated_args(cell, packed, reverse, bias, seed=1, proj=proj))
+    index = [i for i in range(1, 9) if args[i] is not None]
     for i in index:
         args[i] = args[i].requires_grad_()
 
@@ -428,7 +433,7 @@ def test_gradcheck_through_the_custom_op(cell, packed, reverse, bias):
         a = list(args)
         for i, t in zip(index, tensors):
             a[i] = t
-        y, h_n, c_n, _, _ = torch.ops.rnnkern.gated_forward(*a)
+        y, h_n, c_n, _, _, _ = torch.ops.rnnkern.gated_forward(*a)
         return (y, h_n, c_n) if cell == "lstm" else (y, h_n)
 
     assert torch.autograd.gradcheck(fn, [args[i] for i in index])
@@ -437,8 +442,8 @@ def test_gradcheck_through_the_custom_op(cell, packed, reverse, bias):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_functional_gradcheck_and_second_derivatives(cell):
     def check(sizes, second):
-        _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, bs, _ = gated_args(cell, True, True, True,
-                                                                 seed=2, sizes=sizes)
+        _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, bs, _ = gated_args(cell, True, True, True,
+                                                                    seed=2, sizes=sizes)
         inputs = [t.requires_grad_() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
                   if t is not None]
 
@@ -460,7 +465,7 @@ def test_functional_gradcheck_and_second_derivatives(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_functional_compile_fullgraph(cell):
     torch._dynamo.reset()
-    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _ = gated_args(cell, False, False, True, seed=3)
+    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _, _ = gated_args(cell, False, False, True, seed=3)
 
     def loss_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         if cell == "lstm":
@@ -483,7 +488,7 @@ def test_functional_compile_fullgraph(cell):
 
 
 def test_functional_errors_name_the_argument():
-    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _ = gated_args("lstm", False, False, True)
+    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _, _ = gated_args("lstm", False, False, True)
     with pytest.raises(TypeError, match="cx must have dtype float64"):
         functional.lstm(x, (h0, c0.float()), w_ih, w_hh, b_ih, b_hh)
     with pytest.raises(ValueError, match=r"w_hh must have shape \(24, 6\), got \(24, 5\)"):

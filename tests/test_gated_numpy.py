@@ -183,7 +183,7 @@ def test_gradient_norms_match_autograd(cell, reverse, shape):
     result = rnnkern._core.gated_backward(
         cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], out.y, out.gates, state,
         grads["grad_y"], grads["grad_hn"], grads["grad_cn"], None, reverse, grad_norms=True)
-    norm_h, norm_c = result[-2], result[-1]
+    norm_h, norm_c = result[7], result[8]
     exact_h, exact_c = step_norms(cell, p, grads, reverse)
     assert_f64_close(norm_h, exact_h, "norm h")
     if cell == "lstm":
@@ -216,12 +216,12 @@ def test_inputs_are_not_modified():
     p, _, grads = make_gated("lstm", 4, 3, 2, 5)
     before = {n: a.copy() for n, a in {**p, **grads}.items()}
     out = na.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
-    saved = [a.copy() for a in out]
+    saved = [a.copy() for a in out if a is not None]
     na.lstm_backward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], out, grads["grad_y"],
                      grads["grad_hn"], grads["grad_cn"])
     for n, a in {**p, **grads}.items():
         assert np.array_equal(a, before[n]), n
-    for a, b in zip(out, saved):
+    for a, b in zip([a for a in out if a is not None], saved):
         assert np.array_equal(a, b)
 
 
@@ -258,3 +258,45 @@ def test_bad_saved_arrays_and_cell_name():
                                     None, None, False)
     with pytest.raises(ValueError, match=r"w_ih must have shape \(3 \* hidden_size, 4\)"):
         na.gru_forward(p["x"], p["h0"], p["w_ih"][:14], p["w_hh"])
+
+
+@pytest.mark.parametrize("packed,reverse", [(False, False), (True, True), (True, False)])
+def test_lstm_proj_size_matches_reference(packed, reverse):
+    """proj_size P: h_t = (o ⊙ tanh(c_t)) W_hrᵀ, W_hh (4H, P); every gradient to 1e-10."""
+    T, B, I, H, P = 6, 4, 3, 9, 5
+    p, bs, grads = make_gated("lstm", T, B, I, H, seed=4, packed=packed)
+    rng = np.random.default_rng(5)
+    p["h0"] = p["h0"][:, :P].copy()
+    p["w_hh"] = p["w_hh"][:, :P].copy()
+    p["w_hr"] = rng.uniform(-0.3, 0.3, (P, H))
+    grads["grad_y"] = grads["grad_y"][..., :P].copy()
+    grads["grad_hn"] = grads["grad_hn"][:, :P].copy()
+    out = na.lstm_forward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                          batch_sizes=bs, reverse=reverse, w_hr=p["w_hr"])
+    g = na.lstm_backward(p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], out, grads["grad_y"],
+                         grads["grad_hn"], grads["grad_cn"], batch_sizes=bs, reverse=reverse,
+                         w_hr=p["w_hr"])
+    t = {n: torch.tensor(a, requires_grad=True) for n, a in p.items()}
+    y, (h_n, c_n) = reference.lstm(t["x"], (t["h0"], t["c0"]), t["w_ih"], t["w_hh"], t["b_ih"],
+                                   t["b_hh"], t["w_hr"], reverse=reverse,
+                                   batch_sizes=None if bs is None else [int(v) for v in bs])
+    loss = (y * torch.tensor(grads["grad_y"])).sum() + \
+        (h_n * torch.tensor(grads["grad_hn"])).sum() + (c_n * torch.tensor(grads["grad_cn"])).sum()
+    names = ["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
+    exact = torch.autograd.grad(loss, [t[n] for n in names])
+    assert_f64_close(out.y, y.detach(), "y")
+    for name, e in zip(names, exact):
+        assert_f64_close(getattr(g, name), e, f"grad {name}")
+
+
+def test_proj_size_bad_input():
+    p, _, _ = make_gated("lstm", 3, 2, 4, 5)
+    with pytest.raises(ValueError, match=r"w_hr must have shape \(proj_size, 5\) with "
+                                         r"0 < proj_size < 5, got \(5, 5\)"):
+        na.lstm_forward(p["x"], None, None, p["w_ih"], p["w_hh"], w_hr=np.zeros((5, 5)))
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(20, 2\), got \(20, 5\)"):
+        na.lstm_forward(p["x"], None, None, p["w_ih"], p["w_hh"], w_hr=np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="w_hr \\(proj_size\\) is for the lstm only"):
+        rnnkern._core.gated_forward("gru", p["x"], np.zeros((2, 5)), None,
+                                    p["w_ih"][:15], p["w_hh"][:15], None, None, None, False,
+                                    w_hr=np.zeros((2, 5)))

@@ -10,6 +10,7 @@
 //                   hidden side of n), so that every product reads contiguous rows
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -37,14 +38,16 @@ int64_t gated_backward_workspace_size(Cell cell, const Problem& p, const K&) {
 
 // Calls visit(a, b, h_prev, c_prev) for the rows [a, b) ∩ range of step t (at row offset off):
 // h_prev / c_prev point at row a's previous state (y / c rows of the step before in forward
-// order, or h0 / c0 for rows that start at step t). c may be nullptr (the GRU).
+// order, or h0 / c0 for rows that start at step t). c may be nullptr (the GRU). Rows of y and
+// h0 have P values (the LSTM's proj_size), rows of c and c0 H; P = 0 means H.
 template <typename T, typename F>
 void with_previous(const Problem& p, RowRange range, int64_t t, int64_t off, const T* y,
-                   const T* c, const T* h0, const T* c0, F&& visit) {
+                   const T* c, const T* h0, const T* c0, F&& visit, int64_t P = 0) {
   const int64_t H = p.hidden_size, n = p.rows_at(t);
+  if (P == 0) P = H;
   auto from = [&](const T* hs, const T* cs, int64_t first) {
     return [&, hs, cs, first](int64_t a, int64_t b) {
-      visit(a, b, hs + (a - first) * H, cs ? cs + (a - first) * H : nullptr);
+      visit(a, b, hs + (a - first) * P, cs ? cs + (a - first) * H : nullptr);
     };
   };
   if (!p.reverse) {
@@ -52,12 +55,12 @@ void with_previous(const Problem& p, RowRange range, int64_t t, int64_t off, con
       range.clip(0, n, from(h0, c0, 0));
     } else {
       const int64_t prev = off - p.rows_at(t - 1);
-      range.clip(0, n, from(y + prev * H, c ? c + prev * H : nullptr, 0));
+      range.clip(0, n, from(y + prev * P, c ? c + prev * H : nullptr, 0));
     }
   } else {
     const int64_t m = p.rows_at(t + 1), prev = off + n;
-    if (m > 0) range.clip(0, m, from(y + prev * H, c ? c + prev * H : nullptr, 0));
-    range.clip(m, n, from(h0 + m * H, c0 ? c0 + m * H : nullptr, m));
+    if (m > 0) range.clip(0, m, from(y + prev * P, c ? c + prev * H : nullptr, 0));
+    range.clip(m, n, from(h0 + m * P, c0 ? c0 + m * H : nullptr, m));
   }
 }
 
@@ -249,6 +252,165 @@ void gated_backward(Cell cell, const Problem& p, const T* x, const T* h0, const 
       const T* dq = p.reverse ? hid : hid + B * H;
       const T* hp = p.reverse ? y + B * H : y;
       k.gemm(true, false, H, H, (p.steps - 1) * B, T(1), dq, H, hp, H, T(1), gw, H);
+    }
+  }
+}
+
+// The LSTM with proj_size P (0 < P < H): h_t = m_t W_hrᵀ, m_t = o ⊙ tanh(c_t), and W_hh is
+// (4H, P), so the recurrent products are not square: each step runs them as BLAS GEMMs (no row
+// split of the time loop) around the same fused gate passes. Saved: gates, c (N, H) in state,
+// m (N, H); y and h0 have P columns.
+template <typename T, typename K>
+int64_t lstm_proj_forward_workspace_size(const Problem& p, const K&) {
+  return 8 * p.hidden_size + 4 * p.batch * p.hidden_size;
+}
+
+template <typename T, typename K>
+int64_t lstm_proj_backward_workspace_size(const Problem& p, int64_t P, const K&) {
+  const int64_t H = p.hidden_size, N = p.total_rows();
+  return 4 * N * H + N * P + p.batch * (P + 2 * H) + (p.uniform() ? 0 : N * P);
+}
+
+template <typename T, typename K>
+void lstm_proj_forward(const Problem& p, int64_t P, const T* x, const T* h0, const T* c0,
+                       const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
+                       const T* w_hr, T* y, T* gates, T* state, T* m, T* workspace, K& k) {
+  const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows(), B = p.batch;
+  T* bias = workspace;
+  T* acc = bias + 8 * H;  // 4 planes of B × H
+  for (int64_t j = 0; j < 4 * H; ++j)
+    bias[j] = (b_ih ? element(b_ih, j) : T(0)) + (b_hh ? element(b_hh, j) : T(0));
+  k.gemm(false, true, N, 4 * H, I, T(1), x, I, w_ih, I, T(0), gates, 4 * H);
+  const RowRange all{0, B};
+  for_each_step(p, true, [&](int64_t t, int64_t off, int64_t) {
+    with_previous(p, all, t, off, y, state, h0, c0,
+                  [&](int64_t a, int64_t b, const T* h_prev, const T* c_prev) {
+      for (int64_t q = 0; q < 4; ++q)
+        k.gemm(false, true, b - a, H, P, T(1), h_prev, P, w_hh + q * H * P, P, T(0),
+               acc + q * B * H + a * H, H);
+      T* mr = m + (off + a) * H;
+      k.lstm_forward(b - a, H, gates + (off + a) * 4 * H, acc + a * H, B * H, bias, c_prev,
+                     state + (off + a) * H, mr);
+      k.gemm(false, true, b - a, P, H, T(1), mr, H, w_hr, H, T(0), y + (off + a) * P, P);
+    }, P);
+  });
+}
+
+template <typename T, typename K>
+void lstm_proj_backward(const Problem& p, int64_t P, const T* x, const T* h0, const T* c0,
+                        const T* w_ih, const T* w_hh, const T* w_hr, const T* y,
+                        const T* gates, const T* state, const T* m, Rows<T> grad_y,
+                        const T* grad_hn, const T* grad_cn, T* grad_x, T* grad_h0, T* grad_c0,
+                        T* grad_w_ih, T* grad_w_hh, T* grad_b_ih, T* grad_b_hh, T* grad_w_hr,
+                        double* norm_h, double* norm_c, T* workspace, K& k) {
+  const int64_t H = p.hidden_size, I = p.input_size, N = p.total_rows(), B = p.batch;
+  const int64_t plane = N * H;
+  T* delta = workspace;              // 4 planes (N, H)
+  T* d_all = delta + 4 * plane;      // (N, P): ∂L/∂h_t of every row, for ∂W_hr
+  T* d = d_all + N * P;              // B × P: the gradient reaching h_t, per row
+  T* dm = d + B * P;                 // B × H: ∂L/∂m_t
+  T* dc = dm + B * H;                // B × H: ∂L/∂c_t
+  T* h_prev_all = dc + B * H;        // (N, P), gathered h_{t-1} (packed input only)
+  // dst rows [a, b) (P columns) += δ rows (off + a …) times W_hh (beta: 0 to overwrite).
+  auto recurrent = [&](int64_t off, int64_t a, int64_t b, T* dst, T beta) {
+    for (int64_t q = 0; q < 4; ++q)
+      k.gemm(false, false, b - a, P, H, T(1), delta + q * plane + (off + a) * H, H,
+             w_hh + q * H * P, P, q ? T(1) : beta, dst, P);
+  };
+  const RowRange all{0, B};
+  int64_t prev_off = -1;
+  for_each_step(p, false, [&](int64_t t, int64_t off, int64_t n) {
+    auto load = [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r)
+        for (int64_t j = 0; j < P; ++j)
+          d[r * P + j] = grad_y.data ? element(grad_y.data + (off + r) * grad_y.row_stride,
+                                               j * grad_y.col_stride) : T(0);
+    };
+    auto continuing = [&](int64_t a, int64_t b) {
+      load(a, b);
+      recurrent(prev_off, a, b, d + a * P, T(1));
+    };
+    auto ending = [&](int64_t a, int64_t b) {
+      load(a, b);
+      for (int64_t r = a; r < b; ++r) {
+        for (int64_t j = 0; j < P; ++j)
+          if (grad_hn) d[r * P + j] += element(grad_hn, r * P + j);
+        for (int64_t j = 0; j < H; ++j)
+          dc[r * H + j] = grad_cn ? element(grad_cn, r * H + j) : T(0);
+      }
+    };
+    if (!p.reverse) {
+      const int64_t m_rows = p.rows_at(t + 1);
+      all.clip(0, m_rows, continuing);
+      all.clip(m_rows, n, ending);
+    } else if (t == 0) {
+      all.clip(0, n, ending);
+    } else {
+      all.clip(0, n, continuing);
+    }
+    std::memcpy(d_all + off * P, d, sizeof(T) * n * P);
+    if (norm_h)
+      for (int64_t r = 0; r < n; ++r) {
+        double sum = 0;
+        for (int64_t j = 0; j < P; ++j) sum += double(d[r * P + j]) * double(d[r * P + j]);
+        norm_h[off + r] = std::sqrt(sum);
+      }
+    k.gemm(false, false, n, H, P, T(1), d, P, w_hr, H, T(0), dm, H);
+    with_previous(p, all, t, off, y, state, h0, c0,
+                  [&](int64_t a, int64_t b, const T*, const T* c_prev) {
+      k.lstm_backward(b - a, H, dm + a * H, dc + a * H, gates + (off + a) * 4 * H,
+                      state + (off + a) * H, c_prev, delta + (off + a) * H, plane, nullptr,
+                      norm_c ? norm_c + off + a : nullptr);
+    }, P);
+    auto initial = [&](int64_t a, int64_t b) {
+      if (grad_h0) recurrent(off, a, b, grad_h0 + a * P, T(0));
+      if (grad_c0) std::memcpy(grad_c0 + a * H, dc + a * H, sizeof(T) * (b - a) * H);
+    };
+    if (!p.reverse) {
+      if (t == 0) all.clip(0, n, initial);
+    } else {
+      all.clip(p.rows_at(t + 1), n, initial);
+    }
+    prev_off = off;
+  });
+
+  for (int64_t q = 0; q < 4; ++q) {
+    const T* dq = delta + q * plane;
+    if (grad_b_ih) k.column_sums(N, H, dq, grad_b_ih + q * H);
+    if (grad_w_ih)
+      k.gemm(true, false, H, I, N, T(1), dq, H, x, I, T(0), grad_w_ih + q * H * I, I);
+    if (grad_x)
+      k.gemm(false, false, N, I, H, T(1), dq, H, w_ih + q * H * I, I, T(q ? 1 : 0), grad_x, I);
+  }
+  if (grad_b_hh && grad_b_ih) std::memcpy(grad_b_hh, grad_b_ih, sizeof(T) * 4 * H);
+  else if (grad_b_hh)
+    for (int64_t q = 0; q < 4; ++q) k.column_sums(N, H, delta + q * plane, grad_b_hh + q * H);
+  if (grad_w_hr) k.gemm(true, false, P, H, N, T(1), d_all, P, m, H, T(0), grad_w_hr, H);
+  if (!grad_w_hh) return;
+  const int64_t first = p.reverse ? (p.steps - 1) * B : 0;
+  if (!p.uniform()) {
+    int64_t prev = -1;
+    for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
+      const int64_t m_rows = p.reverse ? p.rows_at(t + 1) : (prev < 0 ? 0 : n);
+      if (m_rows > 0) std::memcpy(h_prev_all + off * P, y + prev * P, sizeof(T) * m_rows * P);
+      if (n > m_rows)
+        std::memcpy(h_prev_all + (off + m_rows) * P, h0 + m_rows * P,
+                    sizeof(T) * (n - m_rows) * P);
+      prev = off;
+    });
+  }
+  for (int64_t q = 0; q < 4; ++q) {
+    const T* dq = delta + q * plane;
+    T* gw = grad_w_hh + q * H * P;
+    if (!p.uniform()) {
+      k.gemm(true, false, H, P, N, T(1), dq, H, h_prev_all, P, T(0), gw, P);
+      continue;
+    }
+    k.gemm(true, false, H, P, B, T(1), dq + first * H, H, h0, P, T(0), gw, P);
+    if (p.steps > 1) {
+      const T* dd = p.reverse ? dq : dq + B * H;
+      const T* hp = p.reverse ? y + B * P : y;
+      k.gemm(true, false, H, P, (p.steps - 1) * B, T(1), dd, H, hp, P, T(1), gw, P);
     }
   }
 }

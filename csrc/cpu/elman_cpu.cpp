@@ -190,4 +190,51 @@ RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)
 #undef RNNKERN_INSTANTIATE
 
+template <typename T>
+int64_t lstm_proj_forward_workspace_size(const Problem& p) {
+  return rnnkern::lstm_proj_forward_workspace_size<T>(p, Backend<T>{});
+}
+
+template <typename T>
+int64_t lstm_proj_backward_workspace_size(const Problem& p, int64_t P) {
+  return rnnkern::lstm_proj_backward_workspace_size<T>(p, P, Backend<T>{});
+}
+
+template <typename T>
+void lstm_proj_forward(const Problem& p, int64_t P, const T* x, const T* h0, const T* c0,
+                       const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
+                       const T* w_hr, T* y, T* gates, T* state, T* m, T* workspace) {
+  Backend<T> k;
+  rnnkern::lstm_proj_forward<T>(p, P, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, gates, state,
+                                m, workspace, k);
+}
+
+template <typename T>
+void lstm_proj_backward(const Problem& p, int64_t P, const T* x, const T* h0, const T* c0,
+                        const T* w_ih, const T* w_hh, const T* w_hr, const T* y,
+                        const T* gates, const T* state, const T* m, Rows<T> grad_y,
+                        const T* grad_hn, const T* grad_cn, T* grad_x, T* grad_h0, T* grad_c0,
+                        T* grad_w_ih, T* grad_w_hh, T* grad_b_ih, T* grad_b_hh, T* grad_w_hr,
+                        double* norm_h, double* norm_c, T* workspace) {
+  Backend<T> k;
+  rnnkern::lstm_proj_backward<T>(p, P, x, h0, c0, w_ih, w_hh, w_hr, y, gates, state, m, grad_y,
+                                 grad_hn, grad_cn, grad_x, grad_h0, grad_c0, grad_w_ih,
+                                 grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr, norm_h, norm_c,
+                                 workspace, k);
+}
+
+#define RNNKERN_INSTANTIATE(T)                                                                \
+  template int64_t lstm_proj_forward_workspace_size<T>(const Problem&);                       \
+  template int64_t lstm_proj_backward_workspace_size<T>(const Problem&, int64_t);             \
+  template void lstm_proj_forward<T>(const Problem&, int64_t, const T*, const T*, const T*,    \
+                                     const T*, const T*, const T*, const T*, const T*, T*, T*, \
+                                     T*, T*, T*);                                              \
+  template void lstm_proj_backward<T>(                                                        \
+      const Problem&, int64_t, const T*, const T*, const T*, const T*, const T*, const T*,    \
+      const T*, const T*, const T*, const T*, Rows<T>, const T*, const T*, T*, T*, T*, T*,    \
+      T*, T*, T*, T*, double*, double*, T*);
+RNNKERN_INSTANTIATE(float)
+RNNKERN_INSTANTIATE(double)
+#undef RNNKERN_INSTANTIATE
+
 }  // namespace rnnkern::cpu

@@ -26,4 +26,23 @@ void gated_backward(Cell cell, const Problem& p, const T* x, const T* h0, const 
                     T* grad_h0, T* grad_c0, T* grad_w_ih, T* grad_w_hh, T* grad_b_ih,
                     T* grad_b_hh, double* norm_h, double* norm_c, T* workspace);
 
+// The LSTM with proj_size P (core/gated.h, lstm_proj_*).
+template <typename T>
+int64_t lstm_proj_forward_workspace_size(const Problem& p);
+template <typename T>
+int64_t lstm_proj_backward_workspace_size(const Problem& p, int64_t P);
+
+template <typename T>
+void lstm_proj_forward(const Problem& p, int64_t P, const T* x, const T* h0, const T* c0,
+                       const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
+                       const T* w_hr, T* y, T* gates, T* state, T* m, T* workspace);
+
+template <typename T>
+void lstm_proj_backward(const Problem& p, int64_t P, const T* x, const T* h0, const T* c0,
+                        const T* w_ih, const T* w_hh, const T* w_hr, const T* y,
+                        const T* gates, const T* state, const T* m, Rows<T> grad_y,
+                        const T* grad_hn, const T* grad_cn, T* grad_x, T* grad_h0, T* grad_c0,
+                        T* grad_w_ih, T* grad_w_hh, T* grad_b_ih, T* grad_b_hh, T* grad_w_hr,
+                        double* norm_h, double* norm_c, T* workspace);
+
 }  // namespace rnnkern::cpu
