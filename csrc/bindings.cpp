@@ -15,9 +15,11 @@
 #include "cpu/blas.h"
 #include "cpu/block_pool.h"
 #include "cpu/elman_cpu.h"
+#include "cpu/gated_cpu.h"
 
 namespace py = pybind11;
 using rnnkern::Activation;
+using rnnkern::Cell;
 using rnnkern::Problem;
 
 namespace {
@@ -423,6 +425,176 @@ py::tuple backward(const py::object& x_, const py::object& h0, const py::object&
              : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want, names);
 }
 
+
+// The gated cells (core/gated.h): LSTM (G = 4) and GRU (G = 3) blocks of W_ih, W_hh rows.
+
+const char* cell_name(Cell cell) { return cell == Cell::kLstm ? "lstm" : "gru"; }
+
+// Sizes from x, w_ih (G·H, I) and batch_sizes, checked: make_problem for x and batch_sizes,
+// w_ih checked here first so that its error names G·H.
+Problem gated_problem(Cell cell, const py::array& x, const py::array& w_ih,
+                      const py::object& batch_sizes, bool reverse,
+                      std::vector<int64_t>& storage) {
+  const int64_t G = rnnkern::gate_count(cell);
+  const auto xs = shape_of(x), ws = shape_of(w_ih);
+  if ((xs.size() == 2 || xs.size() == 3) &&
+      (ws.size() != 2 || ws[0] < G || ws[0] % G || ws[1] != xs.back()))
+    throw py::value_error("w_ih must have shape (" + std::to_string(G) + " * hidden_size, " +
+                          std::to_string(xs.back()) + ") for the " + cell_name(cell) +
+                          ", got " + shape_str(ws));
+  Problem p = make_problem(x, w_ih, batch_sizes, reverse, py::str("tanh"), storage);
+  p.hidden_size = ws[0] / G;
+  check_sizes(p.total_rows(), p.input_size, ws[0]);
+  return p;
+}
+
+std::vector<int64_t> with_width(const py::array& x, int64_t width) {
+  auto s = shape_of(x);
+  s.back() = width;
+  return s;
+}
+
+template <typename T>
+py::tuple gated_forward_impl(Cell cell, const py::array& x, const py::object& h0,
+                             const py::object& c0, const py::array& w_ih,
+                             const py::object& w_hh, const py::object& b_ih,
+                             const py::object& b_hh, const Problem& p, Names names,
+                             const char* c0_name) {
+  const bool lstm = cell == Cell::kLstm;
+  const int64_t H = p.hidden_size, B = p.batch, GH = rnnkern::gate_count(cell) * H;
+  const py::object xa = checked<T>(names.x, x, shape_of(x));
+  const py::object h0a = checked<T>(names.h0, h0, {B, H});
+  const py::object c0a = lstm ? checked<T>(c0_name, c0, {B, H}) : py::object(py::none());
+  const py::object wia = checked<T>("w_ih", w_ih, {GH, p.input_size});
+  const py::object wha = checked<T>("w_hh", w_hh, {GH, H});
+  const py::object bia = checked<T>("b_ih", b_ih, {GH}, true);
+  const py::object bha = checked<T>("b_hh", b_hh, {GH}, true);
+  py::array_t<T> y = new_array<T>(with_width(x, H));
+  py::array_t<T> gates = new_array<T>(with_width(x, GH));
+  py::array_t<T> state = new_array<T>(with_width(x, H));
+  const T *xp = data<T>(xa), *hp = data<T>(h0a), *cp = data<T>(c0a), *wi = data<T>(wia);
+  const T *wh = data<T>(wha), *bi = data<T>(bia), *bh = data<T>(bha);
+  T *yp = y.mutable_data(), *gp = gates.mutable_data(), *sp = state.mutable_data();
+  const rnnkern::cpu::Workspace workspace(
+      sizeof(T) * rnnkern::cpu::gated_forward_workspace_size<T>(cell, p));
+  T* ws = static_cast<T*>(workspace.data());
+  {
+    py::gil_scoped_release release;
+    rnnkern::cpu::gated_forward<T>(cell, p, xp, hp, cp, wi, wh, bi, bh, yp, gp, sp, ws);
+  }
+  return py::make_tuple(y, gates, state);
+}
+
+// Which gradients gated_backward computes (the others come back as None), and which norms.
+struct GatedWanted {
+  bool x, h0, c0, w_ih, w_hh, bias, grad_norms;
+};
+
+template <typename T>
+py::tuple gated_backward_impl(Cell cell, const py::array& x, const py::object& h0,
+                              const py::object& c0, const py::array& w_ih,
+                              const py::object& w_hh, const py::object& y,
+                              const py::object& gates, const py::object& state,
+                              const py::object& grad_y, const py::object& grad_hn,
+                              const py::object& grad_cn, const Problem& p, GatedWanted want,
+                              Names names, const char* c0_name) {
+  const bool lstm = cell == Cell::kLstm;
+  const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
+  const int64_t GH = rnnkern::gate_count(cell) * H;
+  const auto ys = with_width(x, H);
+  const py::object xa = checked<T>(names.x, x, shape_of(x));
+  const py::object h0a = checked<T>(names.h0, h0, {B, H});
+  const py::object c0a = lstm ? checked<T>(c0_name, c0, {B, H}) : py::object(py::none());
+  const py::object wia = checked<T>("w_ih", w_ih, {GH, I}), wha = checked<T>("w_hh", w_hh, {GH, H});
+  const py::object ya = checked<T>("y", y, ys);
+  const py::object ga = checked<T>("gates", gates, with_width(x, GH));
+  const py::object sa = checked<T>("state", state, ys);
+  py::object gya = checked_array<T>("grad_y", grad_y, ys);
+  rnnkern::Rows<T> gy;
+  if (!as_rows(py::reinterpret_borrow<py::array>(gya), gy)) {
+    gya = checked<T>("grad_y", gya, ys);
+    gy = rnnkern::Rows<T>{data<T>(gya), H, 1};
+  }
+  const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
+  const py::object gcna = lstm ? checked<T>("grad_cn", grad_cn, {B, H}, true)
+                               : py::object(py::none());
+  auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
+    if (!wanted) return py::none();
+    auto a = new_array<std::remove_reference_t<decltype(*ptr)>>(shape);
+    ptr = a.mutable_data();
+    return std::move(a);
+  };
+  T *gxp = nullptr, *gh0p = nullptr, *gc0p = nullptr, *gwip = nullptr, *gwhp = nullptr;
+  T *gbip = nullptr, *gbhp = nullptr;
+  py::object gx = output(want.x, shape_of(x), gxp), gh0 = output(want.h0, {B, H}, gh0p);
+  py::object gc0 = output(want.c0 && lstm, {B, H}, gc0p);
+  py::object gwi = output(want.w_ih, {GH, I}, gwip), gwh = output(want.w_hh, {GH, H}, gwhp);
+  py::object gbi = output(want.bias, {GH}, gbip), gbh = output(want.bias, {GH}, gbhp);
+  double *nhp = nullptr, *ncp = nullptr;
+  py::object nh = output(want.grad_norms, {p.total_rows()}, nhp);
+  py::object nc = output(want.grad_norms && lstm, {p.total_rows()}, ncp);
+  const rnnkern::cpu::Workspace workspace(
+      sizeof(T) * rnnkern::cpu::gated_backward_workspace_size<T>(cell, p));
+  T* ws = static_cast<T*>(workspace.data());
+  {
+    py::gil_scoped_release release;
+    rnnkern::cpu::gated_backward<T>(cell, p, data<T>(xa), data<T>(h0a), data<T>(c0a),
+                                    data<T>(wia), data<T>(wha), data<T>(ya), data<T>(ga),
+                                    data<T>(sa), gy, data<T>(ghna), data<T>(gcna), gxp, gh0p,
+                                    gc0p, gwip, gwhp, gbip, gbhp, nhp, ncp, ws);
+  }
+  return py::make_tuple(gx, gh0, gc0, gwi, gwh, gbi, gbh, nh, nc);
+}
+
+Cell parse_cell(const std::string& cell) {
+  if (cell == "lstm") return Cell::kLstm;
+  if (cell == "gru") return Cell::kGru;
+  throw py::value_error("cell must be 'lstm' or 'gru', got '" + cell + "'");
+}
+
+py::tuple gated_forward(const std::string& cell_, const py::object& x_, const py::object& h0,
+                        const py::object& c0, const py::object& w_ih_, const py::object& w_hh,
+                        const py::object& b_ih, const py::object& b_hh,
+                        const py::object& batch_sizes, bool reverse, const std::string& x_name,
+                        const std::string& h0_name, const std::string& c0_name) {
+  const Cell cell = parse_cell(cell_);
+  const Names names{x_name.c_str(), h0_name.c_str()};
+  const py::array x = as_array(names.x, x_);
+  const bool dbl = is_double(x, names.x);
+  const py::array w_ih = as_array("w_ih", w_ih_);
+  std::vector<int64_t> storage;
+  const Problem p = gated_problem(cell, x, w_ih, batch_sizes, reverse, storage);
+  return dbl ? gated_forward_impl<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p, names,
+                                          c0_name.c_str())
+             : gated_forward_impl<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p, names,
+                                         c0_name.c_str());
+}
+
+py::tuple gated_backward(const std::string& cell_, const py::object& x_, const py::object& h0,
+                         const py::object& c0, const py::object& w_ih_,
+                         const py::object& w_hh, const py::object& y, const py::object& gates,
+                         const py::object& state, const py::object& grad_y,
+                         const py::object& grad_hn, const py::object& grad_cn,
+                         const py::object& batch_sizes, bool reverse, bool need_x,
+                         bool need_h0, bool need_c0, bool need_w_ih, bool need_w_hh,
+                         bool need_bias, bool grad_norms, const std::string& x_name,
+                         const std::string& h0_name, const std::string& c0_name) {
+  const Cell cell = parse_cell(cell_);
+  const GatedWanted want{need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_bias, grad_norms};
+  const Names names{x_name.c_str(), h0_name.c_str()};
+  const py::array x = as_array(names.x, x_);
+  const bool dbl = is_double(x, names.x);
+  const py::array w_ih = as_array("w_ih", w_ih_);
+  std::vector<int64_t> storage;
+  const Problem p = gated_problem(cell, x, w_ih, batch_sizes, reverse, storage);
+  auto run = [&](auto zero) {
+    return gated_backward_impl<decltype(zero)>(cell, x, h0, c0, w_ih, w_hh, y, gates, state,
+                                               grad_y, grad_hn, grad_cn, p, want, names,
+                                               c0_name.c_str());
+  };
+  return dbl ? run(double(0)) : run(float(0));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -453,4 +625,21 @@ PYBIND11_MODULE(_core, m) {
         "Frees every cached block (outputs, workspaces, idle scratch); returns the bytes freed.");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
+  // The gated cells: cell = "lstm" or "gru" (c0 and grad_cn are the LSTM's, None for the GRU).
+  m.def("gated_forward", &gated_forward, py::arg("cell"), py::arg("x"), py::arg("h0"),
+        py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("x_name") = "x",
+        py::arg("h0_name") = "h0", py::arg("c0_name") = "c0",
+        "(y, gates, state): every h_t, and what backward needs: the activated gates (width "
+        "G·H) and state (LSTM: c_t; GRU: h_{t-1} W_hnᵀ + b_hn), shaped like x.");
+  m.def("gated_backward", &gated_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
+        py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("y"), py::arg("gates"),
+        py::arg("state"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("grad_cn"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,
+        py::arg("need_h0") = true, py::arg("need_c0") = true, py::arg("need_w_ih") = true,
+        py::arg("need_w_hh") = true, py::arg("need_bias") = true,
+        py::arg("grad_norms") = false, py::arg("x_name") = "x", py::arg("h0_name") = "h0",
+        py::arg("c0_name") = "c0",
+        "Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh), None where not needed (c0: GRU), and "
+        "the (N,) float64 norms of ∂L/∂h_t and (LSTM) ∂L/∂c_t per row (None unless grad_norms).");
 }

@@ -45,6 +45,9 @@ from .numpy_api import Gradients, backward, forward  # noqa: E402
 
 __all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
            "reference", "diagnostics", "testing", "isa", "empty_cache", "cuda_available"]
+# The gated cells: rnnkern.LSTM, rnnkern.GRU (torch) and their NumPy-level functions.
+__all__ += ["LSTM", "GRU", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+from .numpy_api import gru_backward, gru_forward, lstm_backward, lstm_forward  # noqa: E402
 
 _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics", "testing")
 
@@ -76,7 +79,7 @@ def empty_cache() -> int:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("RNN", "convert", "revert"):
+    if name in ("RNN", "LSTM", "GRU", "convert", "revert"):
         return getattr(import_module(".modules", __name__), name)
     if name in _TORCH_MODULES:
         return import_module(f".{name}", __name__)

@@ -1,5 +1,6 @@
 """`rnnkern train adding`: the adding problem (Hochreiter & Schmidhuber 1997; Le, Jaitly and
-Hinton 2015) with a gradient-flow heat map recorded by the fused kernel.
+Hinton 2015) with a gradient-flow heat map recorded by the fused kernel, for the Elman RNN,
+the LSTM or the GRU (``cell``).
 
 Each sample has T steps of two channels: a value in [0, 1) and a marker that is 1 at exactly
 two steps, one in each half. The target is the sum of the two marked values. Predicting 1
@@ -18,9 +19,10 @@ from typing import List, Optional, Tuple
 import torch
 
 from .diagnostics import record_gradient_flow
-from .modules import RNN
+from .modules import GRU, LSTM, RNN
 
 BASELINE_MSE = 1 / 6
+CELL_GATES = {"lstm": 4, "gru": 3}
 
 
 def batch(T: int, B: int, generator: torch.Generator):
@@ -37,14 +39,27 @@ def batch(T: int, B: int, generator: torch.Generator):
     return torch.stack([values, markers], -1), target
 
 
+# cell -> (rnnkern class, torch class); the gated cells take no nonlinearity.
+CELLS = {"rnn": (RNN, torch.nn.RNN), "lstm": (LSTM, torch.nn.LSTM), "gru": (GRU, torch.nn.GRU)}
+
+
 class Model(torch.nn.Module):
-    def __init__(self, hidden: int, nonlinearity: str, init: str, engine: str):
+    def __init__(self, hidden: int, nonlinearity: str, init: str, engine: str,
+                 cell: str = "rnn"):
         super().__init__()
-        cls = RNN if engine == "rnnkern" else torch.nn.RNN
-        self.rnn = cls(2, hidden, nonlinearity=nonlinearity, batch_first=True)
+        cls = CELLS[cell][0 if engine == "rnnkern" else 1]
+        if cell == "rnn":
+            self.rnn = cls(2, hidden, nonlinearity=nonlinearity, batch_first=True)
+        else:
+            if init == "identity":
+                raise ValueError("init 'identity' is for the Elman cell (--cell rnn) only")
+            self.rnn = cls(2, hidden, batch_first=True)
         self.head = torch.nn.Linear(hidden, 1)
         with torch.no_grad():
-            if init == "orthogonal":
+            if init == "orthogonal" and cell != "rnn":  # each gate's block of W_hh
+                for block in self.rnn.weight_hh_l0.chunk(CELL_GATES[cell]):
+                    torch.nn.init.orthogonal_(block)
+            elif init == "orthogonal":
                 torch.nn.init.orthogonal_(self.rnn.weight_hh_l0)
             elif init == "identity":  # IRNN (Le, Jaitly and Hinton 2015)
                 self.rnn.weight_hh_l0.copy_(torch.eye(hidden))
@@ -100,9 +115,9 @@ class Progress:
 def train(T: int = 50, steps: int = 2000, hidden: int = 64, nonlinearity: str = "tanh",
           init: str = "default", engine: str = "rnnkern", batch_size: int = 64,
           lr: float = 3e-3, clip: float = 1.0, seed: int = 0,
-          progress: Optional[Progress] = None) -> Run:
+          progress: Optional[Progress] = None, cell: str = "rnn") -> Run:
     torch.manual_seed(seed)
-    model = Model(hidden, nonlinearity, init, engine)
+    model = Model(hidden, nonlinearity, init, engine, cell)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed + 1)
     run = Run()

@@ -1,5 +1,5 @@
-"""Benchmark: rnnkern.RNN against torch.nn.RNN, the autograd loop (rnnkern.reference) and
-torch.compile of that loop; forward (no grad) and train step (forward + backward). A second
+"""Benchmark: rnnkern.RNN against torch.nn.RNN (and rnnkern.LSTM / GRU against torch.nn.LSTM /
+GRU, ``Case.cell``), the autograd loop (rnnkern.reference) and torch.compile of that loop; forward (no grad) and train step (forward + backward). A second
 section times the calls of a step-by-step caller (T = 1 to 10, and a generate loop).
 
 Implementations are interleaved: every repeat times a block of calls of each in turn, so
@@ -33,9 +33,11 @@ class Case:
     layers: int = 1
     bidirectional: bool = False
     packed: bool = False  # variable lengths (uniform in [1, T]) as an unsorted PackedSequence
+    cell: str = "rnn"  # "rnn", "lstm" or "gru": the torch.nn class and its rnnkern drop-in
 
     def label(self) -> str:
-        extra = ([f"L{self.layers}"] if self.layers > 1 else []) + \
+        extra = ([self.cell] if self.cell != "rnn" else []) + \
+            ([f"L{self.layers}"] if self.layers > 1 else []) + \
             (["bi"] if self.bidirectional else []) + (["packed"] if self.packed else [])
         return " ".join(extra) or "-"
 
@@ -64,6 +66,30 @@ FULL_CASES = (
     Case(100, 32, 64, 128, layers=2, bidirectional=True, packed=True),
 )
 
+# `rnnkern bench --cell lstm|gru|all`: the gated cells at the sizes of their targets (README).
+GATED_SIZES = ((100, 16, 32, 64), (100, 64, 256, 512))
+
+
+def gated_cases(cell: str) -> tuple:
+    return tuple(Case(*size, cell=cell) for size in GATED_SIZES)
+
+
+# The torch class and rnnkern's drop-in for each cell, and the blocks of W_hh's rows.
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def classes(cell: str):
+    from .modules import GRU, LSTM
+
+    return {"rnn": (torch.nn.RNN, RNN), "lstm": (torch.nn.LSTM, LSTM),
+            "gru": (torch.nn.GRU, GRU)}[cell]
+
+
+def _state_sum(hidden) -> torch.Tensor:
+    """The sum of h_n (and the LSTM's c_n)."""
+    return sum(h.sum() for h in hidden) if isinstance(hidden, tuple) else hidden.sum()
+
+
 # torch.compile unrolls the reference loop; beyond this many steps compiling takes too long.
 COMPILE_MAX_STEPS = 100
 
@@ -89,12 +115,12 @@ class Result:
 
 def train_flop(case: Case, rows: int) -> float:
     """FLOPs of a train step: per layer-direction 2·N·(I·H + H·H) forward and twice that
-    backward (recurrent product, ∂W_hh, ∂W_ih, ∂x)."""
+    backward (recurrent product, ∂W_hh, ∂W_ih, ∂x), times 4 (LSTM) or 3 (GRU) gate blocks."""
     D = 2 if case.bidirectional else 1
     total = 0.0
     for layer in range(case.layers):
         inputs = case.I if layer == 0 else D * case.H
-        total += D * 6.0 * rows * (inputs * case.H + case.H * case.H)
+        total += D * 6.0 * rows * (inputs * case.H + case.H * case.H) * GATES[case.cell]
     return total
 
 
@@ -199,12 +225,14 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
             sgemm: Optional[float] = None, device: str = "cpu") -> Result:
     torch.manual_seed(seed)
     kwargs = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
-    theirs = torch.nn.RNN(case.I, case.H, **kwargs).to(device)
-    ours = RNN(case.I, case.H, **kwargs).to(device)
+    theirs_class, ours_class = classes(case.cell)
+    theirs = theirs_class(case.I, case.H, **kwargs).to(device)
+    ours = ours_class(case.I, case.H, **kwargs).to(device)
     ours.load_state_dict(theirs.state_dict())
     x = _input(case, dtype, torch.Generator().manual_seed(seed), device)
     leaf = x if isinstance(x, torch.Tensor) else x.data
-    simple = case.layers == 1 and not case.bidirectional and not case.packed
+    simple = (case.layers == 1 and not case.bidirectional and not case.packed
+              and case.cell == "rnn")
     calls: Dict[str, Callable] = {"torch": theirs, "rnnkern": ours}
     if simple and "reference" in impls:
         calls["reference"] = _reference_loop(theirs)
@@ -226,7 +254,7 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
             ours.zero_grad(set_to_none=True)
             out, h_n = fn(x)
             out = out.data if isinstance(out, PackedSequence) else out
-            (out.sum() + h_n.sum()).backward()
+            (out.sum() + _state_sum(h_n)).backward()
         return run
 
     result = Result(case, device=torch.device(device).type)

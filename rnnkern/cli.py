@@ -150,6 +150,7 @@ def _bench(args: argparse.Namespace) -> int:
                             packed=args.packed) for size in args.size]
     else:
         cases = bench.FULL_CASES if args.full else bench.DEFAULT_CASES
+    cases = _cells_cases(args, cases)
     impls = ("torch", *(args.impl or (bench.IMPLEMENTATIONS[1:] if args.full else ("rnnkern",))))
     meta = {"machine": cpu_model(), "torch": torch.__version__, "dtype": args.dtype,
             "kernels": isa(), "threads": torch.get_num_threads(),
@@ -172,7 +173,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"device: {meta['device']}", flush=True)
     data = dict(meta)
     if grid:
-        print("rnnkern.RNN vs torch.nn.RNN: forward (no grad) and train step "
+        print(_cells_title(args) + ": forward (no grad) and train step "
               "(forward + backward)", flush=True)
         results = bench.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
                             device=args.device)
@@ -198,6 +199,35 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+_CELL_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def _cells(args: argparse.Namespace) -> List[str]:
+    return ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
+
+
+def _cells_cases(args: argparse.Namespace, cases) -> list:
+    """bench --cell: the cases for each cell (the gated cells' own sizes unless --size)."""
+    import dataclasses
+
+    from . import bench
+
+    out = []
+    for cell in _cells(args):
+        if cell == "rnn":
+            out += list(cases)
+        elif args.size:
+            out += [dataclasses.replace(c, cell=cell) for c in cases]
+        else:
+            out += list(bench.gated_cases(cell))
+    return out
+
+
+def _cells_title(args: argparse.Namespace) -> str:
+    return ", ".join(f"rnnkern.{_CELL_NAMES[c]} vs torch.nn.{_CELL_NAMES[c]}"
+                     for c in _cells(args))
+
+
 def _vanish(args: argparse.Namespace) -> int:
     if not _torch_or_exit():
         return 1
@@ -206,10 +236,15 @@ def _vanish(args: argparse.Namespace) -> int:
     print(f"‖∂L/∂h_t‖ against the distance k from the loss, T={args.T}, H={args.hidden}, "
           f"B={args.batch_size}, W_hh = gain · orthogonal", flush=True)
     curves = vanish.compute(T=args.T, B=args.batch_size, H=args.hidden, gains=args.gains,
-                            seed=args.seed)
+                            seed=args.seed, cell=args.cell)
     print(vanish.table(curves))
-    print(f"the RNN (kernel) and the MLP (autograd) agree to a relative difference of "
-          f"{vanish.agreement(curves):.1e} at most")
+    if args.cell == "rnn":
+        print(f"the RNN (kernel) and the MLP (autograd) agree to a relative difference of "
+              f"{vanish.agreement(curves):.1e} at most")
+    print(f"\nthe three cells at the same T={args.T}, as torch initialises them, the LSTM's "
+          f"forget and the GRU's update gate bias +{vanish.GATE_BIAS:g} (first / last: the "
+          "gradient at the first step over the one at the last)")
+    print(vanish.cells_table(curves))
     try:
         path = os.path.join(args.out, "vanish.png")
         vanish.plot(curves, path)
@@ -228,13 +263,14 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     from . import adding
 
-    title = (f"adding problem T={args.T}, {args.nonlinearity}, init {args.init}, "
+    kind = args.nonlinearity if args.cell == "rnn" else args.cell
+    title = (f"adding problem T={args.T}, {kind}, init {args.init}, "
              f"H={args.hidden}, {args.engine}")
     print(title, flush=True)
     run = adding.train(T=args.T, steps=args.steps, hidden=args.hidden,
                        nonlinearity=args.nonlinearity, init=args.init, engine=args.engine,
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       progress=adding.Progress(args.steps))
+                       progress=adding.Progress(args.steps), cell=args.cell)
     print(f"wall time {run.seconds:.2f} s ({1e3 * run.seconds / args.steps:.2f} ms per step)")
     print(f"final training MSE {run.losses[-1]:.4f}, test MSE {run.test_mse:.4f} "
           f"(predicting 1: {adding.BASELINE_MSE:.3f})")
@@ -242,7 +278,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"gradient reaching the first step, ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖ (measured in "
               f"float64): {_format_reach(run.reach[0])} before training, "
               f"{_format_reach(run.reach[1])} after")
-    stem = f"adding-T{args.T}-{args.nonlinearity}-{args.init}-{args.engine}"
+    stem = f"adding-T{args.T}-{kind}-{args.init}-{args.engine}"
     try:
         loss_path = os.path.join(args.out, stem + "-loss.png")
         adding.plot_losses(run, title, loss_path)
@@ -252,8 +288,8 @@ def _train(args: argparse.Namespace) -> int:
             adding.plot_flow(run, title, flow_path)
             _wrote(flow_path)
         else:
-            print("no gradient-flow heat map: torch.nn.RNN cannot record it "
-                  "(use --engine rnnkern)")
+            print(f"no gradient-flow heat map: torch.nn.{_CELL_NAMES[args.cell]} cannot "
+                  "record it (use --engine rnnkern)")
     except ImportError:
         _no_matplotlib()
     return 0
@@ -360,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--impl", choices=["rnnkern", "reference", "compiled"], action="append",
                    help="what to compare with torch.nn.RNN, which is always timed "
                         "(repeatable; default: rnnkern, and all three with --full)")
+    b.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="rnn",
+                   help="which layer: rnn (torch.nn.RNN), lstm, gru, or all three; the gated "
+                        "cells run their own sizes unless --size is given")
     b.add_argument("--repeats", type=_positive, default=5, help="timed repeats (median)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of inputs and weights")
@@ -382,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--gains", type=_positive_float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5],
                    help="W_hh = gain · a random orthogonal matrix, one curve per gain")
     v.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    v.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn",
+                   help="the gain sweep's layer: rnn (tanh and relu, with the tied-weight MLP), "
+                        "lstm or gru; the three cells side by side are shown for every choice")
     _add_out(v, "vanish.png")
     v.set_defaults(func=_vanish, parser=v)
 
@@ -398,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation")
     t.add_argument("--init", choices=["default", "orthogonal", "identity"], default="default",
                    help="W_hh initialisation; identity with relu is the IRNN")
+    t.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn",
+                   help="the recurrent layer: Elman RNN (--nonlinearity applies), LSTM or GRU")
     t.add_argument("--engine", choices=["rnnkern", "torch"], default="rnnkern",
                    help="rnnkern.RNN or torch.nn.RNN (no gradient-flow map)")
     t.add_argument("--batch-size", type=_positive, default=64, help="samples per iteration")
@@ -476,6 +520,10 @@ def _check(args: argparse.Namespace) -> None:
                      "(--device cpu)")
     if args.command == "check":
         _check_arguments_of_check(args)
+    if args.command == "train" and args.cell != "rnn" and args.init == "identity":
+        parser.error("argument --init: identity is for --cell rnn only")
+    if args.command == "train" and args.cell != "rnn" and args.nonlinearity != "tanh":
+        parser.error("argument --nonlinearity: applies to --cell rnn only")
     args.out = _out_dir(parser, args.out)
 
 

@@ -4,7 +4,8 @@ BPTT multiplies one Jacobian diag(φ'(a_t)) W_hh per step, so ‖∂h_T/∂h_t�
 for tanh and relu (Pascanu, Mikolov and Bengio, 2013).
 
 - :func:`record_gradient_flow` records ‖∂L/∂h_t‖₂ inside the fused backward of an
-  ``rnnkern.RNN`` (the kernel has d_t in hand; no autograd hooks).
+  ``rnnkern.RNN``, ``LSTM`` or ``GRU`` (the kernel has d_t in hand; no autograd hooks), and
+  ‖∂L/∂c_t‖₂ for the LSTM, whose additive cell path is why its gradient survives.
 - :func:`jacobian_norms` gives the spectral norms of the Jacobian products themselves.
 """
 
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .functional import rnn_layers
-from .modules import RNN
+from .modules import GRU, LSTM, RNN
 
 __all__ = ["GradientFlow", "record_gradient_flow", "JacobianNorms", "jacobian_norms"]
 
@@ -35,6 +36,8 @@ class GradientFlow:
             sequence has no such step, and for every step of a layer-direction whose
             backward did not run. None until a backward pass has run.
         history: the norms of every backward pass in the block, oldest first.
+        cell_norms, cell_history: the same for ‖∂L/∂c_t‖₂ of an ``rnnkern.LSTM`` (the
+            cell state); None and empty for the other layers.
         not_recorded: the (layer, direction) pairs whose backward did not run in the last
             backward pass (frozen weights and an input that needs no gradient: autograd
             skips them). Their rows of ``norms`` are NaN; a warning names them once.
@@ -42,6 +45,7 @@ class GradientFlow:
 
     def __init__(self) -> None:
         self.history: List[Tensor] = []
+        self.cell_history: List[Tensor] = []
         self.not_recorded: List[Tuple[int, int]] = []
         self._warned = False
 
@@ -49,10 +53,16 @@ class GradientFlow:
     def norms(self) -> Optional[Tensor]:
         return self.history[-1] if self.history else None
 
+    @property
+    def cell_norms(self) -> Optional[Tensor]:
+        return self.cell_history[-1] if self.cell_history else None
+
     def _expect(self, directions: int, count: int, T: int, B: int,
-                to_steps: Callable[[Tensor], Tensor]):
-        """A callback for one forward pass: collects ``count`` layer-directions' norms; an
-        index reported with None at forward time will get no backward."""
+                to_steps: Callable[[Tensor], Tensor], history: Optional[List[Tensor]] = None):
+        """A callback for one forward pass: collects ``count`` layer-directions' norms (into
+        ``history``, default self.history); an index reported with None at forward time will
+        get no backward."""
+        history = self.history if history is None else history
         parts: List[Optional[Tensor]] = [None] * count
         absent: List[int] = []
 
@@ -65,7 +75,7 @@ class GradientFlow:
                 return
             device = next(p for p in parts if p is not None).device
             nan = torch.full((T, B), math.nan, dtype=torch.float64, device=device)
-            self.history.append(torch.stack([nan if p is None else p for p in parts]))
+            history.append(torch.stack([nan if p is None else p for p in parts]))
             parts[:] = [None] * count
             self.not_recorded = [divmod(i, directions) for i in sorted(absent)]
             if self.not_recorded and not self._warned:
@@ -97,19 +107,25 @@ def _steps_by_batch(T: int, B: int, batch_sizes: Optional[Tensor],
 
 
 @contextlib.contextmanager
-def record_gradient_flow(rnn: RNN) -> Iterator[GradientFlow]:
-    """Record ‖∂L/∂h_t‖₂ during the backward passes of ``rnn`` inside the block.
+def record_gradient_flow(rnn: Union[RNN, LSTM, GRU]) -> Iterator[GradientFlow]:
+    """Record ‖∂L/∂h_t‖₂ (and, for an LSTM, ‖∂L/∂c_t‖₂) during the backward passes of ``rnn``
+    inside the block.
 
     The fused kernel computes the norms in the backward pass it runs anyway. Eager mode only.
+    An LSTM with proj_size runs on the reference loop and cannot record.
 
     >>> with record_gradient_flow(rnn) as flow:
     ...     loss(rnn(x)).backward()
     >>> flow.norms.shape            # (num_layers * num_directions, T, B)
     """
-    if not isinstance(rnn, RNN):
-        raise TypeError(f"rnn must be an rnnkern.RNN, got {type(rnn).__name__}")
+    if not isinstance(rnn, (RNN, LSTM, GRU)):
+        wanted = next((f"rnnkern.{c.__name__}" for c in (torch.nn.RNN, torch.nn.LSTM,
+                                                         torch.nn.GRU) if isinstance(rnn, c)),
+                      "rnnkern.RNN, LSTM or GRU")
+        raise TypeError(f"rnn must be an {wanted}, got {type(rnn).__name__}")
     if rnn._gradient_flow is not None:
-        raise RuntimeError("this rnnkern.RNN is already recording its gradient flow")
+        raise RuntimeError(f"this rnnkern.{type(rnn).__name__} is already recording its "
+                           "gradient flow")
     flow = GradientFlow()
     rnn._gradient_flow = flow
     try:
@@ -127,6 +143,28 @@ def _flow_callback(rnn: RNN, batch_sizes: Optional[Tensor], T: int, B: int,
     directions = 2 if rnn.bidirectional else 1
     return flow._expect(directions, rnn.num_layers * directions, T, B,
                         _steps_by_batch(T, B, batch_sizes, unsorted_indices))
+
+
+def _gated_flow_callback(rnn: Union[LSTM, GRU], batch_sizes: Optional[Tensor], T: int, B: int,
+                         unsorted_indices: Optional[Tensor]):
+    """The on_grad_norms(index, norm_h, norm_c) callback of rnnkern.functional's gated layers
+    for one forward pass of a recording LSTM or GRU, else None."""
+    flow = rnn._gradient_flow
+    if flow is None:
+        return None
+    directions = 2 if rnn.bidirectional else 1
+    count = rnn.num_layers * directions
+    to_steps = _steps_by_batch(T, B, batch_sizes, unsorted_indices)
+    receive_h = flow._expect(directions, count, T, B, to_steps)
+    receive_c = flow._expect(directions, count, T, B, to_steps, flow.cell_history) \
+        if isinstance(rnn, LSTM) else None
+
+    def receive(index: int, norm_h: Optional[Tensor], norm_c: Optional[Tensor]) -> None:
+        receive_h(index, norm_h)
+        if receive_c is not None:
+            receive_c(index, norm_c)
+
+    return receive
 
 
 class JacobianNorms(NamedTuple):

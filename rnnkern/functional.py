@@ -1,4 +1,6 @@
-"""torch-level API: one Elman RNN layer (:func:`rnn`) and a stack of them (:func:`rnn_layers`).
+"""torch-level API: one Elman RNN layer (:func:`rnn`) and a stack of them (:func:`rnn_layers`);
+the same for the LSTM and GRU (:func:`lstm`, :func:`gru`, :func:`lstm_layers`, :func:`gru_layers`,
+on the ops ``rnnkern::gated_forward`` / ``rnnkern::gated_backward``).
 
 ``rnnkern::rnn_forward`` and ``rnnkern::rnn_backward`` are ``torch.library.custom_op``s with
 fake (meta) implementations and a registered autograd formula, so :func:`rnn` works under
@@ -22,7 +24,8 @@ from torch import Tensor
 
 from . import _core, gpu, reference
 
-__all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward"]
+__all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward", "lstm", "gru", "lstm_layers",
+           "gru_layers", "gated_forward", "gated_backward"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -424,3 +427,309 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     return output, torch.stack(h_n)
+
+
+
+# The gated cells (DESIGN.md section 1b): one op set parametrised by cell, "lstm" or "gru".
+# The LSTM's c0 / c_n / grad_cn are None (empty for the ops) for the GRU.
+
+_GATES = {"lstm": 4, "gru": 3}
+
+
+def _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, own=True):
+    """(y, h_n, c_n, state, gates): state and gates are what backward reads (see
+    rnnkern.numpy_api); c_n is None for the GRU."""
+    y, gates, state = (torch.from_numpy(a) for a in _core.gated_forward(
+        cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
+        _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
+        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx", c0_name="cx"))
+    batch = h0.shape[0]
+    h_n = _final_state(y, batch, batch_sizes, reverse, own)
+    c_n = _final_state(state, batch, batch_sizes, reverse) if cell == "lstm" else None
+    return y, h_n, c_n, state, gates
+
+
+def _gated_backward(cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn, grad_cn,
+                    batch_sizes, reverse, output_mask, grad_norms=False):
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh), None where output_mask (x, h0, c0,
+    w_ih, w_hh, bias) is False, and the (N,) float64 norms of ∂L/∂h_t and (LSTM) ∂L/∂c_t."""
+    *grads, norm_h, norm_c = _core.gated_backward(
+        cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
+        _numpy("w_hh", w_hh), _numpy("y", y), _numpy("gates", gates), _numpy("state", state),
+        _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), _numpy("grad_cn", grad_cn),
+        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms,
+        x_name="input", h0_name="hx", c0_name="cx")
+    grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
+    norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c))
+    return grads, norms
+
+
+def _gated_mask(needs):
+    """output_mask for the inputs (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, …)."""
+    return [needs[1], needs[2], needs[3], needs[4], needs[5], needs[6] or needs[7]]
+
+
+def _gated_input_grads(needs, grads):
+    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh = grads
+    return (None, *(g if need else None for g, need in
+                    zip((gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh), needs[1:8])), None, None)
+
+
+@torch.library.custom_op("rnnkern::gated_forward", mutates_args=())
+def gated_forward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+                  w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                  batch_sizes: Optional[Tensor], reverse: bool
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, h_n, c_n, state, gates) of one LSTM or GRU layer-direction; c_n is empty for the
+    GRU; state and gates are saved for backward."""
+    y, h_n, c_n, state, gates = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                               batch_sizes, reverse)
+    return y, h_n, x.new_empty(0) if c_n is None else c_n, state, gates
+
+
+@gated_forward.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
+    hidden = w_hh.shape[1]
+    y = x.new_empty((*x.shape[:-1], hidden))
+    c_n = x.new_empty(0) if c0 is None else c0.new_empty(c0.shape)
+    return (y, h0.new_empty(h0.shape), c_n, x.new_empty((*x.shape[:-1], hidden)),
+            x.new_empty((*x.shape[:-1], w_hh.shape[0])))
+
+
+@torch.library.custom_op("rnnkern::gated_backward", mutates_args=())
+def gated_backward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+                   w_hh: Tensor, y: Tensor, state: Tensor, gates: Tensor, grad_y: Tensor,
+                   grad_hn: Tensor, grad_cn: Optional[Tensor], batch_sizes: Optional[Tensor],
+                   reverse: bool, output_mask: List[bool]
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh) of one layer-direction; ``output_mask``
+    (x, h0, c0, w_ih, w_hh, bias) says which to compute, the others come back empty."""
+    grads, _ = _gated_backward(cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn,
+                               grad_cn, batch_sizes, reverse, output_mask)
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+@gated_backward.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn, grad_cn, batch_sizes,
+      reverse, output_mask):
+    wanted = [*output_mask[:5], output_mask[5], output_mask[5]]
+    wanted[2] = wanted[2] and c0 is not None
+    shapes = (x.shape, h0.shape, h0.shape, w_ih.shape, w_hh.shape, (w_hh.shape[0],),
+              (w_hh.shape[0],))
+    return tuple(x.new_empty(shape if want else (0,)) for shape, want in zip(shapes, wanted))
+
+
+def _gated_setup_context(ctx, inputs, output):
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse = inputs
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, output[0], output[3], output[4], batch_sizes)
+    ctx.cell = cell
+    ctx.reverse = reverse
+
+
+def _gated_op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_state, _grad_gates):
+    x, h0, c0, w_ih, w_hh, y, state, gates, batch_sizes = ctx.saved_tensors
+    grads = gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, y, state, gates, grad_y, grad_hn,
+                           grad_cn if ctx.cell == "lstm" else None, batch_sizes, ctx.reverse,
+                           _gated_mask(ctx.needs_input_grad))
+    return _gated_input_grads(ctx.needs_input_grad, grads)
+
+
+gated_forward.register_autograd(_gated_op_backward, setup_context=_gated_setup_context)
+
+
+def _gated_reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    """(y, h_n, c_n) on the reference loop (c_n None for the GRU)."""
+    if cell == "lstm":
+        y, (h_n, c_n) = reference.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr,
+                                       batch_sizes=batch_sizes, reverse=reverse)
+        return y, h_n, c_n
+    y, h_n = reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes,
+                           reverse=reverse)
+    return y, h_n, None
+
+
+class _EagerGated(torch.autograd.Function):
+    """The gated op without the custom-op dispatch, for eager mode (see _EagerRNN). The
+    GRU's c0 and c_n are None. on_grad_norms gets (norm_h, norm_c) at each backward."""
+
+    @staticmethod
+    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                on_grad_norms):
+        y, h_n, c_n, state, gates = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                   batch_sizes, reverse)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, state, gates, batch_sizes)
+        ctx.cell, ctx.reverse, ctx.on_grad_norms = cell, reverse, on_grad_norms
+        return y, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn, grad_cn):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, state, gates, batch_sizes = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            wanted = [i for i, need in enumerate(ctx.needs_input_grad[1:8]) if need]
+            with torch.enable_grad():
+                out = _gated_reference(ctx.cell, *inputs, None, batch_sizes, ctx.reverse)
+                pairs = [(o, g) for o, g in zip(out, (grad_y, grad_hn, grad_cn)) if o is not None]
+                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                            [g for _, g in pairs], create_graph=True,
+                                            allow_unused=True)
+            grads = [None] * 7
+            for i, g in zip(wanted, found):
+                grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+            return (None, *grads, None, None, None)
+        record = ctx.on_grad_norms is not None
+        grads, norms = _gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, y, state, gates,
+                                       grad_y, grad_hn, grad_cn, batch_sizes, ctx.reverse,
+                                       _gated_mask(ctx.needs_input_grad), record)
+        if record:
+            ctx.on_grad_norms(*norms)
+        return (*_gated_input_grads(ctx.needs_input_grad, grads), None)
+
+
+def _gated_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
+                 on_grad_norms=None, own=True):
+    """(y, h_n, c_n) of one layer-direction, chosen as _layer chooses (c_n None for the GRU).
+    An LSTM with proj_size (w_hr) runs on the reference loop: the kernels do not project."""
+    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+    if torch.compiler.is_compiling() and w_hr is None:
+        if on_grad_norms is not None:
+            raise RuntimeError("gradient-flow recording runs in eager mode only, "
+                               "not under torch.compile")
+        y, h_n, c_n, _, _ = gated_forward(*args)
+        return y, h_n, c_n if cell == "lstm" else None
+    if w_hr is not None or _on_reference(x):
+        if on_grad_norms is not None:
+            raise RuntimeError("gradient-flow recording needs rnnkern's kernels, which do not "
+                               "run an LSTM with proj_size")
+        return _gated_reference(*args[:8], w_hr, batch_sizes, reverse)
+    if _tracked(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return _EagerGated.apply(*args, on_grad_norms)
+    y, h_n, c_n, _, _ = _gated_forward(*args, own=own)
+    return y, h_n, c_n
+
+
+def _check_tensors(**named):
+    for name, t in named.items():
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,
+         b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+         w_hr: Optional[Tensor] = None, *, batch_sizes: Optional[Tensor] = None,
+         reverse: bool = False,
+         on_grad_norms: Optional[Callable[[Tensor, Tensor], None]] = None
+         ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """One LSTM layer in one direction (torch.nn.LSTM's math), differentiable in every tensor.
+
+    Arguments as :func:`rnn`, with hx = (h0, c0) (B, H) each or None for zeros, w_ih (4H, I),
+    w_hh (4H, H), b_ih, b_hh (4H,). w_hr (P, H) (proj_size; then h0 and w_hh have P columns)
+    runs on the reference loop. on_grad_norms gets (‖∂L/∂h_t‖₂, ‖∂L/∂c_t‖₂) per row.
+
+    Returns:
+        (output, (h_n, c_n)), output (T, B, H) or packed (N, H).
+    """
+    _check_tensors(input=input, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
+                   batch_sizes=batch_sizes)
+    batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
+    if hx is None:
+        hx = (input.new_zeros(batch, w_hh.shape[1]), input.new_zeros(batch, w_hh.shape[0] // 4))
+    _check_tensors(hx=hx[0], cx=hx[1])
+    y, h_n, c_n = _gated_layer("lstm", input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, w_hr,
+                               batch_sizes, reverse, on_grad_norms)
+    return y, (h_n, c_n)
+
+
+def gru(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+        batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+        on_grad_norms: Optional[Callable[[Tensor, None], None]] = None
+        ) -> Tuple[Tensor, Tensor]:
+    """One GRU layer in one direction (torch.nn.GRU's math), differentiable in every tensor.
+
+    Arguments as :func:`rnn`, with w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,).
+    on_grad_norms gets (‖∂L/∂h_t‖₂ per row, None).
+
+    Returns:
+        (output, h_n), output (T, B, H) or packed (N, H).
+    """
+    _check_tensors(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                   batch_sizes=batch_sizes)
+    if hx is None:
+        batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
+        hx = input.new_zeros(batch, w_hh.shape[1])
+    y, h_n, _ = _gated_layer("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, None, batch_sizes,
+                             reverse, on_grad_norms)
+    return y, h_n
+
+
+def _gated_layers(cell, input, h0, c0, weights, num_layers, bidirectional, dropout, training,
+                  batch_first, batch_sizes, on_grad_norms):
+    """The stack of _gated_layer as torch's _VF.lstm / _VF.gru compute it; (output, h_n,
+    c_n) with c_n None for the GRU."""
+    directions = 2 if bidirectional else 1
+    per_direction = len(weights) // (num_layers * directions)
+    # LSTM weights per direction: w_ih, w_hh, [b_ih, b_hh], [w_hr]
+    has_bias = per_direction >= 4
+    has_proj = cell == "lstm" and per_direction in (3, 5)
+    if batch_first and batch_sizes is None:
+        input = input.transpose(0, 1)
+    layer_input = input
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            w = weights[index * per_direction:(index + 1) * per_direction]
+            b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
+            w_hr = w[-1] if has_proj else None
+            c0_i = c0[index] if c0 is not None else None
+            record = None
+            if on_grad_norms is not None:
+                if _tracked(layer_input, h0[index], c0_i, *w):
+                    record = functools.partial(on_grad_norms, index)
+                else:
+                    on_grad_norms(index, None, None)
+            out, h, c = _gated_layer(cell, layer_input, h0[index], c0_i, w[0], w[1], b_ih, b_hh,
+                                     w_hr, batch_sizes, direction == 1, record, own=False)
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
+    output = layer_input
+    if batch_first and batch_sizes is None:
+        output = output.transpose(0, 1)
+    return output, torch.stack(h_n), torch.stack(c_n) if cell == "lstm" else None
+
+
+def lstm_layers(input: Tensor, hx: Tuple[Tensor, Tensor], weights: List[Tensor],
+                num_layers: int, bidirectional: bool, dropout: float = 0.0,
+                training: bool = False, batch_first: bool = False,
+                batch_sizes: Optional[Tensor] = None,
+                on_grad_norms: Optional[Callable[[int, Optional[Tensor], Optional[Tensor]],
+                                                 None]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """A stack of LSTM layers, as ``torch._VF.lstm`` computes it; see :func:`rnn_layers`.
+
+    hx = (h0, c0), (num_layers · D, B, P) and (num_layers · D, B, H); weights in
+    ``torch.nn.LSTM._flat_weights`` order (w_ih, w_hh, [b_ih, b_hh], [w_hr] per layer and
+    direction). on_grad_norms(index, norm_h, norm_c) as in :func:`rnn_layers`.
+    Returns (output, (h_n, c_n)).
+    """
+    output, h_n, c_n = _gated_layers("lstm", input, hx[0], hx[1], weights, num_layers,
+                                     bidirectional, dropout, training, batch_first,
+                                     batch_sizes, on_grad_norms)
+    return output, (h_n, c_n)
+
+
+def gru_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
+               bidirectional: bool, dropout: float = 0.0, training: bool = False,
+               batch_first: bool = False, batch_sizes: Optional[Tensor] = None,
+               on_grad_norms: Optional[Callable[[int, Optional[Tensor], None], None]] = None
+               ) -> Tuple[Tensor, Tensor]:
+    """A stack of GRU layers, as ``torch._VF.gru`` computes it; see :func:`lstm_layers`."""
+    output, h_n, _ = _gated_layers("gru", input, hx, None, weights, num_layers, bidirectional,
+                                   dropout, training, batch_first, batch_sizes, on_grad_norms)
+    return output, h_n

@@ -1,8 +1,9 @@
-"""``rnnkern.RNN``: a drop-in for ``torch.nn.RNN`` that runs on rnnkern's kernels.
+"""``rnnkern.RNN``, ``rnnkern.LSTM`` and ``rnnkern.GRU``: drop-ins for ``torch.nn.RNN``,
+``torch.nn.LSTM`` and ``torch.nn.GRU`` that run on rnnkern's kernels.
 
-It is a subclass of ``torch.nn.RNN``: same constructor, parameters, state_dict, repr and
+Each is a subclass of its torch class: same constructor, parameters, state_dict, repr and
 errors. Only the computation in ``forward`` differs. :func:`convert` and :func:`revert` swap
-the class of every RNN inside an existing model.
+the class of every such layer inside an existing model.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import rnn_layers
+from .functional import gru_layers, lstm_layers, rnn_layers
 
-__all__ = ["RNN", "convert", "revert"]
+__all__ = ["RNN", "LSTM", "GRU", "convert", "revert"]
 
 # Computed in float32 inside and returned in the input's dtype.
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -219,32 +220,244 @@ def _swap_classes(model: torch.nn.Module, old: type, new: type) -> torch.nn.Modu
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Makes every ``torch.nn.RNN`` inside ``model`` (``model`` itself included) an
-    ``rnnkern.RNN``, in place, and returns ``model``.
+    """Makes every ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` inside ``model``
+    (``model`` itself included) an ``rnnkern.RNN``, ``LSTM`` or ``GRU``, in place, and returns
+    ``model``.
 
     Each module keeps its identity, Parameter objects, hooks and state, so an optimizer made
     before the call keeps training the same tensors; only the class changes, the way
     ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` swaps batch norms. Subclasses of
-    ``torch.nn.RNN`` are left alone (their forward may differ). Undo with :func:`revert`.
+    the torch classes are left alone (their forward may differ). Undo with :func:`revert`.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
-        if type(module) is torch.nn.RNN:
+        if type(module) in _DROP_INS:
             _let_dynamo_trace_rnn_modules()
             break
-    return _swap_classes(model, torch.nn.RNN, RNN)
+    for theirs, ours in _DROP_INS.items():
+        _swap_classes(model, theirs, ours)
+    return model
 
 
 def revert(model: torch.nn.Module) -> torch.nn.Module:
-    """Makes every ``rnnkern.RNN`` inside ``model`` a ``torch.nn.RNN`` again, in place, and
-    returns ``model``: the inverse of :func:`convert` (e.g. to save a checkpoint that loads
-    where rnnkern is not installed)."""
+    """Makes every ``rnnkern.RNN``, ``LSTM`` and ``GRU`` inside ``model`` its torch class
+    again, in place, and returns ``model``: the inverse of :func:`convert` (e.g. to save a
+    checkpoint that loads where rnnkern is not installed)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return _swap_classes(model, RNN, torch.nn.RNN)
+    for theirs, ours in _DROP_INS.items():
+        _swap_classes(model, ours, theirs)
+    return model
 
 
 # torch.load's default weights_only unpickler accepts only allow-listed classes; rnnkern.RNN
 # holds nothing but torch.nn.RNN's tensors and attributes.
 torch.serialization.add_safe_globals([RNN])
+
+
+
+# The gated cells. Their forward follows torch.nn.LSTM.forward / torch.nn.GRU.forward line by
+# line; only the _VF call is replaced.
+
+def _gated_compute(module, cell: str, input: Tensor, hx, batch_sizes: Optional[Tensor],
+                   on_grad_norms=None):
+    """(output, hidden) of an LSTM (hx, hidden: (h, c)) or a GRU, computed in float32 for
+    float16/bfloat16 and under autocast, as RNN._compute."""
+    result_dtype = input.dtype
+    device_type = input.device.type
+    # Under CPU autocast torch returns the LSTM in the autocast dtype and the GRU in float32.
+    if (input.dtype == torch.float32 and torch.is_autocast_enabled(device_type)
+            and (cell == "lstm" or device_type != "cpu")):
+        result_dtype = torch.get_autocast_dtype(device_type)
+    compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype
+    weights = module._flat_weights
+    states = hx if cell == "lstm" else (hx,)
+    if input.dtype != compute_dtype or any(w.dtype != compute_dtype for w in weights):
+        input = input.to(compute_dtype)
+        states = tuple(h.to(compute_dtype) for h in states)
+        weights = [w.to(compute_dtype) for w in weights]
+    args = (input, states if cell == "lstm" else states[0], weights, module.num_layers,
+            module.bidirectional, module.dropout, module.training, module.batch_first,
+            batch_sizes, on_grad_norms)
+    if cell == "lstm":
+        output, hidden = lstm_layers(*args)
+        if output.dtype != result_dtype:
+            output, hidden = output.to(result_dtype), tuple(h.to(result_dtype) for h in hidden)
+        return output, tuple(hidden)
+    output, hidden = gru_layers(*args)
+    if output.dtype != result_dtype:
+        output, hidden = output.to(result_dtype), hidden.to(result_dtype)
+    return output, hidden
+
+
+def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
+    if module._gradient_flow is None:
+        return None
+    from .diagnostics import _gated_flow_callback
+
+    steps = input.size(1 if module.batch_first else 0) if batch_sizes is None \
+        else batch_sizes.numel()
+    return _gated_flow_callback(module, batch_sizes, steps, int(max_batch_size),
+                                unsorted_indices)
+
+
+class LSTM(torch.nn.LSTM):
+    """``torch.nn.LSTM`` with forward and backward on rnnkern's fused CPU kernels.
+
+    Use it exactly like ``torch.nn.LSTM``; dtypes, fallbacks, compile and saving as for
+    :class:`RNN`. With ``proj_size`` > 0 it runs on the autograd loop of
+    ``rnnkern.reference`` (same results; the kernels do not project yet).
+    """
+
+    _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _let_dynamo_trace_rnn_modules()
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: rnnkern reads the weights where they are."""
+
+    def forward(self, input: Union[Tensor, PackedSequence],
+                hx: Optional[Tuple[Tensor, Tensor]] = None):
+        """Runs the forward pass, like ``torch.nn.LSTM.forward``."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if data.device.type == "meta":
+            return super().forward(input, hx)
+        self._update_flat_weights()
+        orig_input = input
+        batch_sizes = None
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        is_batched = True
+        batch_dim = 0 if self.batch_first else 1
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D "
+                                 "instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = unsorted_indices = None
+        if hx is None:
+            layers = self.num_layers * num_directions
+            hx = (torch.zeros(layers, max_batch_size, real_hidden_size, dtype=input.dtype,
+                              device=input.device),
+                  torch.zeros(layers, max_batch_size, self.hidden_size, dtype=input.dtype,
+                              device=input.device))
+        else:
+            if batch_sizes is None:
+                dims = 3 if is_batched else 2
+                if hx[0].dim() != dims or hx[1].dim() != dims:
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {dims}-D but "
+                                       f"got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                if not is_batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(input, hx, batch_sizes)
+        for h in hx:
+            RNN._check_hidden_matches_input(self, input, h, batch_sizes)
+        output, hidden = _gated_compute(
+            self, "lstm", input, hx, batch_sizes,
+            _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
+        if isinstance(orig_input, PackedSequence):
+            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output_packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+class GRU(torch.nn.GRU):
+    """``torch.nn.GRU`` with forward and backward on rnnkern's fused CPU kernels.
+
+    Use it exactly like ``torch.nn.GRU``; dtypes, fallbacks, compile and saving as for
+    :class:`RNN`.
+    """
+
+    _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _let_dynamo_trace_rnn_modules()
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: rnnkern reads the weights where they are."""
+
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
+                ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+        """Runs the forward pass, like ``torch.nn.GRU.forward``."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if data.device.type == "meta":
+            return super().forward(input, hx)
+        self._update_flat_weights()
+        orig_input = input
+        is_batched = True
+        batch_dim = 0 if self.batch_first else 1
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if input.dim() not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D "
+                                 "instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError("For unbatched 2-D input, hx should also be 2-D but "
+                                           f"got {hx.dim()}-D tensor")
+                    hx = hx.unsqueeze(1)
+            elif hx is not None and hx.dim() != 3:
+                raise RuntimeError("For batched 3-D input, hx should also be 3-D but got "
+                                   f"{hx.dim()}-D tensor")
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+        if hx is None:
+            num_directions = 2 if self.bidirectional else 1
+            hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                             dtype=input.dtype, device=input.device)
+        else:
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(input, hx, batch_sizes)
+        RNN._check_hidden_matches_input(self, input, hx, batch_sizes)
+        output, hidden = _gated_compute(
+            self, "gru", input, hx, batch_sizes,
+            _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
+        if isinstance(orig_input, PackedSequence):
+            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output_packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+def _lstm_init_signature(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                         bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                         bidirectional: bool = False, proj_size: int = 0, device=None,
+                         dtype=None) -> None:
+    """torch.nn.LSTM's constructor arguments."""
+
+
+def _gru_init_signature(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                        bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                        bidirectional: bool = False, device=None, dtype=None) -> None:
+    """torch.nn.GRU's constructor arguments."""
+
+
+LSTM.__init__.__signature__ = inspect.signature(_lstm_init_signature)
+GRU.__init__.__signature__ = inspect.signature(_gru_init_signature)
+
+# What convert / revert swap: torch's class -> rnnkern's.
+_DROP_INS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+
+torch.serialization.add_safe_globals([LSTM, GRU])

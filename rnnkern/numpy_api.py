@@ -1,4 +1,4 @@
-"""NumPy-level forward and backward of one Elman RNN layer in one direction.
+"""NumPy-level forward and backward of one Elman RNN, LSTM or GRU layer in one direction.
 
 No torch needed. See DESIGN.md section 1 for the math and the packed layout.
 """
@@ -11,7 +11,8 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Gradients", "forward", "backward"]
+__all__ = ["Gradients", "forward", "backward", "LSTMOutput", "LSTMGradients", "lstm_forward",
+           "lstm_backward", "GRUOutput", "GRUGradients", "gru_forward", "gru_backward"]
 
 
 class Gradients(NamedTuple):
@@ -118,3 +119,120 @@ def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
     gx, gh0, gw_ih, gw_hh, gb, _ = _core.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn,
                                                nonlinearity, batch_sizes, bool(reverse))
     return Gradients(gx, gh0, gw_ih, gw_hh, gb, gb.copy())
+
+
+# The gated cells (DESIGN.md section 1b). Weights in torch's layout: w_ih (G·H, I), w_hh (G·H, H),
+# b_ih, b_hh (G·H,), G = 4 blocks i, f, g, o (LSTM) or 3 blocks r, z, n (GRU).
+
+class LSTMOutput(NamedTuple):
+    """What :func:`lstm_forward` returns: y and c, (T, B, H) or packed (N, H), every h_t and
+    c_t; gates (T, B, 4H) or (N, 4H), the activated gates i, f, g, o that backward reads."""
+
+    y: np.ndarray
+    c: np.ndarray
+    gates: np.ndarray
+
+
+class LSTMGradients(NamedTuple):
+    """Gradients of the loss with respect to each input of :func:`lstm_forward`."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    c0: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+
+
+class GRUOutput(NamedTuple):
+    """What :func:`gru_forward` returns: y, every h_t; gates (…, 3H), the activated r, z, n;
+    hidden_n (…, H), h_{t-1} W_hnᵀ + b_hn, the part of n inside the reset gate."""
+
+    y: np.ndarray
+    gates: np.ndarray
+    hidden_n: np.ndarray
+
+
+class GRUGradients(NamedTuple):
+    """Gradients of the loss with respect to each input of :func:`gru_forward`."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+
+
+def _gated_zeros(x, w_ih, batch_sizes, gates):
+    """The zero state (B, H) that None stands for (see _zeros_h0)."""
+    zeros = _zeros_h0(x, w_ih, batch_sizes)
+    return np.zeros((zeros.shape[0], zeros.shape[1] // gates), dtype=zeros.dtype)
+
+
+def lstm_forward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndarray,
+                 w_hh: np.ndarray, b_ih: ArrayOrNone = None, b_hh: ArrayOrNone = None,
+                 batch_sizes: BatchSizes = None, reverse: bool = False) -> LSTMOutput:
+    """Run one LSTM layer forward (torch.nn.LSTM's math, gate order i, f, g, o).
+
+    x, batch_sizes and reverse as for :func:`forward`; h0, c0 (B, H) or None for zeros;
+    w_ih (4H, I), w_hh (4H, H), b_ih, b_hh (4H,) or None. One dtype, float32 or float64.
+    """
+    batch_sizes = _batch_sizes(batch_sizes)
+    if h0 is None:
+        h0 = _gated_zeros(x, w_ih, batch_sizes, 4)
+    if c0 is None:
+        c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
+    y, gates, c = _core.gated_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes,
+                                      bool(reverse))
+    return LSTMOutput(y, c, gates)
+
+
+def lstm_backward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndarray,
+                  w_hh: np.ndarray, output: LSTMOutput, grad_y: np.ndarray,
+                  grad_hn: ArrayOrNone = None, grad_cn: ArrayOrNone = None,
+                  batch_sizes: BatchSizes = None, reverse: bool = False) -> LSTMGradients:
+    """Backpropagate through time for :func:`lstm_forward`.
+
+    ``output`` is what :func:`lstm_forward` returned; grad_y = ∂L/∂y; grad_hn, grad_cn (B, H)
+    ∂L/∂h_n and ∂L/∂c_n at each sequence's last step, or None. b_ih and b_hh get the same
+    gradient (separate arrays).
+    """
+    batch_sizes = _batch_sizes(batch_sizes)
+    if h0 is None:
+        h0 = _gated_zeros(x, w_ih, batch_sizes, 4)
+    if c0 is None:
+        c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
+    y, c, gates = output
+    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, _, _ = _core.gated_backward(
+        "lstm", x, h0, c0, w_ih, w_hh, y, gates, c, grad_y, grad_hn, grad_cn, batch_sizes,
+        bool(reverse))
+    return LSTMGradients(gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh)
+
+
+def gru_forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
+                b_ih: ArrayOrNone = None, b_hh: ArrayOrNone = None,
+                batch_sizes: BatchSizes = None, reverse: bool = False) -> GRUOutput:
+    """Run one GRU layer forward (torch.nn.GRU's math, gate order r, z, n); arguments as
+    :func:`lstm_forward` with w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,)."""
+    batch_sizes = _batch_sizes(batch_sizes)
+    if h0 is None:
+        h0 = _gated_zeros(x, w_ih, batch_sizes, 3)
+    y, gates, hidden_n = _core.gated_forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh,
+                                             batch_sizes, bool(reverse))
+    return GRUOutput(y, gates, hidden_n)
+
+
+def gru_backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
+                 output: GRUOutput, grad_y: np.ndarray, grad_hn: ArrayOrNone = None,
+                 batch_sizes: BatchSizes = None, reverse: bool = False) -> GRUGradients:
+    """Backpropagate through time for :func:`gru_forward` (see :func:`lstm_backward`)."""
+    batch_sizes = _batch_sizes(batch_sizes)
+    if h0 is None:
+        h0 = _gated_zeros(x, w_ih, batch_sizes, 3)
+    y, gates, hidden_n = output
+    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _ = _core.gated_backward(
+        "gru", x, h0, None, w_ih, w_hh, y, gates, hidden_n, grad_y, grad_hn, None, batch_sizes,
+        bool(reverse))
+    return GRUGradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)

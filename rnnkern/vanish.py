@@ -1,5 +1,7 @@
 """`rnnkern vanish`: gradient norms through time for W_hh = gain · orthogonal, as an RNN and
-as a deep MLP with tied weights (one layer per step), with the σ_max^k bound.
+as a deep MLP with tied weights (one layer per step), with the σ_max^k bound; or, with
+``cell`` "lstm" / "gru", for the gated cells (each gate's block of W_hh = gain · orthogonal).
+A last panel puts the three cells side by side at the same T, as torch initialises them.
 
 The loss reads only the last hidden state, so ‖∂L/∂h_t‖ at distance k = T-1-t from the loss
 is ‖v Π diag(φ'(a)) W_hh‖ over those k steps, at most ‖v‖ · gain^k.
@@ -7,13 +9,13 @@ is ‖v Π diag(φ'(a)) W_hh‖ over those k steps, at most ‖v‖ · gain^k.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 
 from .diagnostics import record_gradient_flow
-from .modules import RNN
+from .modules import GRU, LSTM, RNN
 
 GAINS = (0.5, 0.9, 1.0, 1.1, 1.5)
 NONLINEARITIES = ("tanh", "relu")
@@ -25,6 +27,10 @@ class Curves:
     rnn: Dict[Tuple[str, float], torch.Tensor]   # (nonlinearity, gain) -> (T,) by distance k
     mlp: Dict[Tuple[str, float], torch.Tensor]
     bound: Dict[float, torch.Tensor]              # gain -> ‖v‖ · gain^k
+    cell: str = "rnn"  # "lstm" / "gru": rnn holds (cell, gain) curves, mlp is empty
+    # The three cells at the same T, torch's initialisation: "rnn", "lstm", "gru" (‖∂L/∂h‖)
+    # and "lstm c" (‖∂L/∂c‖), by distance k.
+    cells: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _setup(H: int, I: int, gain: float, seed: int):
@@ -77,15 +83,73 @@ def mlp_norms(nonlinearity: str, gain: float, T: int, B: int, H: int, I: int,
     return torch.stack([a.grad.norm(dim=1).mean() for a in reversed(activations)])
 
 
+_GATED = {"lstm": (LSTM, 4), "gru": (GRU, 3)}
+
+
+def _flow_by_distance(module, T: int, B: int, I: int, H: int, seed: int, h0_scale: float):
+    """(‖∂L/∂h‖, ‖∂L/∂c‖ or None) by distance k, mean over the batch, loss v · h_{T-1}."""
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    h0 = torch.randn(1, B, H, generator=g, dtype=torch.float64) * h0_scale
+    v = torch.randn(H, generator=g, dtype=torch.float64)
+    hx = (h0, torch.zeros_like(h0)) if isinstance(module, LSTM) else h0
+    with record_gradient_flow(module) as flow:
+        out, _ = module(x, hx)
+        (out[-1] @ v).sum().backward()
+    c = flow.cell_norms
+    return flow.norms[0].mean(1).flip(0), None if c is None else c[0].mean(1).flip(0)
+
+
+def gated_norms(cell: str, gain: float, T: int, B: int, H: int, I: int,
+                seed: int = 0) -> torch.Tensor:
+    """As :func:`rnn_norms` for the LSTM or GRU: every gate's block of W_hh = gain ·
+    orthogonal, biases zero."""
+    cls, gates = _GATED[cell]
+    module = cls(I, H, dtype=torch.float64)
+    with torch.no_grad():
+        for q in range(gates):
+            w_hh, w_ih = _setup(H, I, gain, seed + q)
+            module.weight_hh_l0[q * H:(q + 1) * H].copy_(w_hh)
+            module.weight_ih_l0[q * H:(q + 1) * H].copy_(w_ih)
+        module.bias_ih_l0.zero_()
+        module.bias_hh_l0.zero_()
+    return _flow_by_distance(module, T, B, I, H, seed, 0.1)[0]
+
+
+# The gated cells' gate bias in the side-by-side panel: the LSTM's forget gate and the GRU's
+# update gate (rows H to 2H of b_ih) start at +1, the LSTM's usual initialisation (Gers et al.
+# 2000, Jozefowicz et al. 2015); at torch's 0 both forget half of the state every step.
+GATE_BIAS = 1.0
+
+
+def cells_norms(T: int, B: int, H: int, I: int, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """The three cells side by side at the same T, as torch initialises them, the gated
+    cells' forget / update gate bias raised by GATE_BIAS."""
+    out = {}
+    for name, cls in (("rnn", RNN), ("lstm", LSTM), ("gru", GRU)):
+        torch.manual_seed(seed)
+        module = cls(I, H, dtype=torch.float64)
+        if name != "rnn":
+            with torch.no_grad():
+                module.bias_ih_l0[H:2 * H] += GATE_BIAS
+        h, c = _flow_by_distance(module, T, B, I, H, seed, 0.1)
+        out[name] = h
+        if c is not None:
+            out[name + " c"] = c
+    return out
+
+
 def compute(T: int = 100, B: int = 16, H: int = 64, I: int = 8,
-            gains: Sequence[float] = GAINS, seed: int = 0) -> Curves:
+            gains: Sequence[float] = GAINS, seed: int = 0, cell: str = "rnn") -> Curves:
     rnn, mlp, bound = {}, {}, {}
     for gain in gains:
-        for nl in NONLINEARITIES:
+        if cell != "rnn":
+            rnn[cell, gain] = gated_norms(cell, gain, T, B, H, I, seed)
+        for nl in NONLINEARITIES if cell == "rnn" else ():
             rnn[nl, gain] = rnn_norms(nl, gain, T, B, H, I, seed)
             mlp[nl, gain] = mlp_norms(nl, gain, T, B, H, I, seed)
         bound[gain] = torch.tensor([gain ** k for k in range(T)], dtype=torch.float64)
-    return Curves(T, rnn, mlp, bound)
+    return Curves(T, rnn, mlp, bound, cell, cells_norms(T, B, H, I, seed))
 
 
 def relative_difference(curves: Curves, nonlinearity: str, gain: float) -> float:
@@ -105,8 +169,33 @@ def within_bound(curves: Curves, slack: float = 1e-9) -> bool:
                for (_, gain), norms in curves.rnn.items())
 
 
+def _format(rows: List[List[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cells_table(curves: Curves, distances: Sequence[int] = (0, 10, 25, 50, 99)) -> str:
+    """The three cells at the same T: ‖∂L/∂h‖ (and the LSTM's ‖∂L/∂c‖) at distance k, and
+    the fraction that reaches the first step."""
+    ks = [k for k in distances if k < curves.T]
+    rows = [["cell", "norm"] + [f"k={k}" for k in ks] + ["first / last"]]
+    for name, norms in curves.cells.items():
+        cell, _, kind = name.partition(" ")
+        rows.append([cell, "‖∂L/∂c‖" if kind else "‖∂L/∂h‖"] +
+                    [f"{float(norms[k]):.3e}" for k in ks] +
+                    [f"{float(norms[-1] / curves.cells[cell][0]):.1e}"])
+    return _format(rows)
+
+
 def table(curves: Curves, distances: Sequence[int] = (0, 10, 25, 50, 99)) -> str:
     ks = [k for k in distances if k < curves.T]
+    if curves.cell != "rnn":  # the gated cells: no tied-weight MLP, no gain^k bound
+        rows = [["cell", "gain"] + [f"k={k}" for k in ks]]
+        for (cell, gain), norms in curves.rnn.items():
+            rows.append([cell, f"{gain:g}"] + [f"{float(norms[k]):.3e}" for k in ks])
+        return _format(rows)
     head = ["nonlinearity", "gain"] + [f"k={k}" for k in ks] + ["bound k=%d" % ks[-1],
                                                                "max |RNN-MLP|/MLP"]
     rows = [head]
@@ -120,9 +209,53 @@ def table(curves: Curves, distances: Sequence[int] = (0, 10, 25, 50, 99)) -> str
     return "\n".join(lines)
 
 
+def _plot_cells(ax, curves: Curves) -> None:
+    """The panel with the three cells side by side (recorded by the kernel)."""
+    k = torch.arange(curves.T)
+    styles = {"rnn": ("tanh RNN ‖∂L/∂h‖", "#c1121f", "-"),
+              "lstm": ("LSTM ‖∂L/∂h‖", "#1f4e9c", "-"),
+              "lstm c": ("LSTM ‖∂L/∂c‖ (cell state)", "#1f4e9c", ":"),
+              "gru": ("GRU ‖∂L/∂h‖", "#2a9d8f", "-")}
+    for name, norms in curves.cells.items():
+        label, color, style = styles[name]
+        ax.semilogy(k, norms.clamp_min(1e-300), color=color, linestyle=style, linewidth=2,
+                    label=label)
+    ax.set_title(f"the three cells at the same T = {curves.T}, torch's initialisation (LSTM "
+                 f"forget and GRU update gate bias +{GATE_BIAS:g}): the gated cells keep the "
+                 "gradient", fontsize=10)
+    ax.set_xlabel("distance from the loss k = T-1-t (steps)")
+    ax.set_ylabel("‖∂L/∂h‖, mean over the batch")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_gated(curves: Curves, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    k = torch.arange(curves.T)
+    for (cell, gain), norms in curves.rnn.items():
+        axes[0].semilogy(k, norms.clamp_min(1e-300), linewidth=2, label=f"gain {gain:g}")
+    axes[0].set_title(f"{cell.upper()}: ‖∂L/∂h_t‖ recorded by the kernel, each gate's W_hh "
+                      "block = gain · orthogonal", fontsize=10)
+    axes[0].set_xlabel("distance from the loss k = T-1-t (steps)")
+    axes[0].grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    _plot_cells(axes[1], curves)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
 def plot(curves: Curves, path: str) -> None:
     """Two rows (tanh, relu) by two columns (RNN by the kernel, tied-weight MLP by autograd),
-    one colour per gain, the gain^k bound dashed, one legend for all panels."""
+    one colour per gain, the gain^k bound dashed, one legend for all panels; below them the
+    three cells side by side. For a gated ``curves.cell``: its gain curves and that panel."""
+    if curves.cell != "rnn":
+        return _plot_gated(curves, path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +268,10 @@ def plot(curves: Curves, path: str) -> None:
     palette = ["#1f4e9c", "#2a9d8f", "#222222", "#e07b00", "#c1121f", "#7b2cbf", "#6b4f1d"]
     colors = {g: palette[i % len(palette)] for i, g in enumerate(gains)}
     k = torch.arange(curves.T)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.6), sharex=True, sharey="row")
+    fig = plt.figure(figsize=(11, 12.4))
+    grid = fig.add_gridspec(2, 1, height_ratios=(2, 0.95))
+    axes = grid[0].subgridspec(2, 2).subplots(sharex=True, sharey="row")
+    _plot_cells(fig.add_subplot(grid[1]), curves)
     columns = (("RNN over T steps: ‖∂L/∂h_t‖ recorded by the rnnkern kernel", curves.rnn),
                ("MLP of T layers, one shared weight matrix: autograd", curves.mlp))
     for row, nl in enumerate(NONLINEARITIES):

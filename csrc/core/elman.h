@@ -53,7 +53,9 @@ inline T element(const T* p, int64_t i) {
 //   kBackwardRecord: as kBackward, and the sums of squares of C + acc (d_t, the whole gradient
 //                    reaching h_t) go to the backend's per-row norm slots D
 //   kStore:    C = acc
-enum class Epilogue : int { kForward = 0, kBackward = 1, kStore = 2, kBackwardRecord = 3 };
+//   kAccumulate: C = C + acc     (the gated cells: one call per gate block of W_hh)
+enum class Epilogue : int {
+  kForward = 0, kBackward = 1, kStore = 2, kBackwardRecord = 3, kAccumulate = 4 };
 
 // Calls visit(t, row_offset, rows) for every step: in the order forward() processes them
 // (t ascending, or descending in reverse) when forward_order, else in the order backward() does.

@@ -1,4 +1,5 @@
 #include "elman_cpu.h"
+#include "gated_cpu.h"
 
 #include <omp.h>
 
@@ -82,6 +83,25 @@ struct Backend {
     for (int64_t r = 0; r < rows; ++r) kernels.accumulate(H, a + r * H, out);
   }
   void accumulate(int64_t n, const T* src, T* dst) const { kernels.accumulate(n, src, dst); }
+
+  // The gated cells' elementwise passes (core/gated.h).
+  void lstm_forward(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
+                    const T* bias, const T* c_prev, T* c, T* m) const {
+    kernels.lstm_forward(rows, H, gates, acc, acc_plane, bias, c_prev, c, m);
+  }
+  void lstm_backward(int64_t rows, int64_t H, const T* d, T* dc, const T* gates, const T* c,
+                     const T* c_prev, T* delta, int64_t plane, double* norm_h,
+                     double* norm_c) const {
+    kernels.lstm_backward(rows, H, d, dc, gates, c, c_prev, delta, plane, norm_h, norm_c);
+  }
+  void gru_forward(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
+                   const T* b_ih, const T* b_hh, const T* h_prev, T* hn, T* h) const {
+    kernels.gru_forward(rows, H, gates, acc, acc_plane, b_ih, b_hh, h_prev, hn, h);
+  }
+  void gru_backward(int64_t rows, int64_t H, T* d, const T* gates, const T* hn,
+                    const T* h_prev, T* delta, int64_t plane, double* norm_h) const {
+    kernels.gru_backward(rows, H, d, gates, hn, h_prev, delta, plane, norm_h);
+  }
 };
 
 }  // namespace
@@ -121,6 +141,51 @@ const char* isa() { return recurrent_kernels<float>().isa; }
                            const T*, T*, T*);                                                \
   template void backward<T>(const Problem&, const T*, const T*, const T*, const T*,          \
                             const T*, Rows<T>, const T*, T*, T*, T*, T*, T*, double*, T*);
+RNNKERN_INSTANTIATE(float)
+RNNKERN_INSTANTIATE(double)
+#undef RNNKERN_INSTANTIATE
+
+// The gated cells (core/gated.h) on the same backend.
+template <typename T>
+int64_t gated_forward_workspace_size(Cell cell, const Problem& p) {
+  return rnnkern::gated_forward_workspace_size<T>(cell, p, Backend<T>{});
+}
+
+template <typename T>
+int64_t gated_backward_workspace_size(Cell cell, const Problem& p) {
+  return rnnkern::gated_backward_workspace_size<T>(cell, p, Backend<T>{});
+}
+
+template <typename T>
+void gated_forward(Cell cell, const Problem& p, const T* x, const T* h0, const T* c0,
+                   const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* y, T* gates,
+                   T* state, T* workspace) {
+  Backend<T> k;
+  rnnkern::gated_forward<T>(cell, p, x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, gates, state,
+                            workspace, k);
+}
+
+template <typename T>
+void gated_backward(Cell cell, const Problem& p, const T* x, const T* h0, const T* c0,
+                    const T* w_ih, const T* w_hh, const T* y, const T* gates, const T* state,
+                    Rows<T> grad_y, const T* grad_hn, const T* grad_cn, T* grad_x,
+                    T* grad_h0, T* grad_c0, T* grad_w_ih, T* grad_w_hh, T* grad_b_ih,
+                    T* grad_b_hh, double* norm_h, double* norm_c, T* workspace) {
+  Backend<T> k;
+  rnnkern::gated_backward<T>(cell, p, x, h0, c0, w_ih, w_hh, y, gates, state, grad_y, grad_hn,
+                             grad_cn, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
+                             grad_b_ih, grad_b_hh, norm_h, norm_c, workspace, k);
+}
+
+#define RNNKERN_INSTANTIATE(T)                                                                \
+  template int64_t gated_forward_workspace_size<T>(Cell, const Problem&);                    \
+  template int64_t gated_backward_workspace_size<T>(Cell, const Problem&);                   \
+  template void gated_forward<T>(Cell, const Problem&, const T*, const T*, const T*,          \
+                                 const T*, const T*, const T*, const T*, T*, T*, T*, T*);     \
+  template void gated_backward<T>(Cell, const Problem&, const T*, const T*, const T*,         \
+                                  const T*, const T*, const T*, const T*, const T*, Rows<T>,  \
+                                  const T*, const T*, T*, T*, T*, T*, T*, T*, T*, double*,    \
+                                  double*, T*);
 RNNKERN_INSTANTIATE(float)
 RNNKERN_INSTANTIATE(double)
 #undef RNNKERN_INSTANTIATE

@@ -46,6 +46,19 @@ struct RecurrentKernels {
   void (*row_norms)(int64_t rows, int64_t H, const T* slots, double* out);
   // dst[i] += src[i] for i < n.
   void (*accumulate)(int64_t n, const T* src, T* dst);
+
+  // The gated cells' elementwise passes over `rows` rows (core/gated.h has the layouts):
+  // gates hold x W_ihᵀ on entry and the activated gates on exit; acc holds h_{t-1} W_hhᵀ, gate
+  // q's block at acc + q · acc_plane; delta gets δ's planes at delta + q · plane.
+  void (*lstm_forward)(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
+                       const T* bias, const T* c_prev, T* c, T* m);
+  void (*lstm_backward)(int64_t rows, int64_t H, const T* d, T* dc, const T* gates,
+                        const T* c, const T* c_prev, T* delta, int64_t plane, double* norm_h,
+                        double* norm_c);
+  void (*gru_forward)(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
+                      const T* b_ih, const T* b_hh, const T* h_prev, T* hn, T* h);
+  void (*gru_backward)(int64_t rows, int64_t H, T* d, const T* gates, const T* hn,
+                       const T* h_prev, T* delta, int64_t plane, double* norm_h);
 };
 
 #define RNNKERN_DECLARE_ISA(name)           \
