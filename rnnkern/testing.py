@@ -1020,25 +1020,26 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
 # What δ_t is, and what step t sends back to step t - 1, for each cell (DESIGN.md 1, 1b).
 _DELTA = {"rnn": "δ_{t}", "lstm": "δ_{t} = [da_i da_f da_g da_o]_{t}",
           "gru": "δ_{t} = [da_r da_z da_n]_{t}"}
-_INSIDE = {"rnn": "in the φ'(a_{t}) factor", "lstm": "in a gate's derivative or in dc_{t}",
+_INSIDE = {"rnn": "in the φ'(a_{t}) factor", "lstm": "in a gate's derivative, in dc_{t}",
            "gru": "in a gate's derivative"}
 _HAND_OFF = {("rnn", "hx"): "it is δ_{t} W_hh: W_hh itself, not its transpose",
              ("gru", "hx"): "it is δ_{t} W_hh + ∂L/∂h_{t} ⊙ z_{t}, with the n block of δ_{t} "
                             "times r_{t}",
-             ("lstm", "hx"): "it is δ_{t} W_hh: W_hh itself, not its transpose",
+             ("lstm", "hx"): "it is δ_{t} W_hh, all four gate blocks: W_hh itself, not its "
+                             "transpose",
              ("lstm", "cx"): "it is dc_{t} ⊙ f_{t}"}
 
 
 def _delta_message(t: int, config: Config) -> str:
     delta = _DELTA[config.cell].format(t=t)
     inside = _INSIDE[config.cell].format(t=t)
-    carried = "∂L/∂h_{t} and ∂L/∂c_{t}" if config.cell == "lstm" else "∂L/∂h_{t}"
-    carried = carried.format(t=t)
     if t == config.T - 1:
+        carried = (f"∂L/∂h_{t} and ∂L/∂c_{t} are only the loss's own gradients",
+                   f"∂L/∂h_{t} and ∂L/∂c_{t} are formed") if config.cell == "lstm" else \
+            (f"∂L/∂h_{t} is only the loss's own gradient", f"∂L/∂h_{t} is formed")
         return (f"step {t} (the last): {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
-                f"{carried} {'are' if config.cell == 'lstm' else 'is'} only the loss's own "
-                f"gradient there: the error is inside step {t}, {inside} or in how ∂L/∂h_{t} "
-                "is formed")
+                f"{carried[0]} there: the error is inside step {t}, {inside} or in how "
+                f"{carried[1]}")
     sent = "the gradients sent back from step {0} to h_{1} and c_{1} agree" \
         if config.cell == "lstm" else "the gradient sent back from step {0} to h_{1} agrees"
     return (f"step {t}: {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
