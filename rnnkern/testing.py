@@ -762,9 +762,14 @@ def _where(key: str, index: Tuple[int, ...], config: Config, bptt: bool) -> str:
             return f"row {b}, unit {j}"
         layer, direction = divmod(ld, config.directions)
         return f"layer {layer}{' reverse' if direction else ''}, row {b}, unit {j}"
-    if len(index) == 2:
-        return f"unit {index[0]}, column {index[1]}"
-    return f"unit {index[0]}"
+    unit = f"unit {index[0]}"
+    if config.cell != "rnn" and not key.startswith("weight_hr"):  # rows are gate blocks of H
+        gate, j = divmod(index[0], config.H)
+        unit = f"gate {_GATE_NAMES[config.cell][gate]}, unit {j}"
+    return f"{unit}, column {index[1]}" if len(index) == 2 else unit
+
+
+_GATE_NAMES = {"lstm": "ifgo", "gru": "rzn"}
 
 
 _BPTT_NAMES = {"output": "y", "h_n": "h_n", "input": "grad x", "hx": "grad h0", "cx": "grad c0",

@@ -543,6 +543,23 @@ def test_gated_report_and_errors():
         testing.gradcheck(gated_impls.lstm_bptt, cell="lstm")
 
 
+@pytest.mark.parametrize("cell, key, row, where", [
+    ("gru", "w_hh", (5 + 2, 1), "gate z, unit 2, column 1"),
+    ("lstm", "b_ih", (2 * 5 + 1,), "gate g, unit 1"),
+    ("lstm", "w_ih", (3 * 5 + 4, 0), "gate o, unit 4, column 0")])
+def test_gated_weight_rows_are_named_by_gate(cell, key, row, where):
+    bptt = GATED_BPTT[cell][0]
+
+    def perturbed(*args):
+        grads = bptt(*args)
+        grads[key] = grads[key].copy()
+        grads[key][row] += 1.0
+        return grads
+    report = testing.compare(perturbed, cell=cell, size=(4, 3, 2, 5))
+    assert [(t.name, t.where) for t in report.failed()] == [(f"grad {key}", where)]
+    assert report.localisation.quantity == "after the loop"
+
+
 # ----------------------------------------------------------------------------- the library
 
 def test_testing_imports_no_application_module():
