@@ -215,7 +215,10 @@ void gated_backward(Cell cell, const Problem& p, const T* x, const T* h0, const 
     const T* in = delta + q * plane;  // input side
     const T* hid = hidden_plane(q);
     if (grad_b_ih) k.column_sums(N, H, in, grad_b_ih + q * H);
-    if (grad_b_hh) k.column_sums(N, H, hid, grad_b_hh + q * H);
+    if (grad_b_hh && grad_b_ih && hid == in)  // the same sums (all but the GRU's n block)
+      std::memcpy(grad_b_hh + q * H, grad_b_ih + q * H, sizeof(T) * H);
+    else if (grad_b_hh)
+      k.column_sums(N, H, hid, grad_b_hh + q * H);
     if (grad_w_ih)
       k.gemm(true, false, H, I, N, T(1), in, H, x, I, T(0), grad_w_ih + q * H * I, I);
     if (grad_x)
