@@ -303,7 +303,8 @@ def test_gated_numpy_bptt_with_cell(tmp_path, capsys):
     enters = {(r["configuration"], r["error enters"]) for r in table_cells(lines)}
     assert enters == {("1x1x1x1 lstm", "∂L/∂c0"), ("7x3x5x17 lstm", "step 5 (∂L/∂c)"),
                       ("6x4x3x5 lstm", "step 4 (∂L/∂c)"), ("12x11x4x129 lstm", "step 10 (∂L/∂c)")}
-    assert any(l.startswith("error enters: step 5: ∂L/∂c_5 differs while δ_6 agrees") for l in lines)
+    assert any(l.startswith("error enters: step 5: ∂L/∂c_5 differs while δ_6 agrees")
+               for l in lines)
     status, lines = run_check(["--cell", "gru", "--impl", f"{GATED}:gru_bptt_no_h_n_in_da_r",
                                "--size", "6x3x4x5", "--reference", "torch"], tmp_path, capsys)
     assert status == 1
