@@ -1,7 +1,9 @@
-"""`rnnkern check`: the gradients of rnnkern's kernels, or of your own RNN, against oracles.
+"""`rnnkern check`: the gradients of rnnkern's kernels, or of your own RNN, LSTM or GRU,
+against oracles.
 
-The work is :mod:`rnnkern.testing`'s; this module picks the configurations, loads a
-``--impl FILE.py:NAME``, prints the table as the checks finish and writes ``check.json``.
+The work is :mod:`rnnkern.testing`'s; this module picks the configurations (a grid per cell),
+loads a ``--impl FILE.py:NAME``, prints the table as the checks finish and writes
+``check.json``.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple, Union
 
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
 from . import isa, testing
-from .modules import RNN
+from .modules import GRU, LSTM, RNN
 
 Config = testing.Config
 
@@ -45,6 +47,45 @@ GRADCHECK_GRID = (Config(3, 2, 2, 3),
 # A NumPy bptt is one layer, one direction, unpacked; tanh unless --nonlinearity says.
 BPTT_GRID = ((Config(1, 1, 1, 1), "float64"), (Config(7, 3, 5, 17), "float64"),
              (Config(6, 4, 3, 5), "float64"), (Config(12, 11, 4, 129), "float64"))
+
+
+def _gated(cell: str, grid):
+    return tuple((replace(c, cell=cell), d) for c, d in grid)
+
+
+# The LSTM and the GRU: the same kinds of configuration (no relu), the LSTM with proj_size too.
+_GATED_GRID = (
+    (Config(1, 1, 1, 1), "float64"),
+    (Config(7, 3, 5, 17), "float64"),
+    (Config(5, 3, 4, 6, num_layers=2, bidirectional=True), "float64"),
+    (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float64"),
+    (Config(4, 3, 2, 5, bidirectional=True, bias=False), "float64"),
+    (Config(12, 11, 4, 129), "float64"),
+    (Config(7, 3, 5, 17), "float32"),
+    (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float32"),
+)
+_PROJ_GRID = (
+    (Config(6, 4, 3, 5, proj_size=3), "float64"),
+    (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float64"),
+    (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float32"),
+)
+GRIDS = {"rnn": DEFAULT_GRID, "lstm": _gated("lstm", _GATED_GRID + _PROJ_GRID),
+         "gru": _gated("gru", _GATED_GRID)}
+FINITE_DIFFERENCES_GRIDS = {
+    "rnn": FINITE_DIFFERENCES_GRID,
+    "lstm": _gated("lstm", ((Config(3, 2, 2, 3, num_layers=2, bidirectional=True,
+                                    packed=True, proj_size=2), "float64"),)),
+    "gru": _gated("gru", FINITE_DIFFERENCES_GRID),
+}
+GRADCHECK_GRIDS = {
+    "rnn": GRADCHECK_GRID,
+    "lstm": (Config(3, 2, 2, 3, cell="lstm"),
+             Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, cell="lstm",
+                    proj_size=2)),
+    "gru": (Config(3, 2, 2, 3, cell="gru"),
+            Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, cell="gru")),
+}
+BPTT_GRIDS = {cell: _gated(cell, BPTT_GRID) for cell in testing.CELLS}
 DEFAULT_SIZE = (5, 3, 4, 6)
 DEFAULT_REFERENCES = ("reference", "torch")
 
@@ -103,25 +144,30 @@ def is_bptt(candidate: Any) -> bool:
     return not isinstance(candidate, type)
 
 
-def plan(*, bptt: bool, sizes: Optional[Sequence[Tuple[int, int, int, int]]] = None,
+def plan(*, bptt: bool, cell: str = "rnn",
+         sizes: Optional[Sequence[Tuple[int, int, int, int]]] = None,
          layers: Optional[int] = None, bidirectional: bool = False, packed: bool = False,
-         nonlinearity: Optional[str] = None, dtype: Optional[str] = None,
-         references: Optional[Sequence[str]] = None, builtin: bool = False) -> List[Check]:
-    """The rows to run. With no size or option given: the built-in grid (for rnnkern.RNN with
-    ``builtin``: finite differences and gradcheck too). Else the configurations described:
-    each size (default 5x3x4x6) with the options."""
-    chosen = sizes or layers is not None or bidirectional or packed or nonlinearity or dtype
+         nonlinearity: Optional[str] = None, proj_size: Optional[int] = None,
+         dtype: Optional[str] = None, references: Optional[Sequence[str]] = None,
+         builtin: bool = False) -> List[Check]:
+    """The rows to run for one cell. With no size or option given: the cell's built-in grid
+    (for rnnkern's drop-in with ``builtin``: finite differences and gradcheck too). Else the
+    configurations described: each size (default 5x3x4x6) with the options."""
+    chosen = sizes or layers is not None or bidirectional or packed or nonlinearity or dtype \
+        or proj_size
     references = tuple(references or DEFAULT_REFERENCES)
     if not chosen:
-        grid = BPTT_GRID if bptt else DEFAULT_GRID
+        grid = BPTT_GRIDS[cell] if bptt else GRIDS[cell]
         checks = [Check(c, d, r) for c, d in grid for r in references]
         if not bptt:
             if builtin:
-                checks += [Check(c, d, "finite-differences") for c, d in FINITE_DIFFERENCES_GRID]
-            checks += [Check(c, "float64", "gradcheck") for c in GRADCHECK_GRID]
+                checks += [Check(c, d, "finite-differences")
+                           for c, d in FINITE_DIFFERENCES_GRIDS[cell]]
+            checks += [Check(c, "float64", "gradcheck") for c in GRADCHECK_GRIDS[cell]]
         return checks
     configs = [Config(*size, num_layers=layers or 1, bidirectional=bidirectional,
-                      packed=packed, nonlinearity=nonlinearity or "tanh")
+                      packed=packed, nonlinearity=nonlinearity or "tanh", cell=cell,
+                      proj_size=proj_size or 0)
                for size in (sizes or [DEFAULT_SIZE])]
     return [Check(c, dtype or "float64", r) for c in configs for r in references]
 
@@ -142,9 +188,14 @@ class Row:
 
 _COLUMNS = ("configuration", "dtype", "reference", "worst tensor", "rel err", "allowed",
             "error enters", "result")
-_REFERENCE_NAMES = {"reference": "rnnkern.reference", "torch": "torch.nn.RNN",
-                    "rnnkern": "rnnkern.RNN", "finite-differences": "finite differences",
+_REFERENCE_NAMES = {"reference": "rnnkern.reference", "torch": "torch.nn.{cls}",
+                    "rnnkern": "rnnkern.{cls}", "finite-differences": "finite differences",
                     "gradcheck": "autograd.gradcheck"}
+_CLASS_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def _reference_name(check: Check) -> str:
+    return _REFERENCE_NAMES[check.reference].format(cls=_CLASS_NAMES[check.config.cell])
 
 
 def _run_one(candidate: Any, name: str, check: Check, forward: Optional[Callable[..., Any]],
@@ -152,7 +203,8 @@ def _run_one(candidate: Any, name: str, check: Check, forward: Optional[Callable
     c = check.config
     options = dict(size=(c.T, c.B, c.I, c.H), num_layers=c.num_layers,
                    bidirectional=c.bidirectional, packed=c.packed,
-                   nonlinearity=c.nonlinearity, bias=c.bias, cell=c.cell, seed=seed)
+                   nonlinearity=c.nonlinearity, bias=c.bias, cell=c.cell,
+                   proj_size=c.proj_size, seed=seed)
     try:
         if check.reference == "gradcheck":
             testing.gradcheck(candidate, **options)
@@ -173,7 +225,7 @@ def _cells(row: Row) -> List[str]:
     check = row.check
     number = (lambda v: "-" if v is None else f"{v:.1e}")
     result = "ok" if row.passed else ("ERROR" if row.error else "FAIL")
-    return [check.config.describe(), check.dtype, _REFERENCE_NAMES[check.reference],
+    return [check.config.describe(), check.dtype, _reference_name(check),
             row.worst, number(row.rel), number(row.allowed), row.enters, result]
 
 
@@ -181,7 +233,7 @@ def _widths(checks: Sequence[Check], bptt: bool) -> List[int]:
     longest = len("grad w_ih") if bptt else \
         len("grad ") + max(len(p) for c in checks for p in c.config.param_names())
     widths = [max(len(c.config.describe()) for c in checks), 7,
-              max(len(_REFERENCE_NAMES[c.reference]) for c in checks), longest, 7, 7, 15, 6]
+              max(len(_reference_name(c)) for c in checks), longest, 7, 7, 15, 6]
     return [max(w, len(h)) for w, h in zip(widths, _COLUMNS)]
 
 
@@ -196,8 +248,10 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
     """Runs the checks, printing the table row by row (to ``out``, default sys.stdout) and
     then what differs."""
     out = out or sys.stdout
-    references = sorted({_REFERENCE_NAMES[c.reference] for c in checks
-                         if c.reference != "gradcheck"}, key=list(_REFERENCE_NAMES.values()).index)
+    order = list(_REFERENCE_NAMES)
+    references = [_reference_name(c) for c in sorted(
+        {c.reference: c for c in checks if c.reference != "gradcheck"}.values(),
+        key=lambda c: order.index(c.reference))]
     also = ", and torch.autograd.gradcheck" if any(c.reference == "gradcheck" for c in checks) \
         else ""
     print(f"rnnkern check: {name} against {', '.join(references)}{also}; torch "
@@ -211,7 +265,8 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
                  (any(c.reference == "finite-differences" for c in compared),
                   f"against finite differences ≤ {testing.FD_RTOL:g}"),
                  (any(c.dtype == "float32" for c in compared),
-                  f"float32 ≤ {testing.F32_FACTOR:g} × torch.nn.RNN's own float32 error")]
+                  f"float32 ≤ {testing.F32_FACTOR:g} × torch.nn.{_class_names(checks)}'s own "
+                  "float32 error")]
         rule = ", ".join(text for on, text in rules if on) or "-"
     print(f"tolerance: {rule}; rel err = max |error| / max |reference|, worst tensor", file=out)
     widths = _widths(checks, is_bptt(candidate))
@@ -221,7 +276,7 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
     for number, check in enumerate(checks, 1):
         if progress:
             print(f"[{number}/{len(checks)}] {check.config.describe()} {check.dtype} against "
-                  f"{_REFERENCE_NAMES[check.reference]} ...", end="\r", file=sys.stderr,
+                  f"{_reference_name(check)} ...", end="\r", file=sys.stderr,
                   flush=True)
         row = _run_one(candidate, name, check, forward, atol, rtol, seed)
         if progress:
@@ -242,11 +297,17 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
         print("", file=out)
         if row.error:
             print(f"{row.check.config.describe()}, {row.check.dtype}, against "
-                  f"{_REFERENCE_NAMES[row.check.reference]}: {row.details}", file=out)
+                  f"{_reference_name(row.check)}: {row.details}", file=out)
         else:
             print(row.details if row.check.reference != "gradcheck" else
                   f"{row.check.config.describe()}: {row.details}", file=out)
     return rows
+
+
+def _class_names(checks: Sequence[Check]) -> str:
+    """RNN, LSTM, GRU, or e.g. LSTM/GRU for checks of several cells."""
+    cells = [c for c in testing.CELLS if any(k.config.cell == c for k in checks)]
+    return "/".join(_CLASS_NAMES[c] for c in cells)
 
 
 def as_dicts(rows: Sequence[Row]) -> List[dict]:
@@ -267,9 +328,10 @@ def _json_number(value: Optional[float]) -> Optional[Union[float, str]]:
     return value if value is None or math.isfinite(value) else str(value)
 
 
-def default_candidate() -> Tuple[type, str]:
-    """rnnkern.RNN, the kernels."""
-    return RNN, "rnnkern.RNN"
+def default_candidate(cell: str = "rnn") -> Tuple[type, str]:
+    """rnnkern's drop-in for the cell (rnnkern.RNN, LSTM or GRU), the kernels."""
+    cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[cell]
+    return cls, f"rnnkern.{cls.__name__}"
 
 
 def write_json(rows: Sequence[Row], name: str, path: str) -> None:

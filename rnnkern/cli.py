@@ -315,18 +315,29 @@ def _nonnegative_int(text: str) -> int:
 def _check_gradients(args: argparse.Namespace) -> int:
     from . import check
 
-    if args.impl:
-        candidate, name = args.candidate, args.candidate_name
-    else:
-        candidate, name = check.default_candidate()
-    checks = check.plan(bptt=check.is_bptt(candidate), sizes=args.size, layers=args.layers,
-                        bidirectional=args.bidirectional, packed=args.packed,
-                        nonlinearity=args.nonlinearity, dtype=args.dtype,
-                        references=args.reference, builtin=not args.impl)
-    rows = check.run(candidate, name, checks, forward=args.forward_fn, atol=args.atol,
-                     rtol=args.rtol, seed=args.seed)
+    cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
+    rows, names = [], []
+    for number, cell in enumerate(cells):
+        if args.impl:
+            candidate, name = args.candidate, args.candidate_name
+        else:
+            candidate, name = check.default_candidate(cell)
+        checks = check.plan(bptt=check.is_bptt(candidate), cell=cell, sizes=args.size,
+                            layers=args.layers, bidirectional=args.bidirectional,
+                            packed=args.packed, nonlinearity=args.nonlinearity,
+                            proj_size=args.proj_size, dtype=args.dtype,
+                            references=args.reference, builtin=not args.impl)
+        if number:
+            print()
+        rows += check.run(candidate, name, checks, forward=args.forward_fn, atol=args.atol,
+                          rtol=args.rtol, seed=args.seed)
+        names.append(name)
+    if len(cells) > 1:
+        failed = sum(not row.passed for row in rows)
+        print(f"\n{', '.join(names)}: " + (f"all {len(rows)} checks agree" if not failed else
+                                           f"{failed} of {len(rows)} checks differ"))
     path = os.path.join(args.out, "check.json")
-    check.write_json(rows, name, path)
+    check.write_json(rows, ", ".join(names), path)
     _wrote(path)
     return 0 if all(row.passed for row in rows) else 1
 
@@ -342,6 +353,22 @@ def _check_arguments_of_check(args: argparse.Namespace) -> None:
     args.forward_fn = None
     if args.forward and not args.impl:
         parser.error("argument --forward: goes with --impl FILE.py:NAME (a NumPy bptt)")
+    if args.cell == "all" and args.impl:
+        parser.error("argument --cell: all checks rnnkern's three drop-ins; with --impl give "
+                     "the cell of your class or function (rnn, lstm or gru)")
+    if args.nonlinearity and args.cell != "rnn":
+        parser.error(f"argument --nonlinearity: applies to --cell rnn only, got --cell "
+                     f"{args.cell}")
+    if args.proj_size:
+        if args.cell != "lstm":
+            parser.error(f"argument --proj-size: applies to --cell lstm only, got --cell "
+                         f"{args.cell}")
+        sizes = args.size or [check.DEFAULT_SIZE]
+        small = [size for size in sizes if args.proj_size >= size[3]]
+        if small:
+            T, B, I, H = small[0]  # noqa: E741
+            parser.error(f"argument --proj-size: must be smaller than H (as torch.nn.LSTM "
+                         f"requires), got {args.proj_size} with size {T}x{B}x{I}x{H}")
     if not args.impl:
         return
     try:
@@ -356,11 +383,12 @@ def _check_arguments_of_check(args: argparse.Namespace) -> None:
     if check.is_bptt(args.candidate):
         given = [name for name, on in (("--layers", args.layers is not None),
                                        ("--bidirectional", args.bidirectional),
-                                       ("--packed", args.packed)) if on]
+                                       ("--packed", args.packed),
+                                       ("--proj-size", bool(args.proj_size))) if on]
         if given:
             parser.error(f"argument {given[0]}: {args.impl} is a NumPy bptt function (one "
-                         "layer, one direction, unpacked); options of that kind apply to a "
-                         "module class")
+                         "layer, one direction, unpacked, no projection); options of that "
+                         "kind apply to a module class")
     elif args.forward:
         parser.error(f"argument --forward: {args.impl} is a module class, whose forward is "
                      "its own; --forward goes with a NumPy bptt function")
@@ -453,29 +481,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train, parser=t)
 
     c = sub.add_parser("check", formatter_class=_HelpFormatter,
-                       help="check gradients (rnnkern's kernels, or your own RNN with --impl) "
-                            "against rnnkern.reference and torch.nn.RNN; exit 1 if any differ",
-                       description="Compares outputs, final state and every gradient (input, "
-                                   "h0, each weight and bias) with oracles and prints a table "
-                                   "naming the worst tensor and the step where an error "
-                                   "enters. Without --impl: rnnkern.RNN on a built-in grid "
-                                   "(odd sizes, layers, directions, packed, both dtypes), "
-                                   "against rnnkern.reference, torch.nn.RNN and finite "
+                       help="check gradients (rnnkern's kernels, or your own RNN, LSTM or GRU "
+                            "with --impl) against rnnkern.reference and torch; exit 1 if any "
+                            "differ",
+                       description="Compares outputs, final states and every gradient (input, "
+                                   "h0 (and c0), each weight and bias) with oracles and prints "
+                                   "a table naming the worst tensor and the step where an "
+                                   "error enters. Without --impl: rnnkern's drop-in for --cell "
+                                   "(rnnkern.RNN by default; all: RNN, LSTM and GRU) on a "
+                                   "built-in grid (odd sizes, layers, directions, packed, "
+                                   "proj_size for the LSTM, both dtypes), against "
+                                   "rnnkern.reference, the torch class and finite "
                                    "differences, plus torch.autograd.gradcheck. Exit status: "
                                    "0 when everything agrees, 1 when anything differs, 2 for "
                                    "usage errors.",
                        epilog="--impl FILE.py:NAME names either a torch.nn.Module class "
-                              "constructed like torch.nn.RNN (same arguments and parameter "
-                              "names, called as module(input, hx) -> (output, h_n)), or a NumPy "
-                              "function bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y) that returns "
-                              "a dict of the gradients of sum(y * grad_y) with keys x, h0, "
-                              "w_ih, w_hh, b_ih, b_hh (one tanh layer, time-major x of shape "
-                              "(T, B, I); --nonlinearity relu for a relu one).\n"
+                              "constructed like torch.nn.RNN (LSTM, GRU with --cell; same "
+                              "arguments and parameter names, called as module(input, hx) -> "
+                              "(output, h_n), the LSTM's with hx = (h0, c0) -> (output, (h_n, "
+                              "c_n))), or a NumPy function bptt(x, h0, w_ih, w_hh, b_ih, b_hh, "
+                              "grad_y) that returns a dict of the gradients of sum(y * grad_y) "
+                              "with keys x, h0, w_ih, w_hh, b_ih, b_hh (one tanh layer, "
+                              "time-major x of shape (T, B, I); --nonlinearity relu for a relu "
+                              "one; --cell gru: the same with GRU weights (3H rows); --cell "
+                              "lstm: bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y) with keys "
+                              "x, h0, c0, w_ih, w_hh, b_ih, b_hh).\n"
                               "Without --size and the configuration options: a built-in grid. "
                               "With any of them: each --size (default 5x3x4x6) with those "
                               "options.")
+    c.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="rnn",
+                   help="the cell: Elman RNN, LSTM or GRU; all: rnnkern's three drop-ins, one "
+                        "table each (not with --impl)")
     c.add_argument("--impl", metavar="FILE.py:NAME",
-                   help="your module class or NumPy bptt function (default: rnnkern.RNN)")
+                   help="your module class or NumPy bptt function (default: rnnkern's drop-in "
+                        "for --cell)")
     c.add_argument("--forward", metavar="FILE.py:NAME",
                    help="with a NumPy bptt: its forward(x, h0, w_ih, w_hh, b_ih, b_hh) -> y, "
                         "compared too")
@@ -487,10 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--packed", action="store_true",
                    help="variable lengths as an unsorted PackedSequence")
     c.add_argument("--nonlinearity", choices=["tanh", "relu"],
-                   help="activation (default tanh)")
+                   help="activation (--cell rnn; default tanh)")
+    c.add_argument("--proj-size", type=_positive, metavar="P",
+                   help="LSTM projection size, smaller than H (--cell lstm, module classes)")
     c.add_argument("--dtype", choices=["float64", "float32"],
                    help="dtype of the candidate (default float64); the references run in "
-                        "float64, and float32 is held to torch.nn.RNN's own float32 error")
+                        "float64, and float32 is held to the torch class's own float32 error")
     c.add_argument("--reference", choices=["reference", "torch", "rnnkern",
                                            "finite-differences"], action="append",
                    help="oracle (repeatable; default: reference and torch). "
@@ -498,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--atol", type=_nonnegative_float,
                    help="absolute tolerance (with --rtol: |error| ≤ atol + rtol · max "
                         "|reference| per tensor; default: float64 rtol 1e-10, float32 8 × "
-                        "torch.nn.RNN's float32 error)")
+                        "the torch class's float32 error)")
     c.add_argument("--rtol", type=_nonnegative_float, help="relative tolerance, see --atol")
     c.add_argument("--seed", type=_nonnegative_int, default=0,
                    help="seed of weights, inputs and loss")

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IMPLS = ROOT / "tests" / "impls"
 BPTT = str(IMPLS / "bptt.py")
 MODULES = str(IMPLS / "modules.py")
+GATED = str(IMPLS / "gated.py")
 
 
 def run_check(argv, tmp_path, capsys):
@@ -178,6 +179,19 @@ BAD_ARGUMENTS = [
     (["--reference", "numpy"], "argument --reference: invalid choice: 'numpy'"),
     (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     (["--nonlinearity", "sigmoid"], "argument --nonlinearity: invalid choice"),
+    (["--cell", "cnn"], "argument --cell: invalid choice: 'cnn'"),
+    (["--cell", "all", "--impl", f"{GATED}:HandGRU"],
+     "argument --cell: all checks rnnkern's three drop-ins; with --impl give the cell"),
+    (["--cell", "lstm", "--nonlinearity", "relu"],
+     "argument --nonlinearity: applies to --cell rnn only, got --cell lstm"),
+    (["--cell", "gru", "--proj-size", "2"],
+     "argument --proj-size: applies to --cell lstm only, got --cell gru"),
+    (["--cell", "lstm", "--proj-size", "6"],
+     "argument --proj-size: must be smaller than H (as torch.nn.LSTM requires), got 6 with "
+     "size 5x3x4x6"),
+    (["--cell", "lstm", "--proj-size", "0"], "argument --proj-size: expected a positive"),
+    (["--cell", "lstm", "--impl", f"{GATED}:lstm_bptt", "--proj-size", "2"],
+     "argument --proj-size: "),
 ]
 
 
@@ -223,7 +237,9 @@ def test_help_lists_the_options(capsys):
     for piece in ("--impl FILE.py:NAME", "--forward", "--size TxBxIxH", "--layers",
                   "--bidirectional", "--packed", "--nonlinearity", "--dtype", "--atol", "--rtol",
                   "--reference", "finite-differences", "default: 0", "default: rnnkern-results",
-                  "exit status", "bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y)"):
+                  "exit status", "bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y)", "--cell",
+                  "{rnn,lstm,gru,all}", "--proj-size P",
+                  "bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y)"):
         assert piece.lower() in text.lower(), piece
 
 
@@ -236,6 +252,106 @@ def test_plan_with_options_replaces_the_grid():
     assert [c.config.describe() for c in checks] == ["5x3x4x6 relu"] * 2
     assert all(c.config.num_layers == 1 and not c.config.packed
                for c in check.plan(bptt=True))
+
+
+# ----------------------------------------------------------------------------- the gated cells
+
+def tables(lines):
+    """Each table's cells (one table per cell with --cell all)."""
+    starts = [i for i, l in enumerate(lines) if l.startswith("rnnkern check: ")]
+    return [table_cells(lines[a:b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
+
+
+def test_cell_all_checks_the_three_drop_ins_on_their_grids(tmp_path, capsys):
+    status, lines = run_check(["--cell", "all"], tmp_path, capsys)
+    assert status == 0
+    heads = [l for l in lines if l.startswith("rnnkern check: ")]
+    assert [h.split(" against ")[0] for h in heads] == [
+        "rnnkern check: rnnkern.RNN", "rnnkern check: rnnkern.LSTM", "rnnkern check: rnnkern.GRU"]
+    assert "torch.nn.LSTM, finite differences, and torch.autograd.gradcheck" in heads[1]
+    counts = []
+    for cell, rows in zip(("rnn", "lstm", "gru"), tables(lines)):
+        expected = (2 * len(check.GRIDS[cell]) + len(check.FINITE_DIFFERENCES_GRIDS[cell])
+                    + len(check.GRADCHECK_GRIDS[cell]))
+        assert len(rows) == expected and all(r["result"] == "ok" for r in rows)
+        counts.append(expected)
+        described = " ".join(r["configuration"] for r in rows)
+        assert (cell in described) == (cell != "rnn")
+        references = {r["reference"] for r in rows}
+        torch_class = {"rnn": "torch.nn.RNN", "lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
+        assert references == {"rnnkern.reference", torch_class[cell], "finite differences",
+                              "autograd.gradcheck"}
+    assert "L2 bi packed proj2 lstm" in " ".join(r["configuration"] for r in tables(lines)[1])
+    assert {"float32"} < {r["dtype"] for r in tables(lines)[2]}
+    assert lines[-2] == (f"rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU: all {sum(counts)} checks "
+                         "agree")
+    data = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert data["passed"] and data["candidate"] == "rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU"
+    assert [sum(c["cell"] == cell for c in data["checks"]) for cell in ("rnn", "lstm", "gru")] \
+        == counts
+    assert any(c["proj_size"] == 2 for c in data["checks"])
+
+
+def test_gated_numpy_bptt_with_cell(tmp_path, capsys):
+    status, lines = run_check(["--cell", "lstm", "--impl", f"{GATED}:lstm_bptt", "--forward",
+                               f"{GATED}:lstm_forward"], tmp_path, capsys)
+    assert status == 0 and len(table_rows(lines)) == 2 * len(check.BPTT_GRIDS["lstm"])
+    assert "torch.nn.LSTM" in lines[0]
+    status, lines = run_check(["--cell", "lstm", "--impl", f"{GATED}:lstm_bptt_dc_without_f"],
+                              tmp_path, capsys)
+    assert status == 1
+    enters = {(r["configuration"], r["error enters"]) for r in table_cells(lines)}
+    assert enters == {("1x1x1x1 lstm", "∂L/∂c0"), ("7x3x5x17 lstm", "step 5 (∂L/∂c)"),
+                      ("6x4x3x5 lstm", "step 4 (∂L/∂c)"), ("12x11x4x129 lstm", "step 10 (∂L/∂c)")}
+    assert any(l.startswith("error enters: step 5: ∂L/∂c_5 differs while δ_6 agrees")
+               for l in lines)
+    status, lines = run_check(["--cell", "gru", "--impl", f"{GATED}:gru_bptt_no_h_n_in_da_r",
+                               "--size", "6x3x4x5", "--reference", "torch"], tmp_path, capsys)
+    assert status == 1
+    assert [(r["reference"], r["error enters"], r["result"]) for r in table_cells(lines)] == [
+        ("torch.nn.GRU", "step 5 (δ)", "FAIL")]
+
+
+def test_gated_module_class_with_cell(tmp_path, capsys):
+    status, lines = run_check(["--cell", "gru", "--impl", f"{GATED}:HandGRUNoZCarry", "--size",
+                               "6x3x4x5", "--layers", "2"], tmp_path, capsys)
+    assert status == 1
+    cells = table_cells(lines)
+    assert [c["error enters"] for c in cells] == ["step 4 (∂L/∂h)"] * 2
+    assert cells[0]["configuration"] == "6x3x4x5 L2 gru"
+    assert any("of layer" in l and l.startswith("error enters: step 4: ∂L/∂h_4") for l in lines)
+    status, lines = run_check(["--cell", "lstm", "--impl", f"{GATED}:HandLSTM", "--size",
+                               "5x3x4x6", "--size", "2x1x1x2"], tmp_path, capsys)
+    assert status == 0 and len(table_rows(lines)) == 4
+    status, lines = run_check(["--cell", "lstm", "--proj-size", "2", "--bidirectional",
+                               "--packed", "--dtype", "float32"], tmp_path, capsys)
+    assert status == 0
+    assert [c["configuration"] for c in table_cells(lines)] == ["5x3x4x6 bi packed proj2 lstm"] * 2
+
+
+def test_exit_status_with_cell(tmp_path):
+    for argv, status in (([f"{GATED}:gru_bptt"], 0), ([f"{GATED}:gru_bptt_no_z_carry"], 1)):
+        proc = subprocess.run([sys.executable, "-m", "rnnkern", "check", "--cell", "gru",
+                               "--impl", *argv, "--size", "3x2x2x3"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == status, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "rnnkern", "check", "--cell", "all", "--impl",
+                           f"{GATED}:HandLSTM"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "argument --cell" in proc.stderr
+
+
+def test_plan_for_each_cell():
+    checks = check.plan(bptt=False, cell="lstm", sizes=[(4, 3, 2, 5)], proj_size=2,
+                        references=["torch"])
+    assert [(c.config.describe(), c.reference) for c in checks] == [
+        ("4x3x2x5 proj2 lstm", "torch")]
+    for cell in ("lstm", "gru"):
+        checks = check.plan(bptt=False, cell=cell, builtin=True)
+        assert {c.config.cell for c in checks} == {cell}
+        assert {c.reference for c in checks} == {"reference", "torch", "finite-differences",
+                                                 "gradcheck"}
+        assert [c.config.cell for c in check.plan(bptt=True, cell=cell)] == [cell] * 8
 
 
 # ----------------------------------------------------------------------------- README example

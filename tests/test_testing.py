@@ -17,6 +17,7 @@ from rnnkern import testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "impls"))
 import bptt as impls  # noqa: E402
+import gated as gated_impls  # noqa: E402
 import modules as module_impls  # noqa: E402
 
 # the smallest with H > 1: with H = 1, W_hh is its own transpose
@@ -277,8 +278,21 @@ def test_report_table_is_readable():
     (lambda: testing.compare(dict), TypeError, "got the class builtins.dict"),
     (lambda: testing.compare(impls.bptt, "numpy"), ValueError,
      "reference must be one of reference, torch, rnnkern, finite-differences.*got 'numpy'"),
+    (lambda: testing.compare(rnnkern.RNN, cell="cnn"), ValueError,
+     "cell must be one of 'rnn', 'lstm', 'gru', got 'cnn'"),
     (lambda: testing.compare(rnnkern.RNN, cell="lstm"), ValueError,
-     r"cell must be one of \('rnn',\).*got 'lstm'"),
+     r"rnnkern.RNN's parameter 'weight_ih_l0' has shape \(6, 4\), expected \(24, 4\) "
+     r"\(as torch.nn.LSTM's\)"),
+    (lambda: testing.compare(rnnkern.GRU, cell="gru", nonlinearity="relu"), ValueError,
+     "nonlinearity applies to cell 'rnn' only, got nonlinearity='relu' with cell='gru'"),
+    (lambda: testing.compare(rnnkern.GRU, cell="gru", proj_size=2), ValueError,
+     "proj_size applies to cell 'lstm' only, got proj_size=2 with cell='gru'"),
+    (lambda: testing.compare(rnnkern.LSTM, cell="lstm", proj_size=6), ValueError,
+     r"proj_size must be smaller than H = 6 \(as torch.nn.LSTM requires\), got 6"),
+    (lambda: testing.compare(rnnkern.LSTM, cell="lstm", proj_size=-1), ValueError,
+     "proj_size must be an integer ≥ 0, got -1"),
+    (lambda: testing.compare(impls.bptt, cell="lstm", proj_size=2), ValueError,
+     "proj_size=2 needs a module candidate"),
     (lambda: testing.compare(rnnkern.RNN, size=(3, 4)), ValueError,
      r"size must be \(T, B, I, H\), four positive integers, got \(3, 4\)"),
     (lambda: testing.compare(rnnkern.RNN, size=(3, 0, 2, 2)), ValueError,
@@ -328,6 +342,222 @@ def test_candidate_may_write_into_its_arguments():
             a[...] = 0
         return grads
     assert testing.compare(scribbler, forward=impls.forward).passed
+
+
+# ----------------------------------------------------------------------------- the gated cells
+
+DROP_INS = {"lstm": (rnnkern.LSTM, torch.nn.LSTM), "gru": (rnnkern.GRU, torch.nn.GRU)}
+GATED_OPTIONS = {
+    "T1-B1-H1": dict(size=(1, 1, 1, 1)),
+    "L2-bi-packed": dict(size=(6, 4, 3, 5), num_layers=2, bidirectional=True, packed=True),
+    "L3-packed-no-bias": dict(size=(5, 3, 2, 7), num_layers=3, packed=True, bias=False),
+    "bi-odd": dict(size=(9, 5, 4, 17), bidirectional=True),
+    "proj": dict(size=(6, 3, 4, 5), num_layers=2, bidirectional=True, packed=True, proj_size=3),
+}
+
+
+def _gated_cases():
+    for cell in ("lstm", "gru"):
+        for name, options in GATED_OPTIONS.items():
+            if "proj_size" in options and cell != "lstm":
+                continue
+            yield pytest.param(cell, options, id=f"{cell}-{name}")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell, options", list(_gated_cases()))
+def test_gated_drop_ins_agree_with_every_autograd_oracle(cell, options, dtype):
+    ours, theirs = DROP_INS[cell]
+    for candidate, reference in ((ours, "reference"), (ours, "torch"), (theirs, "reference"),
+                                 (theirs, "rnnkern"), ("reference", "torch")):
+        report = testing.assert_gradients_close(candidate, reference, cell=cell, dtype=dtype,
+                                                **options)
+        keys = [t.key for t in report.tensors]
+        states = ["hx", "cx"] if cell == "lstm" else ["hx"]
+        finals = ["h_n", "c_n"] if cell == "lstm" else ["h_n"]
+        assert keys[:2 + 2 * len(states)] == ["output", *finals, "input", *states]
+        per = (4 if options.get("bias", True) else 2) + (1 if options.get("proj_size") else 0)
+        layers, directions = options.get("num_layers", 1), 1 + options.get("bidirectional", 0)
+        assert len(keys) == 2 + 2 * len(states) + per * layers * directions
+        assert report.passed and report.localisation is None
+        if dtype == "float32":
+            assert f"torch.nn.{cell.upper()}'s float32 error" in report.tolerance
+            assert all(1e-7 < t.allowed_rel < 1e-3 for t in report.tensors)
+
+
+@pytest.mark.parametrize("cell, options", [
+    ("lstm", dict(size=(3, 2, 2, 3), num_layers=2, bidirectional=True, packed=True,
+                  proj_size=2)),
+    ("gru", dict(size=(4, 3, 3, 5), num_layers=2, bidirectional=True, packed=True))],
+    ids=["lstm-L2-bi-packed-proj", "gru-L2-bi-packed"])
+def test_gated_drop_ins_agree_with_finite_differences(cell, options):
+    report = testing.assert_gradients_close(DROP_INS[cell][0], "finite-differences", cell=cell,
+                                            **options)
+    assert report.reference == "finite differences"
+    assert all(t.rel < testing.FD_RTOL / 10 for t in report.tensors)
+    assert {"cx", "c_n", "weight_hr_l1_reverse"} <= {t.key for t in report.tensors} or \
+        cell == "gru"
+
+
+def test_gated_gradcheck():
+    assert testing.gradcheck(rnnkern.LSTM, cell="lstm", num_layers=2, bidirectional=True,
+                             packed=True, proj_size=2)
+    assert testing.gradcheck(rnnkern.GRU, cell="gru", num_layers=2, bidirectional=True,
+                             packed=True)
+    from torch.autograd.gradcheck import GradcheckError
+
+    with pytest.raises(GradcheckError, match="Jacobian mismatch"):
+        testing.gradcheck(gated_impls.HandGRUNoZCarry, cell="gru")
+    with pytest.raises(GradcheckError, match="Jacobian mismatch"):
+        testing.gradcheck(gated_impls.HandLSTMDcWithoutF, cell="lstm")
+
+
+GATED_BPTT = {"lstm": (gated_impls.lstm_bptt, gated_impls.lstm_forward),
+              "gru": (gated_impls.gru_bptt, gated_impls.gru_forward)}
+
+
+@pytest.mark.parametrize("reference", testing.REFERENCES)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_correct_gated_numpy_bptt_passes_every_reference(cell, reference):
+    bptt, forward = GATED_BPTT[cell]
+    size = (4, 2, 3, 4) if reference == "finite-differences" else (6, 3, 4, 5)
+    report = testing.assert_gradients_close(bptt, reference, cell=cell, forward=forward,
+                                            size=size)
+    c0 = ["grad c0"] if cell == "lstm" else []
+    assert [t.name for t in report.tensors] == ["y", "h_n", "grad x", "grad h0", *c0,
+                                                "grad w_ih", "grad w_hh", "grad b_ih",
+                                                "grad b_hh"]
+    # and as the reference of the drop-in, in float32 too
+    testing.assert_gradients_close(DROP_INS[cell][0], bptt, cell=cell, size=(6, 3, 4, 5))
+    testing.assert_gradients_close(bptt, cell=cell, size=(7, 3, 5, 17), dtype="float32")
+
+
+# bug: (function, cell, the step where the error enters as a function of T, the quantity)
+GATED_BUGS = {
+    "LSTM tanh'(c) left out": (gated_impls.lstm_bptt_no_dtanh, "lstm", lambda T: T - 1,
+                               "delta"),
+    "LSTM dc to c_{t-1} without f": (gated_impls.lstm_bptt_dc_without_f, "lstm",
+                                     lambda T: T - 2, "grad_c"),
+    "LSTM only the i block to h_{t-1}": (gated_impls.lstm_bptt_only_i_to_h, "lstm",
+                                         lambda T: T - 2, "grad_h"),
+    "GRU h_n left out of da_r": (gated_impls.gru_bptt_no_h_n_in_da_r, "gru", lambda T: T - 1,
+                                 "delta"),
+    "GRU no d ⊙ z to h_{t-1}": (gated_impls.gru_bptt_no_z_carry, "gru", lambda T: T - 2,
+                                "grad_h"),
+}
+
+
+@pytest.mark.parametrize("reference", ["reference", "torch"])
+@pytest.mark.parametrize("size", [(6, 3, 4, 5), (9, 2, 3, 7), (2, 1, 1, 2)])
+@pytest.mark.parametrize("bug", GATED_BUGS)
+def test_gated_bug_is_caught_at_the_right_step(bug, size, reference):
+    function, cell, step, quantity = GATED_BUGS[bug]
+    report = testing.compare(function, reference, size=size, cell=cell,
+                             forward=GATED_BPTT[cell][1])
+    assert not report.passed
+    failed = {t.name for t in report.failed()}
+    assert {"grad x", "grad w_hh"} <= failed and not {"y", "h_n"} & failed
+    loc = report.localisation
+    T = size[0]
+    assert (loc.step, loc.quantity) == (step(T), quantity), loc
+    state = {"grad_c": "c", "grad_h": "h"}.get(quantity)
+    if quantity == "delta":
+        assert loc.message.startswith(f"step {T - 1} (the last): δ_{T - 1} = [da_")
+        assert loc.short() == f"step {T - 1} (δ)"
+    else:
+        assert loc.message.startswith(f"step {T - 2}: ∂L/∂{state}_{T - 2} differs while "
+                                      f"δ_{T - 1} agrees")
+        assert loc.short() == f"step {T - 2} (∂L/∂{state})"
+    with pytest.raises(AssertionError, match="gradients differ") as error:
+        testing.assert_gradients_close(function, reference, size=size, cell=cell)
+    assert f"error enters: {loc.message}" in str(error.value)
+
+
+def test_gated_hand_off_bugs_with_one_step_show_in_the_initial_state():
+    report = testing.compare(gated_impls.lstm_bptt_dc_without_f, cell="lstm", size=(1, 3, 4, 5))
+    assert [t.name for t in report.failed()] == ["grad c0"]
+    assert (report.localisation.step, report.localisation.quantity) == (-1, "grad_c")
+    assert report.localisation.short() == "∂L/∂c0"
+    assert "to the initial state c0 is wrong (it is dc_0 ⊙ f_0)" in report.localisation.message
+    report = testing.compare(gated_impls.gru_bptt_no_z_carry, cell="gru", size=(1, 3, 4, 5))
+    assert [t.name for t in report.failed()] == ["grad h0"]
+    assert report.localisation.short() == "∂L/∂h0"
+
+
+def test_gated_module_candidates_are_localised_per_layer():
+    report = testing.assert_gradients_close(gated_impls.HandLSTM, cell="lstm",
+                                            size=(6, 3, 4, 5), num_layers=3)
+    assert [t.key for t in report.tensors][:6] == ["output", "h_n", "c_n", "input", "hx",
+                                                    "cx"]
+    testing.assert_gradients_close(gated_impls.HandGRU, cell="gru", size=(6, 3, 4, 5),
+                                   num_layers=3)
+    for cls, cell, quantity in ((gated_impls.HandLSTMDcWithoutF, "lstm", "grad_c"),
+                                (gated_impls.HandLSTMOnlyIToH, "lstm", "grad_h"),
+                                (gated_impls.HandGRUNoZCarry, "gru", "grad_h")):
+        report = testing.compare(cls, cell=cell, size=(6, 3, 4, 5), num_layers=2)
+        loc = report.localisation
+        assert (loc.step, loc.quantity) == (4, quantity) and loc.layer in (0, 1), loc
+        assert f"of layer {loc.layer} differs" in loc.message
+        assert {"grad hx", "grad weight_hh_l1"} <= {t.name for t in report.failed()}
+    report = testing.compare(gated_impls.HandGRUNoHnInDaR, cell="gru", size=(6, 3, 4, 5),
+                             num_layers=2)
+    assert (report.localisation.step, report.localisation.quantity) == (5, "delta")
+
+
+def test_lstm_c_n_gradient_dropped_is_caught_on_one_direction():
+    report = testing.compare(gated_impls.CnDetached, cell="lstm", size=(6, 3, 4, 5),
+                             num_layers=2, bidirectional=True, packed=True)
+    assert {"output", "h_n", "c_n"}.isdisjoint(t.key for t in report.failed())
+    assert {"grad cx", "grad weight_hh_l1_reverse"} <= {t.name for t in report.failed()}
+    loc = report.localisation
+    assert (loc.step, loc.quantity) == (5, "delta")
+    assert "∂L/∂h_5 and ∂L/∂c_5 are formed" in loc.message
+    assert loc.message.endswith("(found on 6x3x4x5 L2 lstm, one direction, no packing)")
+
+
+def test_gated_report_and_errors():
+    report = testing.compare(rnnkern.LSTM, "torch", cell="lstm", size=(4, 3, 2, 5),
+                             proj_size=2, bidirectional=True)
+    assert report.reference == "torch.nn.LSTM" and report.candidate == "rnnkern.LSTM"
+    assert report.config.describe() == "4x3x2x5 bi proj2 lstm"
+    by_key = {t.key: t for t in report.tensors}
+    assert by_key["weight_hr_l0_reverse"].name == "grad weight_hr_l0_reverse"
+    assert by_key["c_n"].where.startswith("layer 0 ") and by_key["hx"].index[2] < 2
+    assert testing.compare("reference", cell="gru").candidate == "rnnkern.reference"
+
+    def no_c0(*args):
+        grads = gated_impls.lstm_bptt(*args)
+        del grads["c0"]
+        return grads
+    with pytest.raises(ValueError, match="result has no key 'c0': it must return a dict with "
+                                         "keys x, h0, c0, w_ih, w_hh, b_ih, b_hh"):
+        testing.compare(no_c0, cell="lstm")
+    with pytest.raises(TypeError, match=r"must return \(output, \(h_n, c_n\)\) as "
+                                        r"torch.nn.LSTM does, got \(output, Tensor\)"):
+        testing.compare(gated_impls.ReturnsHnOnly, cell="lstm")
+    with pytest.raises(ValueError, match=r"'weight_ih_l0' has shape \(12, 4\), expected "
+                                         r"\(9, 4\) \(as torch.nn.GRU's\)"):
+        testing.compare(torch.nn.LSTM, cell="gru", size=(5, 3, 4, 3))
+    with pytest.raises(TypeError, match="gradcheck needs a module class built like "
+                                        "torch.nn.LSTM"):
+        testing.gradcheck(gated_impls.lstm_bptt, cell="lstm")
+
+
+@pytest.mark.parametrize("cell, key, row, where", [
+    ("gru", "w_hh", (5 + 2, 1), "gate z, unit 2, column 1"),
+    ("lstm", "b_ih", (2 * 5 + 1,), "gate g, unit 1"),
+    ("lstm", "w_ih", (3 * 5 + 4, 0), "gate o, unit 4, column 0")])
+def test_gated_weight_rows_are_named_by_gate(cell, key, row, where):
+    bptt = GATED_BPTT[cell][0]
+
+    def perturbed(*args):
+        grads = bptt(*args)
+        grads[key] = grads[key].copy()
+        grads[key][row] += 1.0
+        return grads
+    report = testing.compare(perturbed, cell=cell, size=(4, 3, 2, 5))
+    assert [(t.name, t.where) for t in report.failed()] == [(f"grad {key}", where)]
+    assert report.localisation.quantity == "after the loop"
 
 
 # ----------------------------------------------------------------------------- the library
