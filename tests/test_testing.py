@@ -522,7 +522,7 @@ def test_gated_report_and_errors():
     assert report.config.describe() == "4x3x2x5 bi proj2 lstm"
     by_key = {t.key: t for t in report.tensors}
     assert by_key["weight_hr_l0_reverse"].name == "grad weight_hr_l0_reverse"
-    assert by_key["c_n"].where.startswith("layer 0 ") and by_key["hx"].index[2] < 2
+    assert by_key["c_n"].where.startswith("layer 0") and by_key["hx"].index[2] < 2
     assert testing.compare("reference", cell="gru").candidate == "rnnkern.reference"
 
     def no_c0(*args):
