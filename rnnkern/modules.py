@@ -303,7 +303,8 @@ def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
 
 
 class LSTM(torch.nn.LSTM):
-    """``torch.nn.LSTM`` with forward and backward on rnnkern's fused CPU kernels.
+    """``torch.nn.LSTM`` with forward and backward on rnnkern's fused CPU kernels (CUDA
+    tensors run on torch's own LSTM: rnnkern's CUDA kernels cover the Elman cell only).
 
     Use it exactly like ``torch.nn.LSTM`` (``proj_size`` included); dtypes, fallbacks, compile
     and saving as for :class:`RNN`.
@@ -316,13 +317,19 @@ class LSTM(torch.nn.LSTM):
         _let_dynamo_trace_rnn_modules()
 
     def flatten_parameters(self) -> None:
-        """Does nothing: rnnkern reads the weights where they are."""
+        """Does nothing on the CPU, where rnnkern reads the weights where they are; on a GPU,
+        torch's (the gated cells run there on torch's own kernels, which want one buffer)."""
+        if self._flat_weights and all(w.is_cuda for w in self._flat_weights):
+            super().flatten_parameters()
 
     def forward(self, input: Union[Tensor, PackedSequence],
                 hx: Optional[Tuple[Tensor, Tensor]] = None):
         """Runs the forward pass, like ``torch.nn.LSTM.forward``."""
         data = input.data if isinstance(input, PackedSequence) else input
-        if data.device.type == "meta":
+        if data.device.type in ("meta", "cuda"):  # shapes only; or a GPU: torch's kernels
+            if data.is_cuda and self._gradient_flow is not None:
+                raise RuntimeError("record_gradient_flow of an LSTM or GRU runs on the CPU "
+                                   "only: on a GPU these run on torch's own kernels")
             return super().forward(input, hx)
         self._update_flat_weights()
         orig_input = input
@@ -375,7 +382,8 @@ class LSTM(torch.nn.LSTM):
 
 
 class GRU(torch.nn.GRU):
-    """``torch.nn.GRU`` with forward and backward on rnnkern's fused CPU kernels.
+    """``torch.nn.GRU`` with forward and backward on rnnkern's fused CPU kernels (CUDA
+    tensors run on torch's own GRU, as for :class:`LSTM`).
 
     Use it exactly like ``torch.nn.GRU``; dtypes, fallbacks, compile and saving as for
     :class:`RNN`.
@@ -388,13 +396,19 @@ class GRU(torch.nn.GRU):
         _let_dynamo_trace_rnn_modules()
 
     def flatten_parameters(self) -> None:
-        """Does nothing: rnnkern reads the weights where they are."""
+        """Does nothing on the CPU, where rnnkern reads the weights where they are; on a GPU,
+        torch's (the gated cells run there on torch's own kernels, which want one buffer)."""
+        if self._flat_weights and all(w.is_cuda for w in self._flat_weights):
+            super().flatten_parameters()
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the forward pass, like ``torch.nn.GRU.forward``."""
         data = input.data if isinstance(input, PackedSequence) else input
-        if data.device.type == "meta":
+        if data.device.type in ("meta", "cuda"):  # shapes only; or a GPU: torch's kernels
+            if data.is_cuda and self._gradient_flow is not None:
+                raise RuntimeError("record_gradient_flow of an LSTM or GRU runs on the CPU "
+                                   "only: on a GPU these run on torch's own kernels")
             return super().forward(input, hx)
         self._update_flat_weights()
         orig_input = input

@@ -100,3 +100,19 @@ def test_the_kernels_run(monkeypatch):
     monkeypatch.setattr(gpu, "forward", lambda *a: calls.append(a[0].device) or real(*a))
     rnnkern.RNN(3, 4).cuda()(torch.randn(2, 1, 3, device="cuda"))
     assert calls and calls[0].type == "cuda"
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_gated_cells_on_a_gpu_run_on_torch_kernels(cell):
+    """rnnkern.LSTM / GRU on CUDA tensors give torch's results (its own kernels run them);
+    gradient-flow recording says it is CPU only."""
+    theirs = getattr(torch.nn, cell)(4, 6, num_layers=2, bidirectional=True).cuda()
+    ours = getattr(rnnkern, cell)(4, 6, num_layers=2, bidirectional=True).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 3, 4, device="cuda")
+    out, _ = ours(x)
+    expected, _ = theirs(x)
+    assert torch.allclose(out, expected, atol=1e-6)
+    from rnnkern.diagnostics import record_gradient_flow
+    with record_gradient_flow(ours), pytest.raises(RuntimeError, match="CPU only"):
+        ours(x)
