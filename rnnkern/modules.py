@@ -32,6 +32,52 @@ def _let_dynamo_trace_rnn_modules() -> None:
     torch._dynamo.config.allow_rnn = True
 
 
+def _one_state_forward(module, input: Union[Tensor, PackedSequence], hx: Optional[Tensor],
+                       bad_dims: str, compute) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
+    """torch.nn.RNN.forward's and torch.nn.GRU.forward's handling of input and hx, line by
+    line, around compute(input, hx, batch_sizes, max_batch_size, unsorted_indices), which
+    returns (output, hidden). ``bad_dims``: torch's message for input that is not 2-D or 3-D."""
+    module._update_flat_weights()
+    num_directions = 2 if module.bidirectional else 1
+    orig_input = input
+    is_batched = True
+    batch_dim = 0 if module.batch_first else 1
+    if isinstance(orig_input, PackedSequence):
+        input, batch_sizes, sorted_indices, unsorted_indices = input
+        max_batch_size = int(batch_sizes[0])
+    else:
+        batch_sizes = sorted_indices = unsorted_indices = None
+        if input.dim() not in (2, 3):
+            raise ValueError(bad_dims.format(input.dim()))
+        is_batched = input.dim() == 3
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError("For unbatched 2-D input, hx should also be 2-D but "
+                                       f"got {hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        elif hx is not None and hx.dim() != 3:
+            raise RuntimeError("For batched 3-D input, hx should also be 3-D but got "
+                               f"{hx.dim()}-D tensor")
+        max_batch_size = input.size(0) if module.batch_first else input.size(1)
+    if hx is None:
+        hx = torch.zeros(module.num_layers * num_directions, max_batch_size, module.hidden_size,
+                         dtype=input.dtype, device=input.device)
+    else:
+        hx = module.permute_hidden(hx, sorted_indices)
+    module.check_forward_args(input, hx, batch_sizes)
+    RNN._check_hidden_matches_input(module, input, hx, batch_sizes)
+    output, hidden = compute(input, hx, batch_sizes, max_batch_size, unsorted_indices)
+    if isinstance(orig_input, PackedSequence):
+        output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        return output_packed, module.permute_hidden(hidden, unsorted_indices)
+    if not is_batched:
+        output = output.squeeze(batch_dim)
+        hidden = hidden.squeeze(1)
+    return output, module.permute_hidden(hidden, unsorted_indices)
+
+
 class RNN(torch.nn.RNN):
     """``torch.nn.RNN`` with forward and backward on rnnkern's fused kernels: the CPU core, or
     for CUDA tensors the loops of ``rnnkern._cuda`` (see ``rnnkern.cuda_available()``).
@@ -115,60 +161,23 @@ class RNN(torch.nn.RNN):
 
     def _forward_checked(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor]
                          ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
-        # The input handling follows torch.nn.RNN.forward line by line.
         data = input.data if isinstance(input, PackedSequence) else input
         if data.device.type == "meta":  # shapes only (deferred initialisation)
             return super().forward(input, hx)
-        self._update_flat_weights()
-        num_directions = 2 if self.bidirectional else 1
-        orig_input = input
-        is_batched = True
-        batch_dim = 0 if self.batch_first else 1
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
-        else:
-            batch_sizes = sorted_indices = unsorted_indices = None
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-            is_batched = input.dim() == 3
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError("For unbatched 2-D input, hx should also be 2-D but "
-                                           f"got {hx.dim()}-D tensor")
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
-                raise RuntimeError("For batched 3-D input, hx should also be 3-D but got "
-                                   f"{hx.dim()}-D tensor")
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-        if hx is None:
-            hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                             dtype=input.dtype, device=input.device)
-        else:
-            hx = self.permute_hidden(hx, sorted_indices)
-        self.check_forward_args(input, hx, batch_sizes)
-        self._check_hidden_matches_input(input, hx, batch_sizes)
 
-        on_grad_norms = None
-        if self._gradient_flow is not None:
-            from .diagnostics import _flow_callback
+        def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
+            on_grad_norms = None
+            if self._gradient_flow is not None:
+                from .diagnostics import _flow_callback
 
-            steps = input.size(1 if self.batch_first else 0) if batch_sizes is None \
-                else batch_sizes.numel()
-            on_grad_norms = _flow_callback(self, batch_sizes, steps, max_batch_size,
-                                           unsorted_indices)
-        output, hidden = self._compute(input, hx, batch_sizes, on_grad_norms)
+                steps = input.size(1 if self.batch_first else 0) if batch_sizes is None \
+                    else batch_sizes.numel()
+                on_grad_norms = _flow_callback(self, batch_sizes, steps, max_batch_size,
+                                               unsorted_indices)
+            return self._compute(input, hx, batch_sizes, on_grad_norms)
 
-        if isinstance(orig_input, PackedSequence):
-            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return output_packed, self.permute_hidden(hidden, unsorted_indices)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+        return _one_state_forward(self, input, hx, "RNN: Expected input to be 2D or 3D, got {}D "
+                                  "tensor instead", compute)
 
     def _check_hidden_matches_input(self, input: Tensor, hx: Tensor,
                                     batch_sizes: Optional[Tensor]) -> None:
@@ -410,48 +419,14 @@ class GRU(torch.nn.GRU):
                 raise RuntimeError("record_gradient_flow of an LSTM or GRU runs on the CPU "
                                    "only: on a GPU these run on torch's own kernels")
             return super().forward(input, hx)
-        self._update_flat_weights()
-        orig_input = input
-        is_batched = True
-        batch_dim = 0 if self.batch_first else 1
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
-        else:
-            batch_sizes = sorted_indices = unsorted_indices = None
-            if input.dim() not in (2, 3):
-                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D "
-                                 "instead")
-            is_batched = input.dim() == 3
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError("For unbatched 2-D input, hx should also be 2-D but "
-                                           f"got {hx.dim()}-D tensor")
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
-                raise RuntimeError("For batched 3-D input, hx should also be 3-D but got "
-                                   f"{hx.dim()}-D tensor")
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-        if hx is None:
-            num_directions = 2 if self.bidirectional else 1
-            hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                             dtype=input.dtype, device=input.device)
-        else:
-            hx = self.permute_hidden(hx, sorted_indices)
-        self.check_forward_args(input, hx, batch_sizes)
-        RNN._check_hidden_matches_input(self, input, hx, batch_sizes)
-        output, hidden = _gated_compute(
-            self, "gru", input, hx, batch_sizes,
-            _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
-        if isinstance(orig_input, PackedSequence):
-            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return output_packed, self.permute_hidden(hidden, unsorted_indices)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+
+        def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
+            return _gated_compute(
+                self, "gru", input, hx, batch_sizes,
+                _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
+
+        return _one_state_forward(self, input, hx, "GRU: Expected input to be 2D or 3D, got {}D "
+                                  "instead", compute)
 
 
 def _lstm_init_signature(self, input_size: int, hidden_size: int, num_layers: int = 1,
