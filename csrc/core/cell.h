@@ -17,30 +17,12 @@ namespace rnnkern {
 
 enum class Activation : int { kTanh = 0, kRelu = 1 };
 
-// tanh for float within an ulp of the exact value, and ±1 from |a| >= 9.01084 on, exactly where
-// torch's float tanh (Sleef) is ±1: a saturated unit passes no gradient. For |a| < 0.9 an odd
-// polynomial a + a³·P(a²) (fitted to tanh), above it 1 - 2 / (exp(2|a|) + 1) with Cephes' expf.
-// NaN propagates. Both branches run on every lane; V is float or a vector of floats.
+// exp(z) for float lanes z in [-87, 88] (the caller clamps), as Cephes' expf: z = n·ln2 + r
+// with |r| <= ln2 / 2, exp(z) = 2^n · (1 + r + r²·Q(r)), 2^n added to the exponent bits.
 template <typename V>
-RNNKERN_HOST_DEVICE V tanh_float(V a) {
+RNNKERN_HOST_DEVICE V exp_float(V z) {
   typedef unsigned int U __attribute__((vector_size(sizeof(V))));  // same lanes as V
   const V zero{};
-  const V ax = a < zero ? -a : a;
-  // The polynomial.
-  const V a2 = a * a;
-  V p = a2 * -4.06345265e-04f + 2.43631331e-03f;
-  p = a2 * p + -8.09153914e-03f;
-  p = a2 * p + 2.15608664e-02f;
-  p = a2 * p + -5.38975410e-02f;
-  p = a2 * p + 1.33325040e-01f;
-  p = a2 * p + -3.33332956e-01f;
-  V small = (a * a2) * p + a;
-  small = a == zero ? a : small;  // keeps -0
-  // e = exp(z), z = 2|a| clamped to [1.8, 19] (tanh(9.5) is 1 in float): z = n·ln2 + r with
-  // |r| <= ln2 / 2, e = 2^n · (1 + r + r²·Q(r)), 2^n added to the exponent bits.
-  V z = ax + ax;
-  z = z > zero + 19.0f ? zero + 19.0f : z;
-  z = z < zero + 1.8f ? zero + 1.8f : z;
   const V shift = zero + 12582912.0f;  // 1.5 · 2^23: the sum's low bits are round(z / ln2)
   const V k = z * 1.44269504088896341f + shift;
   const V n = k - shift;
@@ -58,6 +40,32 @@ RNNKERN_HOST_DEVICE V tanh_float(V a) {
   __builtin_memcpy(&shift_bits, &shift, sizeof(shift));
   bits += (k_bits - shift_bits) << 23;
   __builtin_memcpy(&e, &bits, sizeof(e));
+  return e;
+}
+
+// tanh for float within an ulp of the exact value, and ±1 from |a| >= 9.01084 on, exactly where
+// torch's float tanh (Sleef) is ±1: a saturated unit passes no gradient. For |a| < 0.9 an odd
+// polynomial a + a³·P(a²) (fitted to tanh), above it 1 - 2 / (exp(2|a|) + 1) with Cephes' expf.
+// NaN propagates. Both branches run on every lane; V is float or a vector of floats.
+template <typename V>
+RNNKERN_HOST_DEVICE V tanh_float(V a) {
+  const V zero{};
+  const V ax = a < zero ? -a : a;
+  // The polynomial.
+  const V a2 = a * a;
+  V p = a2 * -4.06345265e-04f + 2.43631331e-03f;
+  p = a2 * p + -8.09153914e-03f;
+  p = a2 * p + 2.15608664e-02f;
+  p = a2 * p + -5.38975410e-02f;
+  p = a2 * p + 1.33325040e-01f;
+  p = a2 * p + -3.33332956e-01f;
+  V small = (a * a2) * p + a;
+  small = a == zero ? a : small;  // keeps -0
+  // e = exp(z), z = 2|a| clamped to [1.8, 19] (tanh(9.5) is 1 in float)
+  V z = ax + ax;
+  z = z > zero + 19.0f ? zero + 19.0f : z;
+  z = z < zero + 1.8f ? zero + 1.8f : z;
+  const V e = exp_float(z);
   V large = (zero + 1.0f) - (zero + 2.0f) / (e + 1.0f);
   large = large > zero + 0.99999994f ? zero + 0.99999994f : large;  // the float below 1
   large = ax >= zero + 9.01084f ? zero + 1.0f : large;
@@ -111,32 +119,15 @@ RNNKERN_HOST_DEVICE T activation_backward(Activation act, T d, T h) {
 // scalars, the CPU kernels their own for vectors).
 namespace rnnkern {
 
-// σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it, with exp(-a) by the same Cephes
-// reduction as tanh_float (-a clamped to [-87, 88]: σ is 1 above, ~0 below). NaN propagates.
+// σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it, with exp(-a) from exp_float (-a
+// clamped to [-87, 88]: σ is 1 above, ~0 below). NaN propagates.
 template <typename V>
 RNNKERN_HOST_DEVICE V sigmoid_float(V a) {
-  typedef unsigned int U __attribute__((vector_size(sizeof(V))));
   const V zero{};
   V z = -a;
   z = z > zero + 88.0f ? zero + 88.0f : z;
   z = z < zero - 87.0f ? zero - 87.0f : z;
-  const V shift = zero + 12582912.0f;
-  const V k = z * 1.44269504088896341f + shift;
-  const V n = k - shift;
-  V r = n * -0.693359375f + z;
-  r = n * 2.12194440e-4f + r;
-  V q = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  q = r * q + 8.3334519073e-3f;
-  q = r * q + 4.1665795894e-2f;
-  q = r * q + 1.6666665459e-1f;
-  q = r * q + 5.0000001201e-1f;
-  V e = (r * r) * q + r + 1.0f;
-  U bits, k_bits, shift_bits;
-  __builtin_memcpy(&bits, &e, sizeof(e));
-  __builtin_memcpy(&k_bits, &k, sizeof(k));
-  __builtin_memcpy(&shift_bits, &shift, sizeof(shift));
-  bits += (k_bits - shift_bits) << 23;
-  __builtin_memcpy(&e, &bits, sizeof(e));
+  const V e = exp_float(z);
   const V s = (zero + 1.0f) / (e + 1.0f);
   return a == a ? s : a;
 }
