@@ -82,7 +82,7 @@ def test_cuda_graph_capture():
     module = rnnkern.RNN(8, 16).cuda()
     x = torch.randn(20, 4, 8, device="cuda")
     with torch.no_grad():
-        for _ in range(2):  # warm-up on a side stream, as torch.cuda.graphs asks
+        for _ in range(2):  # warm-up before capture
             module(x)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
