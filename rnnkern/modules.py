@@ -311,19 +311,11 @@ def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
                                 unsorted_indices)
 
 
-class LSTM(torch.nn.LSTM):
-    """``torch.nn.LSTM`` with forward and backward on rnnkern's fused CPU kernels (CUDA
-    tensors run on torch's own LSTM: rnnkern's CUDA kernels cover the Elman cell only).
-
-    Use it exactly like ``torch.nn.LSTM`` (``proj_size`` included); dtypes, fallbacks, compile
-    and saving as for :class:`RNN`.
-    """
+class _GatedCell:
+    """What rnnkern.LSTM and rnnkern.GRU add alike to torch's class: the CPU kernels take the
+    weights where they are, and on a GPU (or the meta device) torch's own kernels run."""
 
     _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _let_dynamo_trace_rnn_modules()
 
     def flatten_parameters(self) -> None:
         """Does nothing on the CPU, where rnnkern reads the weights where they are; on a GPU,
@@ -331,14 +323,33 @@ class LSTM(torch.nn.LSTM):
         if self._flat_weights and all(w.is_cuda for w in self._flat_weights):
             super().flatten_parameters()
 
+    def _on_torch_kernels(self, data: Tensor) -> bool:
+        """Whether this forward runs on torch's own code: meta (shapes only) or a GPU."""
+        if data.device.type not in ("meta", "cuda"):
+            return False
+        if data.is_cuda and self._gradient_flow is not None:
+            raise RuntimeError("record_gradient_flow of an LSTM or GRU runs on the CPU "
+                               "only: on a GPU these run on torch's own kernels")
+        return True
+
+
+class LSTM(_GatedCell, torch.nn.LSTM):
+    """``torch.nn.LSTM`` with forward and backward on rnnkern's fused CPU kernels (CUDA
+    tensors run on torch's own LSTM: rnnkern's CUDA kernels cover the Elman cell only).
+
+    Use it exactly like ``torch.nn.LSTM`` (``proj_size`` included); dtypes, fallbacks, compile
+    and saving as for :class:`RNN`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _let_dynamo_trace_rnn_modules()
+
     def forward(self, input: Union[Tensor, PackedSequence],
                 hx: Optional[Tuple[Tensor, Tensor]] = None):
         """Runs the forward pass, like ``torch.nn.LSTM.forward``."""
         data = input.data if isinstance(input, PackedSequence) else input
-        if data.device.type in ("meta", "cuda"):  # shapes only; or a GPU: torch's kernels
-            if data.is_cuda and self._gradient_flow is not None:
-                raise RuntimeError("record_gradient_flow of an LSTM or GRU runs on the CPU "
-                                   "only: on a GPU these run on torch's own kernels")
+        if self._on_torch_kernels(data):
             return super().forward(input, hx)
         self._update_flat_weights()
         orig_input = input
@@ -390,7 +401,7 @@ class LSTM(torch.nn.LSTM):
         return output, self.permute_hidden(hidden, unsorted_indices)
 
 
-class GRU(torch.nn.GRU):
+class GRU(_GatedCell, torch.nn.GRU):
     """``torch.nn.GRU`` with forward and backward on rnnkern's fused CPU kernels (CUDA
     tensors run on torch's own GRU, as for :class:`LSTM`).
 
@@ -398,26 +409,15 @@ class GRU(torch.nn.GRU):
     :class:`RNN`.
     """
 
-    _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _let_dynamo_trace_rnn_modules()
-
-    def flatten_parameters(self) -> None:
-        """Does nothing on the CPU, where rnnkern reads the weights where they are; on a GPU,
-        torch's (the gated cells run there on torch's own kernels, which want one buffer)."""
-        if self._flat_weights and all(w.is_cuda for w in self._flat_weights):
-            super().flatten_parameters()
 
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the forward pass, like ``torch.nn.GRU.forward``."""
         data = input.data if isinstance(input, PackedSequence) else input
-        if data.device.type in ("meta", "cuda"):  # shapes only; or a GPU: torch's kernels
-            if data.is_cuda and self._gradient_flow is not None:
-                raise RuntimeError("record_gradient_flow of an LSTM or GRU runs on the CPU "
-                                   "only: on a GPU these run on torch's own kernels")
+        if self._on_torch_kernels(data):
             return super().forward(input, hx)
 
         def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
