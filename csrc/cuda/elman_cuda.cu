@@ -59,6 +59,24 @@ __device__ __forceinline__ int live_rows(int64_t n, int64_t b0, int R) {
   return live <= 0 ? 0 : (live >= R ? R : int(live));
 }
 
+// W_hh's H·H values into shared memory at `shared` when `on`; returns where to read them.
+template <typename T>
+__device__ __forceinline__ const T* stage_weights(const T* w, T* shared, int64_t values,
+                                                  bool on) {
+  if (!on) return w;
+  for (int64_t i = threadIdx.x; i < values; i += blockDim.x) shared[i] = w[i];
+  return shared;
+}
+
+// dst[r][j] = src row b0 + r (H values) for the block's R rows; 0 past the batch or without src.
+template <typename T, int R>
+__device__ __forceinline__ void load_rows(const T* src, int64_t b0, int64_t batch, int64_t H,
+                                          T* dst) {
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x)
+      dst[r * H + j] = src && b0 + r < batch ? src[(b0 + r) * H + j] : T(0);
+}
+
 // Shared memory: state[2][R][H], then W_hhᵀ (H, H) when `shared_w`.
 template <typename T, int R>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
@@ -69,15 +87,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
   const int tid = threadIdx.x, nt = blockDim.x;
   const int64_t b0 = int64_t(blockIdx.x) * R;
   T* state = reinterpret_cast<T*>(smem);
-  const T* w = w_hh_t;
-  if (shared_w) {
-    T* sw = state + 2 * R * H;
-    for (int64_t i = tid; i < H * H; i += nt) sw[i] = w_hh_t[i];
-    w = sw;
-  }
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = tid; j < H; j += nt)
-      state[r * H + j] = b0 + r < p.batch ? h0[(b0 + r) * H + j] : T(0);
+  const T* w = stage_weights(w_hh_t, state + 2 * R * H, H * H, shared_w);
+  load_rows<T, R>(h0, b0, p.batch, H, state);
   __syncthreads();
 
   int cur = 0;
@@ -133,15 +144,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
   double* part = reinterpret_cast<double*>(smem);
   T* carry = reinterpret_cast<T*>(smem + (norms ? 2 * R * nt * sizeof(double) : 0));
   T* deltas = carry + R * H;
-  const T* w = w_hh;
-  if (shared_w) {
-    T* sw = deltas + 2 * R * H;
-    for (int64_t i = tid; i < H * H; i += nt) sw[i] = w_hh[i];
-    w = sw;
-  }
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = tid; j < H; j += nt)
-      carry[r * H + j] = grad_hn && b0 + r < p.batch ? grad_hn[(b0 + r) * H + j] : T(0);
+  const T* w = stage_weights(w_hh, deltas + 2 * R * H, H * H, shared_w);
+  load_rows<T, R>(grad_hn, b0, p.batch, H, carry);
   __syncthreads();
 
   int buf = 0;
