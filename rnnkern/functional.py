@@ -393,40 +393,59 @@ def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
     """
     directions = 2 if bidirectional else 1
     per_direction = len(weights) // (num_layers * directions)
-    if batch_first and batch_sizes is None:
-        input = input.transpose(0, 1)
     if num_layers == 1 and directions == 1 and on_grad_norms is None:  # the shortest way
+        transpose = batch_first and batch_sizes is None
         b_ih, b_hh = (weights[2], weights[3]) if per_direction == 4 else (None, None)
-        output, h = _layer(input, hx[0], weights[0], weights[1], b_ih, b_hh, nonlinearity,
-                           batch_sizes, False)
-        if batch_first and batch_sizes is None:
-            output = output.transpose(0, 1)
-        return output, h.unsqueeze(0)
-    layer_input = input
-    h_n = []
+        output, h = _layer(input.transpose(0, 1) if transpose else input, hx[0], weights[0],
+                           weights[1], b_ih, b_hh, nonlinearity, batch_sizes, False)
+        return output.transpose(0, 1) if transpose else output, h.unsqueeze(0)
+
+    def run(layer_input, index, w, reverse, record):
+        b_ih, b_hh = (w[2], w[3]) if per_direction == 4 else (None, None)
+        return _layer(layer_input, hx[index], w[0], w[1], b_ih, b_hh, nonlinearity,
+                      batch_sizes, reverse, record, own=False)
+
+    output, finals = _layer_stack(input, weights, num_layers, directions, dropout, training,
+                                  batch_first, batch_sizes, on_grad_norms, (None,),
+                                  lambda index: (hx[index],), run)
+    return output, torch.stack([h for h, in finals])
+
+
+def _layer_stack(input, weights, num_layers, directions, dropout, training, batch_first,
+                 batch_sizes, on_grad_norms, no_norms, initial, run):
+    """torch's stack of layer-directions (as _VF.rnn_tanh, _VF.lstm and _VF.gru compute it):
+    layer k+1 reads layer k's output, its directions concatenated, with dropout between layers
+    in training only.
+
+    ``run(layer_input, index, w, reverse, record)`` runs layer-direction ``index`` on its slice
+    ``w`` of ``weights`` and returns (output, *final states); ``record`` is its on_grad_norms
+    callback or None. ``initial(index)``: its initial states. A layer-direction whose backward
+    will not run is reported at once as on_grad_norms(index, *no_norms).
+
+    Returns (output, finals): finals[index] holds the final states of that layer-direction.
+    """
+    per_direction = len(weights) // (num_layers * directions)
+    transpose = batch_first and batch_sizes is None
+    layer_input = input.transpose(0, 1) if transpose else input
+    finals = []
     for layer in range(num_layers):
         outputs = []
         for direction in range(directions):
             index = layer * directions + direction
             w = weights[index * per_direction:(index + 1) * per_direction]
-            b_ih, b_hh = (w[2], w[3]) if per_direction == 4 else (None, None)
             record = None
             if on_grad_norms is not None:
-                if _tracked(layer_input, hx[index], *w):
+                if _tracked(layer_input, *initial(index), *w):
                     record = functools.partial(on_grad_norms, index)
                 else:
-                    on_grad_norms(index, None)
-            out, h = _layer(layer_input, hx[index], w[0], w[1], b_ih, b_hh, nonlinearity,
-                            batch_sizes, direction == 1, record, own=False)
+                    on_grad_norms(index, *no_norms)
+            out, *states = run(layer_input, index, w, direction == 1, record)
             outputs.append(out)
-            h_n.append(h)
+            finals.append(states)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
-    output = layer_input
-    if batch_first and batch_sizes is None:
-        output = output.transpose(0, 1)
-    return output, torch.stack(h_n)
+    return (layer_input.transpose(0, 1) if transpose else layer_input), finals
 
 
 
@@ -690,36 +709,21 @@ def _gated_layers(cell, input, h0, c0, weights, num_layers, bidirectional, dropo
     # LSTM weights per direction: w_ih, w_hh, [b_ih, b_hh], [w_hr]
     has_bias = per_direction >= 4
     has_proj = cell == "lstm" and per_direction in (3, 5)
-    if batch_first and batch_sizes is None:
-        input = input.transpose(0, 1)
-    layer_input = input
-    h_n, c_n = [], []
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(directions):
-            index = layer * directions + direction
-            w = weights[index * per_direction:(index + 1) * per_direction]
-            b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
-            w_hr = w[-1] if has_proj else None
-            c0_i = c0[index] if c0 is not None else None
-            record = None
-            if on_grad_norms is not None:
-                if _tracked(layer_input, h0[index], c0_i, *w):
-                    record = functools.partial(on_grad_norms, index)
-                else:
-                    on_grad_norms(index, None, None)
-            out, h, c = _gated_layer(cell, layer_input, h0[index], c0_i, w[0], w[1], b_ih, b_hh,
-                                     w_hr, batch_sizes, direction == 1, record, own=False)
-            outputs.append(out)
-            h_n.append(h)
-            c_n.append(c)
-        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
-        if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
-    output = layer_input
-    if batch_first and batch_sizes is None:
-        output = output.transpose(0, 1)
-    return output, torch.stack(h_n), torch.stack(c_n) if cell == "lstm" else None
+
+    def initial(index):
+        return h0[index], (c0[index] if c0 is not None else None)
+
+    def run(layer_input, index, w, reverse, record):
+        b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
+        w_hr = w[-1] if has_proj else None
+        return _gated_layer(cell, layer_input, *initial(index), w[0], w[1], b_ih, b_hh, w_hr,
+                            batch_sizes, reverse, record, own=False)
+
+    output, finals = _layer_stack(input, weights, num_layers, directions, dropout, training,
+                                  batch_first, batch_sizes, on_grad_norms, (None, None),
+                                  initial, run)
+    h_n = torch.stack([h for h, _ in finals])
+    return output, h_n, torch.stack([c for _, c in finals]) if cell == "lstm" else None
 
 
 def lstm_layers(input: Tensor, hx: Tuple[Tensor, Tensor], weights: List[Tensor],
