@@ -62,17 +62,45 @@ py::array as_array(const char* name, const py::object& obj) {
   return py::reinterpret_borrow<py::array>(obj);
 }
 
-// A new C-contiguous array; large ones live in the block pool and go back to it when freed.
+// MemoryError naming what could not be allocated and its size.
+[[noreturn]] void out_of_memory(const std::string& what, std::size_t bytes) {
+  const std::string message = "rnnkern: out of memory allocating " + what + " (" +
+                              std::to_string(bytes) + " bytes)";
+  PyErr_SetString(PyExc_MemoryError, message.c_str());
+  throw py::error_already_set();
+}
+
+// A new C-contiguous array (`what` names it in an out-of-memory error); large ones live in the
+// block pool and go back to it when freed.
 template <typename T>
-py::array_t<T> new_array(const std::vector<int64_t>& shape) {
+py::array_t<T> new_array(const std::vector<int64_t>& shape, const std::string& what) {
   int64_t n = 1;
   for (const int64_t d : shape) n *= d;
   const std::size_t bytes = std::size_t(n) * sizeof(T);
   if (bytes < rnnkern::cpu::kPoolMinBytes) return py::array_t<T>(shape);
   void* block = rnnkern::cpu::pool_allocate(bytes);
-  if (!block) throw std::bad_alloc();
+  if (!block) out_of_memory(what + " " + shape_str(shape), bytes);
   py::capsule owner(block, [](void* b) { rnnkern::cpu::pool_release(b); });
   return py::array_t<T>(shape, static_cast<T*>(block), owner);
+}
+
+// A fresh output array and its data pointer, or None when not wanted.
+template <typename T>
+py::object new_output(bool wanted, const std::vector<int64_t>& shape, T*& ptr,
+                      const char* name) {
+  if (!wanted) return py::none();
+  auto a = new_array<T>(shape, name);
+  ptr = a.mutable_data();
+  return std::move(a);
+}
+
+// The kernels' workspace of `bytes`, or MemoryError saying so.
+rnnkern::cpu::Workspace new_workspace(std::size_t bytes) {
+  try {
+    return rnnkern::cpu::Workspace(bytes);
+  } catch (const std::bad_alloc&) {
+    out_of_memory("the kernels' workspace", bytes);
+  }
 }
 
 // The argument as an ndarray of dtype T and this shape, or an error naming it.
@@ -103,7 +131,7 @@ py::object checked(const char* name, const py::object& obj, const std::vector<in
   if (optional && obj.is_none()) return py::none();
   const py::array a = checked_array<T>(name, obj, shape);
   if ((a.flags() & py::array::c_style) && is_aligned<T>(a.data())) return a;
-  py::array_t<T> copy = new_array<T>(shape);
+  py::array_t<T> copy = new_array<T>(shape, std::string("a contiguous copy of ") + name);
   static const auto* copyto = new py::object(py::module_::import("numpy").attr("copyto"));
   (*copyto)(copy, a);
   return std::move(copy);
@@ -249,9 +277,10 @@ py::array forward_impl(const py::array& x, const py::object& h0, const py::array
   const py::object bha = checked<T>("b_hh", b_hh, {H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *bi = data<T>(bia), *bh = data<T>(bha);
-  py::array_t<T> y = new_array<T>(output_shape(x, p));
+  py::array_t<T> y = new_array<T>(output_shape(x, p), "the output y");
   T* yp = y.mutable_data();
-  const rnnkern::cpu::Workspace workspace(sizeof(T) * rnnkern::cpu::forward_workspace_size<T>(p));
+  const rnnkern::cpu::Workspace workspace =
+      new_workspace(sizeof(T) * rnnkern::cpu::forward_workspace_size<T>(p));
   T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
@@ -292,8 +321,8 @@ void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H
   auto run = [&](auto zero) {
     using T_ = decltype(zero);
     auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
-    const rnnkern::cpu::Workspace workspace(sizeof(T_) *
-                                            rnnkern::cpu::forward_workspace_size<T_>(p));
+    const rnnkern::cpu::Workspace workspace =
+        new_workspace(sizeof(T_) * rnnkern::cpu::forward_workspace_size<T_>(p));
     T_* ws = static_cast<T_*>(workspace.data());
     py::gil_scoped_release release;
     rnnkern::cpu::forward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh),
@@ -320,7 +349,7 @@ void backward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t 
   auto run = [&](auto zero) {
     using T_ = decltype(zero);
     auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
-    const rnnkern::cpu::Workspace workspace(
+    const rnnkern::cpu::Workspace workspace = new_workspace(
         sizeof(T_) * rnnkern::cpu::backward_workspace_size<T_>(p, norms != 0));
     T_* ws = static_cast<T_*>(workspace.data());
     py::gil_scoped_release release;
@@ -362,20 +391,15 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::arra
   const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
   const T *yp = data<T>(ya), *ghn = data<T>(ghna);
-  // A fresh output array and its data pointer, or None when not wanted.
-  auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
-    if (!wanted) return py::none();
-    auto a = new_array<std::remove_reference_t<decltype(*ptr)>>(shape);
-    ptr = a.mutable_data();
-    return std::move(a);
-  };
   T *gxp = nullptr, *gh0p = nullptr, *gwip = nullptr, *gwhp = nullptr, *gbp = nullptr;
-  py::object gx = output(want.x, shape_of(x), gxp), gh0 = output(want.h0, {B, H}, gh0p);
-  py::object gwi = output(want.w_ih, {H, I}, gwip), gwh = output(want.w_hh, {H, H}, gwhp);
-  py::object gb = output(want.bias, {H}, gbp);
+  py::object gx = new_output(want.x, shape_of(x), gxp, "grad x");
+  py::object gh0 = new_output(want.h0, {B, H}, gh0p, "grad h0");
+  py::object gwi = new_output(want.w_ih, {H, I}, gwip, "grad w_ih");
+  py::object gwh = new_output(want.w_hh, {H, H}, gwhp, "grad w_hh");
+  py::object gb = new_output(want.bias, {H}, gbp, "grad bias");
   double* normsp = nullptr;
-  py::object norms = output(want.grad_norms, {p.total_rows()}, normsp);
-  const rnnkern::cpu::Workspace workspace(
+  py::object norms = new_output(want.grad_norms, {p.total_rows()}, normsp, "gradient norms");
+  const rnnkern::cpu::Workspace workspace = new_workspace(
       sizeof(T) * rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
   T* ws = static_cast<T*>(workspace.data());
   {
@@ -483,15 +507,15 @@ py::tuple gated_forward_impl(Cell cell, const py::array& x, const py::object& h0
   const py::object bia = checked<T>("b_ih", b_ih, {GH}, true);
   const py::object bha = checked<T>("b_hh", b_hh, {GH}, true);
   const py::object wra = P ? checked<T>("w_hr", w_hr, {P, H}) : py::object(py::none());
-  py::array_t<T> y = new_array<T>(with_width(x, HP));
-  py::array_t<T> gates = new_array<T>(with_width(x, GH));
-  py::array_t<T> state = new_array<T>(with_width(x, H));
-  py::array_t<T> m = new_array<T>(P ? with_width(x, H) : std::vector<int64_t>{0});
+  py::array_t<T> y = new_array<T>(with_width(x, HP), "the output y");
+  py::array_t<T> gates = new_array<T>(with_width(x, GH), "the gates");
+  py::array_t<T> state = new_array<T>(with_width(x, H), "the saved state (c or hidden_n)");
+  py::array_t<T> m = new_array<T>(P ? with_width(x, H) : std::vector<int64_t>{0}, "m");
   const T *xp = data<T>(xa), *hp = data<T>(h0a), *cp = data<T>(c0a), *wi = data<T>(wia);
   const T *wh = data<T>(wha), *bi = data<T>(bia), *bh = data<T>(bha), *wr = data<T>(wra);
   T *yp = y.mutable_data(), *gp = gates.mutable_data(), *sp = state.mutable_data();
   T* mp = m.mutable_data();
-  const rnnkern::cpu::Workspace workspace(
+  const rnnkern::cpu::Workspace workspace = new_workspace(
       sizeof(T) * (P ? rnnkern::cpu::lstm_proj_forward_workspace_size<T>(p)
                      : rnnkern::cpu::gated_forward_workspace_size<T>(cell, p)));
   T* ws = static_cast<T*>(workspace.data());
@@ -544,23 +568,20 @@ py::tuple gated_backward_impl(Cell cell, const py::array& x, const py::object& h
   const py::object ghna = checked<T>("grad_hn", grad_hn, {B, HP}, true);
   const py::object gcna = lstm ? checked<T>("grad_cn", grad_cn, {B, H}, true)
                                : py::object(py::none());
-  auto output = [](bool wanted, const std::vector<int64_t>& shape, auto*& ptr) -> py::object {
-    if (!wanted) return py::none();
-    auto a = new_array<std::remove_reference_t<decltype(*ptr)>>(shape);
-    ptr = a.mutable_data();
-    return std::move(a);
-  };
   T *gxp = nullptr, *gh0p = nullptr, *gc0p = nullptr, *gwip = nullptr, *gwhp = nullptr;
   T *gbip = nullptr, *gbhp = nullptr, *gwrp = nullptr;
-  py::object gx = output(want.x, shape_of(x), gxp), gh0 = output(want.h0, {B, HP}, gh0p);
-  py::object gc0 = output(want.c0 && lstm, {B, H}, gc0p);
-  py::object gwi = output(want.w_ih, {GH, I}, gwip), gwh = output(want.w_hh, {GH, HP}, gwhp);
-  py::object gwr = output(P && want.w_hr, {P, H}, gwrp);
-  py::object gbi = output(want.bias, {GH}, gbip), gbh = output(want.bias, {GH}, gbhp);
+  py::object gx = new_output(want.x, shape_of(x), gxp, "grad x");
+  py::object gh0 = new_output(want.h0, {B, HP}, gh0p, "grad h0");
+  py::object gc0 = new_output(want.c0 && lstm, {B, H}, gc0p, "grad c0");
+  py::object gwi = new_output(want.w_ih, {GH, I}, gwip, "grad w_ih");
+  py::object gwh = new_output(want.w_hh, {GH, HP}, gwhp, "grad w_hh");
+  py::object gwr = new_output(P && want.w_hr, {P, H}, gwrp, "grad w_hr");
+  py::object gbi = new_output(want.bias, {GH}, gbip, "grad b_ih");
+  py::object gbh = new_output(want.bias, {GH}, gbhp, "grad b_hh");
   double *nhp = nullptr, *ncp = nullptr;
-  py::object nh = output(want.grad_norms, {p.total_rows()}, nhp);
-  py::object nc = output(want.grad_norms && lstm, {p.total_rows()}, ncp);
-  const rnnkern::cpu::Workspace workspace(
+  py::object nh = new_output(want.grad_norms, {p.total_rows()}, nhp, "gradient norms");
+  py::object nc = new_output(want.grad_norms && lstm, {p.total_rows()}, ncp, "gradient norms (c)");
+  const rnnkern::cpu::Workspace workspace = new_workspace(
       sizeof(T) * (P ? rnnkern::cpu::lstm_proj_backward_workspace_size<T>(p, P)
                      : rnnkern::cpu::gated_backward_workspace_size<T>(cell, p)));
   T* ws = static_cast<T*>(workspace.data());

@@ -311,6 +311,20 @@ def _on_reference(x: Tensor) -> bool:
             or torch._C._are_functorch_transforms_active() or x.device.type == "meta")
 
 
+def _traced(x: Tensor) -> bool:
+    """Whether a tracer or a dispatch mode sees this call (torch.jit.trace, make_fx,
+    FakeTensorMode, a tensor subclass): the kernels' eager path works on raw memory that
+    these cannot see, so the custom op (with its fake kernel) runs instead."""
+    return (torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
+            or (type(x) is not Tensor and type(x) is not torch.nn.Parameter))
+
+
+def _refuse_recording(on_grad_norms) -> None:
+    if on_grad_norms is not None:
+        raise RuntimeError("gradient-flow recording runs in eager mode only, not under "
+                           "torch.compile, a tracer or a dispatch mode")
+
+
 def _tracked(*tensors) -> bool:
     """Whether autograd records an operation on these tensors."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -322,10 +336,8 @@ def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
     where the kernels cannot serve, else eager. Without autograd, h_n is a view of y unless
     ``own``."""
     args = (x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
-    if torch.compiler.is_compiling():
-        if on_grad_norms is not None:
-            raise RuntimeError("gradient-flow recording runs in eager mode only, "
-                               "not under torch.compile")
+    if torch.compiler.is_compiling() or _traced(x):
+        _refuse_recording(on_grad_norms)
         return rnn_forward(*args)
     if _on_reference(x):
         return reference.rnn(*args[:6], nonlinearity, batch_sizes=batch_sizes, reverse=reverse)
@@ -357,10 +369,8 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
         at its own last step. float32 and float64; all tensors of one dtype, on the CPU or
         on one CUDA device (batch_sizes always on the CPU).
     """
-    for name, t in (("input", input), ("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh),
-                    ("b_ih", b_ih), ("b_hh", b_hh), ("batch_sizes", batch_sizes)):
-        if t is not None and not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_tensors(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                   batch_sizes=batch_sizes)
     if hx is None:
         batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
         hx = input.new_zeros(batch, w_hh.shape[0])
@@ -631,10 +641,8 @@ def _gated_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rev
     """(y, h_n, c_n) of one layer-direction, chosen as _layer chooses (c_n None for the GRU;
     w_hr: the LSTM's proj_size, or None)."""
     args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-    if torch.compiler.is_compiling():
-        if on_grad_norms is not None:
-            raise RuntimeError("gradient-flow recording runs in eager mode only, "
-                               "not under torch.compile")
+    if torch.compiler.is_compiling() or _traced(x):
+        _refuse_recording(on_grad_norms)
         y, h_n, c_n, _, _, _ = gated_forward(*args)
         return y, h_n, c_n if cell == "lstm" else None
     if _on_reference(x):
@@ -649,6 +657,12 @@ def _check_tensors(**named):
     for name, t in named.items():
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    input, batch_sizes = named["input"], named["batch_sizes"]
+    dims = 3 if batch_sizes is None else 2
+    if input.dim() != dims:
+        layout = "(T, B, I)" if batch_sizes is None else "packed (N, I) with batch_sizes"
+        raise ValueError(f"input must have {dims} dimensions, {layout}; got shape "
+                         f"{tuple(input.shape)}")
 
 
 def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,
@@ -671,7 +685,11 @@ def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh:
     batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
     if hx is None:
         hx = (input.new_zeros(batch, w_hh.shape[1]), input.new_zeros(batch, w_hh.shape[0] // 4))
-    _check_tensors(hx=hx[0], cx=hx[1])
+    elif (not isinstance(hx, (tuple, list)) or len(hx) != 2
+          or not all(isinstance(h, Tensor) for h in hx)):
+        got = (f"({', '.join(type(h).__name__ for h in hx)})" if isinstance(hx, (tuple, list))
+               else type(hx).__name__)
+        raise TypeError(f"hx must be None or a tuple (h0, c0) of two torch.Tensors, got {got}")
     y, h_n, c_n = _gated_layer("lstm", input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, w_hr,
                                batch_sizes, reverse, on_grad_norms)
     return y, (h_n, c_n)

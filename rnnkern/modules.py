@@ -8,7 +8,10 @@ the class of every such layer inside an existing model.
 
 from __future__ import annotations
 
+import copy
 import inspect
+import sys
+import warnings
 from typing import Optional, Tuple, Union
 
 import torch
@@ -30,6 +33,101 @@ def _let_dynamo_trace_rnn_modules() -> None:
     import torch._dynamo
 
     torch._dynamo.config.allow_rnn = True
+
+
+def _exporting() -> bool:
+    """Whether a graph for deployment is being made (``torch.jit.trace``, ``torch.export`` and
+    both ONNX exporters): it gets torch's own RNN operators, which run without rnnkern."""
+    if torch.compiler.is_compiling():  # Dynamo and export; constant under Dynamo
+        return torch.compiler.is_exporting()
+    return torch.jit.is_tracing()
+
+
+def _input_data(input) -> Tensor:
+    """The tensor inside ``input`` (a Tensor or a PackedSequence); TypeError for anything else."""
+    if isinstance(input, PackedSequence):
+        return input.data
+    if not isinstance(input, Tensor):
+        raise TypeError("input must be a torch.Tensor or a PackedSequence, got "
+                        f"{type(input).__module__}.{type(input).__qualname__}")
+    return input
+
+
+def _check_weight_dtypes(module, input: Tensor) -> None:
+    """torch.nn's rule: every weight has the input's dtype (autocast casts them itself)."""
+    if torch.is_autocast_enabled(input.device.type):
+        return
+    for name, w in zip(module._flat_weights_names, module._flat_weights):
+        if w is not None and w.dtype != input.dtype:
+            raise RuntimeError(f"{name} has dtype {w.dtype} but the input has dtype "
+                               f"{input.dtype}: the weights and the input must have one dtype "
+                               f"(module.to({input.dtype}) or input.to({w.dtype}))")
+
+
+def _refuse_recording(module) -> None:
+    if module._gradient_flow is not None:
+        raise RuntimeError("record_gradient_flow runs in eager mode only: stop recording "
+                           "before tracing or exporting the model")
+
+
+_QUANTIZED_IN_TORCH = (torch.nn.LSTM, torch.nn.GRU)
+
+
+def _warn_if_quantized(module, qconfig) -> None:
+    """torch.ao.quantization picks layers by exact class, so it leaves rnnkern's LSTM and GRU
+    in float: say so when it marks one (propagate_qconfig_ sets ``qconfig`` on every module)."""
+    torch_class = next(c for c in type(module).__mro__ if c in _DROP_INS)
+    if torch_class not in _QUANTIZED_IN_TORCH:
+        return
+    if qconfig is None:  # asked for it? propagate_qconfig_'s own argument tells
+        frame = sys._getframe(2)
+        for _ in range(4):
+            spec = frame.f_locals.get("qconfig_dict") if frame is not None else None
+            if isinstance(spec, dict):
+                if torch_class not in spec and type(module) not in spec:
+                    return
+                break
+            frame = frame.f_back if frame is not None else None
+    ours = f"rnnkern.{torch_class.__name__}"
+    warnings.warn(f"torch.ao.quantization does not quantize {ours}: it matches torch.nn."
+                  f"{torch_class.__name__} by exact class, so this layer stays in floating "
+                  f"point. Call rnnkern.revert(model) before quantizing to get torch's "
+                  f"quantized {torch_class.__name__}.", UserWarning, stacklevel=4)
+
+
+class _DropIn:
+    """What all of rnnkern's drop-ins add to their torch class: the hand-off to torch's class
+    for scripting, and the warning when torch's quantization would skip them."""
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` compiles torch's own class: a shallow copy of this module as
+        that class (same Parameter objects), whose script runs where rnnkern is absent.
+        Subclasses (whose forward may differ) are scripted as they are."""
+        if type(self) not in _DROP_INS.values():
+            return self
+        twin = copy.copy(self)
+        twin.__class__ = next(c for c in type(self).__mro__ if c in _DROP_INS)
+        return twin
+
+    @property
+    def qconfig(self):
+        try:
+            return self.__dict__["qconfig"]
+        except KeyError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'qconfig'"
+                                 ) from None
+
+    @qconfig.setter
+    def qconfig(self, value) -> None:
+        _warn_if_quantized(self, value)
+        self.__dict__["qconfig"] = value
+
+    @qconfig.deleter
+    def qconfig(self) -> None:
+        try:
+            del self.__dict__["qconfig"]
+        except KeyError:
+            raise AttributeError("qconfig") from None
 
 
 def _one_state_forward(module, input: Union[Tensor, PackedSequence], hx: Optional[Tensor],
@@ -78,7 +176,7 @@ def _one_state_forward(module, input: Union[Tensor, PackedSequence], hx: Optiona
     return output, module.permute_hidden(hidden, unsorted_indices)
 
 
-class RNN(torch.nn.RNN):
+class RNN(_DropIn, torch.nn.RNN):
     """``torch.nn.RNN`` with forward and backward on rnnkern's fused kernels: the CPU core, or
     for CUDA tensors the loops of ``rnnkern._cuda`` (see ``rnnkern.cuda_available()``).
 
@@ -86,7 +184,9 @@ class RNN(torch.nn.RNN):
     float64 run on the kernels directly; float16 and bfloat16 (also under autocast) are
     computed in float32 and returned in that dtype. Second derivatives, forward-mode AD,
     ``torch.func`` transforms and the meta device run on the autograd loop of
-    ``rnnkern.reference`` (same results, its speed).
+    ``rnnkern.reference`` (same results, its speed). ``torch.jit.trace``, ``torch.jit.script``,
+    ``torch.export`` and ``torch.onnx.export`` get torch.nn.RNN's own computation, so the graph
+    they make holds torch's operators and runs without rnnkern.
     Creating one sets ``torch._dynamo.config.allow_rnn = True`` so that
     ``torch.compile(fullgraph=True)`` traces through it instead of breaking the graph.
     A model saved with ``torch.save`` loads with ``torch.load`` (``weights_only=True``) once
@@ -107,6 +207,9 @@ class RNN(torch.nn.RNN):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the forward pass, like ``torch.nn.RNN.forward``."""
+        if _exporting():
+            _refuse_recording(self)
+            return super().forward(input, hx)
         fast = self._forward_fast(input, hx)
         return fast if fast is not None else self._forward_checked(input, hx)
 
@@ -161,7 +264,7 @@ class RNN(torch.nn.RNN):
 
     def _forward_checked(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor]
                          ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
-        data = input.data if isinstance(input, PackedSequence) else input
+        data = _input_data(input)
         if data.device.type == "meta":  # shapes only (deferred initialisation)
             return super().forward(input, hx)
 
@@ -198,6 +301,7 @@ class RNN(torch.nn.RNN):
         if input.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
             result_dtype = torch.get_autocast_dtype(device_type)  # as torch.nn.RNN does
         compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype
+        _check_weight_dtypes(self, input)
         weights = self._flat_weights
         if input.dtype != compute_dtype or any(w.dtype != compute_dtype for w in weights):
             input, hx = input.to(compute_dtype), hx.to(compute_dtype)
@@ -280,6 +384,7 @@ def _gated_compute(module, cell: str, input: Tensor, hx, batch_sizes: Optional[T
             and (cell == "lstm" or device_type != "cpu")):
         result_dtype = torch.get_autocast_dtype(device_type)
     compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype
+    _check_weight_dtypes(module, input)
     weights = module._flat_weights
     states = hx if cell == "lstm" else (hx,)
     if input.dtype != compute_dtype or any(w.dtype != compute_dtype for w in weights):
@@ -311,7 +416,7 @@ def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
                                 unsorted_indices)
 
 
-class _GatedCell:
+class _GatedCell(_DropIn):
     """What rnnkern.LSTM and rnnkern.GRU add alike to torch's class: the CPU kernels take the
     weights where they are, and on a GPU (or the meta device) torch's own kernels run."""
 
@@ -324,7 +429,11 @@ class _GatedCell:
             super().flatten_parameters()
 
     def _on_torch_kernels(self, data: Tensor) -> bool:
-        """Whether this forward runs on torch's own code: meta (shapes only) or a GPU."""
+        """Whether this forward runs on torch's own code: meta (shapes only), a GPU, or a
+        graph being made for deployment."""
+        if _exporting():
+            _refuse_recording(self)
+            return True
         if data.device.type not in ("meta", "cuda"):
             return False
         if data.is_cuda and self._gradient_flow is not None:
@@ -348,9 +457,13 @@ class LSTM(_GatedCell, torch.nn.LSTM):
     def forward(self, input: Union[Tensor, PackedSequence],
                 hx: Optional[Tuple[Tensor, Tensor]] = None):
         """Runs the forward pass, like ``torch.nn.LSTM.forward``."""
-        data = input.data if isinstance(input, PackedSequence) else input
+        data = _input_data(input)
         if self._on_torch_kernels(data):
             return super().forward(input, hx)
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise RuntimeError("lstm expects two hidden states: hx must be a tuple (h_0, c_0), "
+                               f"got {type(hx).__name__}"
+                               + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
         self._update_flat_weights()
         orig_input = input
         batch_sizes = None
@@ -416,7 +529,7 @@ class GRU(_GatedCell, torch.nn.GRU):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the forward pass, like ``torch.nn.GRU.forward``."""
-        data = input.data if isinstance(input, PackedSequence) else input
+        data = _input_data(input)
         if self._on_torch_kernels(data):
             return super().forward(input, hx)
 

@@ -26,10 +26,32 @@ class Gradients(NamedTuple):
     b_hh: np.ndarray
 
 
+def _flag(name: str, value) -> bool:
+    """A real boolean (Python's or NumPy's): bool("False") is True, so nothing else passes."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _output(output, cls, forward: str, lengths: Sequence[int]):
+    """``output``, what ``forward`` returned: a cls, or a plain tuple of one of these lengths."""
+    name = "output"
+    if isinstance(output, cls) or (type(output) is tuple and len(output) in lengths):
+        for field, value in zip(cls._fields, output):
+            if value is not None and not isinstance(value, np.ndarray):
+                raise TypeError(f"{name}.{field} must be a numpy.ndarray, got "
+                                f"{type(value).__name__}")
+        return cls(*output)
+    raise TypeError(f"{name} must be the {cls.__name__} that {forward} returned "
+                    f"({', '.join(cls._fields)}), got {type(output).__name__}")
+
+
 def _batch_sizes(batch_sizes):
     if batch_sizes is None:
         return None
     a = np.asarray(batch_sizes)
+    if a.size == 0:
+        raise ValueError("batch_sizes must have at least one entry, got 0")
     if a.dtype.kind not in "iu":
         raise TypeError(f"batch_sizes must hold integers, got dtype {a.dtype}")
     if a.ndim != 1:
@@ -87,7 +109,7 @@ def forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
     if h0 is None:
         h0 = _zeros_h0(x, w_ih, batch_sizes)
     return _core.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes,
-                         bool(reverse))
+                         _flag("reverse", reverse))
 
 
 def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
@@ -117,7 +139,8 @@ def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
     if h0 is None:
         h0 = _zeros_h0(x, w_ih, batch_sizes)
     gx, gh0, gw_ih, gw_hh, gb, _ = _core.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn,
-                                               nonlinearity, batch_sizes, bool(reverse))
+                                               nonlinearity, batch_sizes,
+                                               _flag("reverse", reverse))
     return Gradients(gx, gh0, gw_ih, gw_hh, gb, gb.copy())
 
 
@@ -195,7 +218,7 @@ def lstm_forward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndarr
     if c0 is None:
         c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
     y, gates, c, *m = _core.gated_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                          batch_sizes, bool(reverse), w_hr=w_hr)
+                                          batch_sizes, _flag("reverse", reverse), w_hr=w_hr)
     return LSTMOutput(y, c, gates, m[0] if m else None)
 
 
@@ -215,10 +238,10 @@ def lstm_backward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndar
         h0 = _gated_zeros(x, w_ih, batch_sizes, 4, _proj(w_hr))
     if c0 is None:
         c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
-    y, c, gates, m = output
+    y, c, gates, m = _output(output, LSTMOutput, "lstm_forward", (3, 4))
     gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, _, _, gw_hr = _core.gated_backward(
         "lstm", x, h0, c0, w_ih, w_hh, y, gates, c, grad_y, grad_hn, grad_cn, batch_sizes,
-        bool(reverse), w_hr=w_hr, m=m)
+        _flag("reverse", reverse), w_hr=w_hr, m=m)
     return LSTMGradients(gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr)
 
 
@@ -231,7 +254,7 @@ def gru_forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarr
     if h0 is None:
         h0 = _gated_zeros(x, w_ih, batch_sizes, 3)
     y, gates, hidden_n = _core.gated_forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh,
-                                             batch_sizes, bool(reverse))
+                                             batch_sizes, _flag("reverse", reverse))
     return GRUOutput(y, gates, hidden_n)
 
 
@@ -242,8 +265,8 @@ def gru_backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndar
     batch_sizes = _batch_sizes(batch_sizes)
     if h0 is None:
         h0 = _gated_zeros(x, w_ih, batch_sizes, 3)
-    y, gates, hidden_n = output
+    y, gates, hidden_n = _output(output, GRUOutput, "gru_forward", (3,))
     gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _, _ = _core.gated_backward(
         "gru", x, h0, None, w_ih, w_hh, y, gates, hidden_n, grad_y, grad_hn, None, batch_sizes,
-        bool(reverse))
+        _flag("reverse", reverse))
     return GRUGradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)

@@ -4,6 +4,7 @@ Tests that could crash run in a fresh interpreter, so a crash fails the test, no
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -66,8 +67,9 @@ OUT_OF_MEMORY = """
     try:
         y = rnnkern.forward(*big)
         status = "computed"
-    except MemoryError:
+    except MemoryError as error:
         status = "MemoryError"
+        print("MESSAGE", error)
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
     again = rnnkern.forward(*small)
     print("RESULT", status, "same" if np.array_equal(again, expected) else "DIFFERENT")
@@ -97,6 +99,9 @@ def test_failed_allocation_of_the_workspace(tmp_path):
     status, out, result = run_python(code, tmp_path)
     assert status == 0, out
     assert result == ["MemoryError", "same"], out
+    # which buffer, and how many bytes
+    assert re.search(r"MESSAGE rnnkern: out of memory allocating (a contiguous copy of w_hh "
+                     r"\(20000, 20000\)|the kernels' workspace) \((\d{9,}) bytes\)", out), out
 
 
 # NaN and Inf propagate as in torch.nn.RNN: outputs and gradients are NaN (and ±Inf) exactly
