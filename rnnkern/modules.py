@@ -73,10 +73,15 @@ def _refuse_recording(module) -> None:
 _QUANTIZED_IN_TORCH = (torch.nn.LSTM, torch.nn.GRU)
 
 
+def _torch_class(module) -> type:
+    """The torch.nn class that module's class replaces."""
+    return next(c for c in type(module).__mro__ if c in _DROP_INS)
+
+
 def _warn_if_quantized(module, qconfig) -> None:
     """torch.ao.quantization picks layers by exact class, so it leaves rnnkern's LSTM and GRU
     in float: say so when it marks one (propagate_qconfig_ sets ``qconfig`` on every module)."""
-    torch_class = next(c for c in type(module).__mro__ if c in _DROP_INS)
+    torch_class = _torch_class(module)
     if torch_class not in _QUANTIZED_IN_TORCH:
         return
     if qconfig is None:  # asked for it? propagate_qconfig_'s own argument tells
@@ -106,7 +111,7 @@ class _DropIn:
         if type(self) not in _DROP_INS.values():
             return self
         twin = copy.copy(self)
-        twin.__class__ = next(c for c in type(self).__mro__ if c in _DROP_INS)
+        twin.__class__ = _torch_class(self)
         return twin
 
     @property
