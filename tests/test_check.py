@@ -113,6 +113,34 @@ def test_wrong_forward_is_compared(tmp_path, capsys):
     assert cells["worst tensor"] in ("y", "h_n") and cells["error enters"] == "step 3 (forward)"
 
 
+def test_bug_at_an_absolute_step_is_reported_between_two_steps(tmp_path, capsys):
+    """The LSTM carry from step 2 to c_1 drops f_2: the table and the report say the error
+    enters between steps 2 and 1, not inside step 1."""
+    status, lines = run_check(["--cell", "lstm", "--impl",
+                               f"{GATED}:lstm_bptt_f_dropped_at_step_2", "--forward",
+                               f"{GATED}:lstm_forward", "--size", "6x3x4x5"], tmp_path, capsys)
+    assert status == 1
+    assert [c["error enters"] for c in table_cells(lines)] == ["steps 2→1"] * 2
+    detail, = [l for l in lines if l.startswith("error enters: ")]
+    assert "the error enters between steps 2 and 1" in detail and "cannot be told" in detail
+    assert "the error is inside step 1" not in detail
+    data = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert [c["error_enters"] for c in data["checks"]] == ["steps 2→1"] * 2
+
+
+def test_bptt_without_forward_says_the_forward_was_not_checked(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_forward_off_by_one", "--size",
+                               "6x2x3x4"], tmp_path, capsys)
+    assert status == 1
+    detail, = [l for l in lines if l.startswith("error enters: ")]
+    assert "the forward was not checked" in detail and "--forward" in detail
+    assert "the error is inside step" not in detail
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_forward_off_by_one", "--forward",
+                               f"{BPTT}:forward_off_by_one", "--size", "6x2x3x4"], tmp_path,
+                              capsys)
+    assert status == 1 and table_cells(lines)[0]["error enters"] == "step 3 (forward)"
+
+
 def test_module_class_from_a_file(tmp_path, capsys):
     status, lines = run_check(["--impl", f"{MODULES}:HandRNN", "--size", "5x2x3x4",
                                "--layers", "2"], tmp_path, capsys)
