@@ -686,8 +686,8 @@ class Localisation:
     seen in that problem's ∂L/∂c0), ``"between"`` (δ_t differs and δ_{t+1} agrees, but the
     candidate's results depend on where a step lies in the sequence, so whether the hand-off
     from step t + 1 or step t itself is wrong cannot be told), ``"output"`` (the forward
-    pass), ``"after the loop"`` (only weight or bias sums differ) or ``"configuration"``. ``layer``: for ``"grad_h"`` and
-    ``"grad_c"``, the layer whose gradient differs most."""
+    pass), ``"after the loop"`` (only weight or bias sums differ) or ``"configuration"``.
+    ``layer``: for ``"grad_h"`` and ``"grad_c"``, the layer whose gradient differs most."""
 
     step: Optional[int]
     quantity: str
