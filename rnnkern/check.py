@@ -8,11 +8,15 @@ loads a ``--impl FILE.py:NAME``, prints the table as the checks finish and write
 
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import json
 import math
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple, Union
 
@@ -88,6 +92,10 @@ GRADCHECK_GRIDS = {
 BPTT_GRIDS = {cell: _gated(cell, BPTT_GRID) for cell in testing.CELLS}
 DEFAULT_SIZE = (5, 3, 4, 6)
 DEFAULT_REFERENCES = ("reference", "torch")
+# Seconds one check (the candidate, the oracles, the localisation) may run; with hard_exit,
+# HARD_EXIT_GRACE seconds more end the process if the candidate cannot be interrupted.
+DEFAULT_TIMEOUT = 300.0
+HARD_EXIT_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,100 @@ class Row:
     enters: str = "-"
     details: str = ""
     error: bool = False  # the candidate raised instead of returning
+    timed_out: bool = False  # it ran past the time limit
+
+
+class CheckTimeout(BaseException):
+    """Raised inside a candidate whose check runs past its time limit (a BaseException, so
+    that ``except Exception`` in the candidate does not swallow it)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user's Ctrl-C stopped :func:`run`; ``rows`` are the checks that finished before,
+    of ``total``."""
+
+    def __init__(self, rows: List["Row"], total: int) -> None:
+        super().__init__(f"interrupted after {len(rows)} of {total} checks")
+        self.rows, self.total = rows, total
+
+
+class _Guard:
+    """One check's time limit and Ctrl-C watch.
+
+    On the main thread where the platform has SIGALRM, an interval timer raises
+    :class:`CheckTimeout` in whatever Python code runs when the limit passes, and again each
+    second after (a candidate may catch it once). SIGINT sets ``user_interrupt`` before
+    raising KeyboardInterrupt, which tells the user's Ctrl-C from a KeyboardInterrupt the
+    candidate raises itself. Signals reach Python code only: a call in C that never
+    returns to Python (a busy loop in an extension) is not interrupted; ``hard_exit`` then
+    ends the process with status 1 after a grace period (faulthandler's watchdog thread,
+    which needs no GIL), printing every thread's stack. Off the main thread nothing is
+    interrupted and every KeyboardInterrupt counts as the user's; there, and without
+    setitimer (Windows), a check that returns past its limit is marked timed out."""
+
+    def __init__(self, seconds: Optional[float], hard_exit: bool) -> None:
+        self.seconds = seconds or None
+        self.hard_exit = hard_exit and self.seconds is not None
+        self.expired = False
+        self.user_interrupt = False
+        self.tells_interrupts = False  # our SIGINT handler was installed
+        self._interrupts = False  # and still is
+        self._alarm = None
+        self._armed = False
+        self._start = 0.0
+
+    def _on_alarm(self, signum, frame):
+        if self._armed:
+            self.expired = True
+            raise CheckTimeout
+
+    def _on_interrupt(self, signum, frame):
+        self.user_interrupt = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Guard":
+        self._start = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, self._on_interrupt)
+                self.tells_interrupts = self._interrupts = True
+            if self.seconds is not None and hasattr(signal, "setitimer"):
+                self._armed = True
+                handler = signal.signal(signal.SIGALRM, self._on_alarm)
+                self._alarm = (handler, signal.setitimer(signal.ITIMER_REAL, self.seconds, 1.0))
+        if self.hard_exit:
+            try:
+                faulthandler.dump_traceback_later(self.seconds + HARD_EXIT_GRACE, exit=True,
+                                                  file=sys.__stderr__)
+            except (AttributeError, OSError, ValueError):  # no stderr with a file descriptor
+                self.hard_exit = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._disarm()
+        except BaseException:  # a signal arrived while disarming: finish, then pass it on
+            self._disarm()
+            raise
+        if self.seconds is not None and time.monotonic() - self._start > self.seconds:
+            self.expired = True  # also where nothing could interrupt it
+
+    def _disarm(self) -> None:
+        self._armed = False  # from here on the alarm handler does nothing
+        if self._alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            handler, (delay, interval) = self._alarm
+            signal.signal(signal.SIGALRM, handler)
+            self._alarm = None
+            if delay:  # someone else's timer, less the time spent here
+                left = delay - (time.monotonic() - self._start)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
+        if self._interrupts:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._interrupts = False
+        if self.hard_exit:
+            faulthandler.cancel_dump_traceback_later()
+            self.hard_exit = False
 
 
 _COLUMNS = ("configuration", "dtype", "reference", "worst tensor", "rel err", "allowed",
@@ -199,22 +301,45 @@ def _reference_name(check: Check) -> str:
 
 
 def _run_one(candidate: Any, name: str, check: Check, forward: Optional[Callable[..., Any]],
-             atol: Optional[float], rtol: Optional[float], seed: int) -> Row:
+             atol: Optional[float], rtol: Optional[float], seed: int,
+             timeout: Optional[float] = None, hard_exit: bool = False) -> Row:
+    """One check under :class:`_Guard`. Whatever the candidate raises, BaseExceptions such as
+    SystemExit included, is a failed row; the user's Ctrl-C raises KeyboardInterrupt."""
     c = check.config
     options = dict(size=(c.T, c.B, c.I, c.H), num_layers=c.num_layers,
                    bidirectional=c.bidirectional, packed=c.packed,
                    nonlinearity=c.nonlinearity, bias=c.bias, cell=c.cell,
                    proj_size=c.proj_size, seed=seed)
+    guard = _Guard(timeout, hard_exit)
+    report, error = None, None
     try:
-        if check.reference == "gradcheck":
-            testing.gradcheck(candidate, **options)
-            return Row(check, True)
-        report = testing.compare(candidate, check.reference, dtype=check.dtype, atol=atol,
-                                 rtol=rtol, forward=forward, name=name, **options)
-    except GradcheckError as error:
+        with guard:
+            if check.reference == "gradcheck":
+                testing.gradcheck(candidate, **options)
+            else:
+                report = testing.compare(candidate, check.reference, dtype=check.dtype,
+                                         atol=atol, rtol=rtol, forward=forward, name=name,
+                                         **options)
+    except BaseException as raised:  # the candidate's own failure is a result, not a crash
+        error = raised
+    if guard.user_interrupt or (isinstance(error, KeyboardInterrupt)
+                                and not guard.tells_interrupts):
+        raise KeyboardInterrupt from None  # the user's Ctrl-C, even if the candidate caught it
+    if guard.expired:
+        return Row(check, False, details=f"timed out: still running after {timeout:g} s "
+                   f"(--timeout {timeout:g})", error=True, timed_out=True)
+    if isinstance(error, GradcheckError):
         return Row(check, False, details=f"torch.autograd.gradcheck: {error}".strip())
-    except Exception as error:  # the candidate's own failure is a result, not a crash
+    if isinstance(error, SystemExit):
+        return Row(check, False, details=f"SystemExit: {error.code} (the candidate called "
+                   "sys.exit() or raised SystemExit)", error=True)
+    if isinstance(error, KeyboardInterrupt):
+        return Row(check, False, details=f"KeyboardInterrupt: {error} (raised by the "
+                   "candidate, not a Ctrl-C)", error=True)
+    if error is not None:
         return Row(check, False, details=f"{type(error).__name__}: {error}", error=True)
+    if report is None:
+        return Row(check, True)
     worst = report.worst
     enters = report.localisation.short() if report.localisation else "-"
     return Row(check, report.passed, worst.name, worst.rel, worst.allowed_rel, enters,
@@ -224,7 +349,8 @@ def _run_one(candidate: Any, name: str, check: Check, forward: Optional[Callable
 def _cells(row: Row) -> List[str]:
     check = row.check
     number = (lambda v: "-" if v is None else f"{v:.1e}")
-    result = "ok" if row.passed else ("ERROR" if row.error else "FAIL")
+    result = "ok" if row.passed else \
+        ("TIMEOUT" if row.timed_out else "ERROR" if row.error else "FAIL")
     return [check.config.describe(), check.dtype, _reference_name(check),
             row.worst, number(row.rel), number(row.allowed), row.enters, result]
 
@@ -243,10 +369,16 @@ def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 def run(candidate: Any, name: str, checks: Sequence[Check], *,
         forward: Optional[Callable[..., Any]] = None, atol: Optional[float] = None,
-        rtol: Optional[float] = None, seed: int = 0, out: Optional[TextIO] = None
-        ) -> List[Row]:
+        rtol: Optional[float] = None, seed: int = 0, out: Optional[TextIO] = None,
+        timeout: Optional[float] = DEFAULT_TIMEOUT, hard_exit: bool = False,
+        progress: Optional[Callable[[List[Row], Check], None]] = None) -> List[Row]:
     """Runs the checks, printing the table row by row (to ``out``, default sys.stdout) and
-    then what differs."""
+    then what differs.
+
+    ``timeout``: seconds per check (None or 0: no limit), past which the check is a failed
+    row; ``hard_exit``: end the process when a candidate cannot be interrupted (see
+    :class:`_Guard`). ``progress(rows, check)`` is called before each check with the rows so
+    far. The user's Ctrl-C raises :class:`Interrupted` with the rows finished."""
     out = out or sys.stdout
     order = list(_REFERENCE_NAMES)
     references = [_reference_name(c) for c in sorted(
@@ -271,18 +403,24 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
     print(f"tolerance: {rule}; rel err = max |error| / max |reference|, worst tensor", file=out)
     widths = _widths(checks, is_bptt(candidate))
     print(_line(_COLUMNS, widths), file=out, flush=True)
-    rows = []
-    progress = sys.stderr.isatty()  # on a terminal: what runs now, until its row is printed
-    for number, check in enumerate(checks, 1):
-        if progress:
-            print(f"[{number}/{len(checks)}] {check.config.describe()} {check.dtype} against "
-                  f"{_reference_name(check)} ...", end="\r", file=sys.stderr,
-                  flush=True)
-        row = _run_one(candidate, name, check, forward, atol, rtol, seed)
-        if progress:
-            print("\033[K", end="", file=sys.stderr, flush=True)  # clear that line
-        rows.append(row)
-        print(_line(_cells(row), widths), file=out, flush=True)
+    rows: List[Row] = []
+    terminal = sys.stderr.isatty()  # on a terminal: what runs now, until its row is printed
+    try:
+        for number, check in enumerate(checks, 1):
+            if progress is not None:
+                progress(list(rows), check)
+            if terminal:
+                print(f"[{number}/{len(checks)}] {check.config.describe()} {check.dtype} "
+                      f"against {_reference_name(check)} ...", end="\r", file=sys.stderr,
+                      flush=True)
+            row = _run_one(candidate, name, check, forward, atol, rtol, seed, timeout,
+                           hard_exit)
+            if terminal:
+                print("\033[K", end="", file=sys.stderr, flush=True)  # clear that line
+            rows.append(row)
+            print(_line(_cells(row), widths), file=out, flush=True)
+    except KeyboardInterrupt:
+        raise Interrupted(rows, len(checks)) from None
     failed = [r for r in rows if not r.passed]
     if not failed:
         print(f"all {len(rows)} checks agree", file=out)
@@ -318,7 +456,8 @@ def as_dicts(rows: Sequence[Row]) -> List[dict]:
         entry.update(dtype=row.check.dtype, reference=row.check.reference, passed=row.passed,
                      worst_tensor=row.worst, rel_err=_json_number(row.rel),
                      allowed=_json_number(row.allowed),
-                     error_enters=row.enters, error=row.error, details=row.details)
+                     error_enters=row.enters, error=row.error, timed_out=row.timed_out,
+                     details=row.details)
         found.append(entry)
     return found
 
@@ -334,8 +473,20 @@ def default_candidate(cell: str = "rnn") -> Tuple[type, str]:
     return cls, f"rnnkern.{cls.__name__}"
 
 
-def write_json(rows: Sequence[Row], name: str, path: str) -> None:
+def write_json(rows: Sequence[Row], name: str, path: str, *, finished: bool = True,
+               running: Optional[Check] = None) -> None:
+    """check.json. ``finished`` False: the run stopped or goes on, and ``passed`` is False;
+    ``running``: the check under way (written before it starts, so that a process that dies
+    in it leaves a check.json that says so)."""
+    entries = as_dicts(rows)
+    if running is not None:
+        entry = asdict(running.config)
+        entry.update(dtype=running.dtype, reference=running.reference, passed=False,
+                     worst_tensor="-", rel_err=None, allowed=None, error_enters="-",
+                     error=True, timed_out=False,
+                     details="did not finish: the process ended during this check")
+        entries.append(entry)
     with open(path, "w") as f:
         json.dump({"candidate": name, "torch": torch.__version__, "kernels": isa(),
-                   "passed": all(r.passed for r in rows), "checks": as_dicts(rows)}, f,
-                  indent=2)
+                   "passed": finished and all(r.passed for r in rows), "finished": finished,
+                   "checks": entries}, f, indent=2)

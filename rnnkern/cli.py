@@ -317,6 +317,7 @@ def _check_gradients(args: argparse.Namespace) -> int:
 
     cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
     rows, names = [], []
+    path = os.path.join(args.out, "check.json")
     for number, cell in enumerate(cells):
         if args.impl:
             candidate, name = args.candidate, args.candidate_name
@@ -329,17 +330,30 @@ def _check_gradients(args: argparse.Namespace) -> int:
                             references=args.reference, builtin=not args.impl)
         if number:
             print()
-        rows += check.run(candidate, name, checks, forward=args.forward_fn, atol=args.atol,
-                          rtol=args.rtol, seed=args.seed)
+        label = ", ".join(names + [name])
+
+        def progress(done, running, label=label):  # a check.json that is not a pass until the end
+            check.write_json(rows + done, label, path, finished=False, running=running)
+        try:
+            rows += check.run(candidate, name, checks, forward=args.forward_fn,
+                              atol=args.atol, rtol=args.rtol, seed=args.seed,
+                              timeout=args.timeout, hard_exit=True, progress=progress)
+        except check.Interrupted as stop:
+            rows += stop.rows
+            check.write_json(rows, label, path, finished=False)
+            sys.stdout.flush()
+            print(f"rnnkern check: interrupted (Ctrl-C) after {len(stop.rows)} of "
+                  f"{stop.total} checks of {name}; {path} lists the checks that finished",
+                  file=sys.stderr)
+            return 130
         names.append(name)
     if len(cells) > 1:
         failed = sum(not row.passed for row in rows)
         print(f"\n{', '.join(names)}: " + (f"all {len(rows)} checks agree" if not failed else
                                            f"{failed} of {len(rows)} checks differ"))
-    path = os.path.join(args.out, "check.json")
     check.write_json(rows, ", ".join(names), path)
     _wrote(path)
-    return 0 if all(row.passed for row in rows) else 1
+    return 0 if rows and all(row.passed for row in rows) else 1
 
 
 def _check_arguments_of_check(args: argparse.Namespace) -> None:
@@ -493,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "proj_size for the LSTM, both dtypes), against "
                                    "rnnkern.reference, the torch class and finite "
                                    "differences, plus torch.autograd.gradcheck. Exit status: "
-                                   "0 when everything agrees, 1 when anything differs, 2 for "
-                                   "usage errors.",
+                                   "0 when everything agrees, 1 when anything differs (a "
+                                   "candidate that raises, SystemExit included, or times out "
+                                   "differs), 2 for usage errors, 130 when stopped by Ctrl-C.",
                        epilog="--impl FILE.py:NAME names either a torch.nn.Module class "
                               "constructed like torch.nn.RNN (LSTM, GRU with --cell; same "
                               "arguments and parameter names, called as module(input, hx) -> "
@@ -543,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=_nonnegative_float, help="relative tolerance, see --atol")
     c.add_argument("--seed", type=_nonnegative_int, default=0,
                    help="seed of weights, inputs and loss")
+    c.add_argument("--timeout", type=_nonnegative_float, default=300, metavar="SECONDS",
+                   help="time limit of each check (0: none); past it the check is a failed "
+                        "row, timed out, and the command goes on. Enforced by SIGALRM in "
+                        "Python code: a candidate stuck in C code that never returns to "
+                        "Python cannot be interrupted, and 30 s later the command exits "
+                        "with status 1, printing the stack")
     _add_out(c, "check.json")
     c.set_defaults(func=_check_gradients, parser=c)
     return parser

@@ -27,7 +27,10 @@ autograd at all; small sizes only), or another candidate.
 batch row, unit). When gradients differ it walks back from the last step and says where the
 error enters (:class:`Localisation`): for every cell the step whose gate pre-activation
 gradient δ_t differs, or the step whose hand-off to the previous state differs (for the
-LSTM, to h_{t-1} or to c_{t-1}, each named).
+LSTM, to h_{t-1} or to c_{t-1}, each named). The hand-offs are seen in problems restarted at
+a later step; a candidate whose results depend on where a step lies (an absolute step, a
+chunk boundary) is caught at that and reported as "between steps t + 1 and t". A NumPy bptt's
+forward is compared only when it is given (``forward=``).
 :func:`assert_gradients_close` raises ``AssertionError`` with the report as a table.
 
 This module is a library: it imports no application module (bench, cli, check, …).
@@ -680,9 +683,11 @@ class Localisation:
     ∂L/∂h_t ⊙ φ'(a_t), for the LSTM and GRU all gates' (4H, 3H); seen in ∂L/∂x_t = δ_t W_ih),
     ``"grad_h"`` (∂L/∂h_t, the gradient that reaches h_t from step t + 1, seen in the ∂L/∂h0
     of the problem started at step t + 1), ``"grad_c"`` (the LSTM's ∂L/∂c_t from step t + 1,
-    seen in that problem's ∂L/∂c0), ``"output"`` (the forward pass), ``"after the loop"``
-    (only weight or bias sums differ) or ``"configuration"``. ``layer``: for ``"grad_h"`` and
-    ``"grad_c"``, the layer whose gradient differs most."""
+    seen in that problem's ∂L/∂c0), ``"between"`` (δ_t differs and δ_{t+1} agrees, but the
+    candidate's results depend on where a step lies in the sequence, so whether the hand-off
+    from step t + 1 or step t itself is wrong cannot be told), ``"output"`` (the forward
+    pass), ``"after the loop"`` (only weight or bias sums differ) or ``"configuration"``.
+    ``layer``: for ``"grad_h"`` and ``"grad_c"``, the layer whose gradient differs most."""
 
     step: Optional[int]
     quantity: str
@@ -693,6 +698,8 @@ class Localisation:
         """A few words for a table cell, e.g. ``step 4 (δ)``."""
         if self.step is None:
             return self.quantity
+        if self.quantity == "between":
+            return f"steps {self.step + 1}→{self.step}"
         what = {"delta": "δ", "grad_h": "∂L/∂h", "grad_c": "∂L/∂c",
                 "output": "forward"}[self.quantity]
         return f"{what}0" if self.step == -1 else f"step {self.step} ({what})"
@@ -977,28 +984,54 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
                                     "direction, no packing)")
     # 3. walk back from the last step: δ_t through ∂L/∂x_t = δ_t W_ih of the full problem,
     #    then ∂L/∂h_{t-1} (and the LSTM's ∂L/∂c_{t-1}) through the ∂L/∂h0 (∂L/∂c0) of the same
-    #    problem started at step t. Those also go through the candidate's hand-off to its
-    #    initial state, so a difference there counts only if δ_{t-1} differs too; else only
-    #    the hand-off is wrong and the shorter problems can tell nothing more.
+    #    problem started at step t. That restart runs step t as the candidate's first step, so
+    #    it shows the full problem's hand-off only if the candidate does the same wherever a
+    #    step lies: `doubt` records the evidence that it does not (its δ differ in the restart
+    #    where the full problem's agree, or only its hand-off to the initial state is wrong),
+    #    and then restarts are no longer used.
     gradients = [t for t in report.tensors if t.key not in _OUTPUT_KEYS]
     rel_bound = max(t.allowed_rel for t in gradients)
     x_bound = by_key["input"].allowed_abs if "input" in by_key else math.inf
+    no_forward = candidate_runner.kind == "bptt" and candidate_runner.forward_fn is None
 
     def delta_differs(t: int) -> bool:
         return not np.abs(got["input"][t] - ref["input"][t]).max() <= x_bound
 
+    def last_differing(c, r) -> Optional[int]:
+        """The last step whose ∂L/∂x differs (the first walking back), or None."""
+        for i in range(c["input"].shape[0] - 1, -1, -1):
+            if not np.abs(c["input"][i] - r["input"][i]).max() <= x_bound:
+                return i
+        return None
+
     states = _layer_states(problem)
+
+    def restart(t: int) -> _Problem:
+        return problem.suffix(t, {k: np.stack([layer[k][t - 1] for layer in states])
+                                  for k in config.states})
+
     last = max(0, config.T - LOCALISE_MAX_STEPS)
-    hand_off_wrong = False
+    doubt: Optional[str] = None
     for t in range(config.T - 1, last - 1, -1):
         if delta_differs(t):
-            return Localisation(t, "delta", _delta_message(t, config))
-        if t > 0 and hand_off_wrong:
+            if t == config.T - 1:
+                return Localisation(t, "delta", _delta_message(t, config, no_forward))
+            doubt = doubt or _reproduced(candidate_runner, reference_runner, problem,
+                                         restart, t, dtype, seed, last_differing)
+            if doubt:
+                return Localisation(t, "between",
+                                    _between_message(t, config, doubt, no_forward))
+            return Localisation(t, "delta", _delta_message(t, config, no_forward))
+        if t > 0 and doubt:
             continue
         if t > 0:
-            start = problem.suffix(t, {k: np.stack([layer[k][t - 1] for layer in states])
-                                       for k in config.states})
+            start = restart(t)
             c, r = candidate_runner.run(start, dtype), reference_runner.run(start, "float64")
+            shown = last_differing(c, r)
+            if shown is not None:
+                doubt = (f"restarted at step {t}, its δ_{t + shown} differs, where the full "
+                         "problem's agrees")
+                continue
         else:
             c, r = got, ref
         for key in config.states:
@@ -1007,7 +1040,8 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
             if diff.max() <= rel_bound * np.abs(r[key]).max():
                 continue
             if t > 0 and not delta_differs(t - 1):
-                hand_off_wrong = True
+                doubt = (f"restarted at step {t}, its gradient to the initial state differs "
+                         f"while the full problem's δ_{t - 1} agrees")
                 break
             layer = int(np.argmax(diff))
             quantity = "grad_c" if key == "cx" else "grad_h"
@@ -1017,9 +1051,62 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
         return Localisation(None, "unknown", f"steps {config.T - 1} down to {last} agree; "
                             f"localisation stops after {LOCALISE_MAX_STEPS} steps")
     names = ", ".join(t.name for t in report.failed())
-    carried = "∂L/∂h_t and ∂L/∂c_t" if config.cell == "lstm" else "∂L/∂h_t"
-    return Localisation(None, "after the loop", f"every ∂L/∂x_t and {carried} agrees, so "
-                        f"every δ_t is right: the error is in the sums after the loop ({names})")
+    initial = "∂L/∂h0 and ∂L/∂c0" if config.cell == "lstm" else "∂L/∂h0"
+    return Localisation(None, "after the loop", f"every ∂L/∂x_t agrees, and so does "
+                        f"{initial}, so every δ_t is right: the error is in the sums after "
+                        f"the loop ({names})")
+
+
+def _extended(problem: _Problem, before: int, after: int, seed: int, float32: bool
+              ) -> _Problem:
+    """The problem with ``before`` random steps (and a random initial state) in front and
+    ``after`` random steps behind, whose ∂L/∂y are zero; with steps behind, the final states'
+    gradients are zero too (they would reach a later step)."""
+    config = problem.config
+    rng = np.random.default_rng(seed + 1)
+    B, I = config.B, config.I  # noqa: E741
+
+    def steps(n: int, width: int) -> np.ndarray:
+        return rng.standard_normal((n, B, width))
+    x = np.concatenate([steps(before, I), problem.x, steps(after, I)])
+    zeros = np.zeros((1, B, problem.grad_output.shape[2]))
+    grad_output = np.concatenate([zeros] * before + [problem.grad_output] + [zeros] * after)
+    hx = 0.5 * rng.standard_normal(problem.hx.shape) if before else problem.hx
+    cx = problem.cx
+    if cx is not None and before:
+        cx = 0.5 * rng.standard_normal(cx.shape)
+    grad_h_n = problem.grad_h_n * 0 if after else problem.grad_h_n
+    grad_c_n = None if problem.grad_c_n is None else \
+        problem.grad_c_n * 0 if after else problem.grad_c_n
+    if float32:
+        x, hx = x.astype(np.float32).astype(np.float64), hx.astype(np.float32).astype(np.float64)
+        cx = None if cx is None else cx.astype(np.float32).astype(np.float64)
+    return _Problem(replace(config, T=config.T + before + after), x, hx, problem.weights,
+                    grad_output, grad_h_n, cx=cx, grad_c_n=grad_c_n)
+
+
+def _reproduced(candidate_runner, reference_runner, problem: _Problem, restart, t: int,
+                dtype: str, seed: int, last_differing) -> Optional[str]:
+    """δ_t is the first to differ walking back, and the restart at step t + 1 handed off
+    right. Whether that clears the hand-off of the full problem: the same error must show at
+    step t when step t lies elsewhere in the sequence (the problem restarted at step t, or
+    with a step in front when t = 0; and with a step behind). None when it does, else the
+    evidence that it does not, in words."""
+    T = problem.config.T
+    float32 = dtype == "float32"
+    trials = [(restart(t), 0, f"restarted at step {t}") if t > 0 else
+              (_extended(problem, 1, 0, seed, float32), 1, "with a step before step 0"),
+              (_extended(problem, 0, 1, seed, float32), t, f"with a step after step {T - 1}")]
+    for shifted, index, how in trials:
+        found = last_differing(candidate_runner.run(shifted, dtype),
+                               reference_runner.run(shifted, "float64"))
+        if found == index:
+            continue
+        offset = t - index  # the full problem's step of the shifted problem's index
+        if found is None or found < index:
+            return f"{how}, its δ_{t} agrees"
+        return f"{how}, its δ_{found + offset} differs, where the full problem's agrees"
+    return None
 
 
 # What δ_t is, and what step t sends back to step t - 1, for each cell (DESIGN.md 1, 1b).
@@ -1035,21 +1122,46 @@ _HAND_OFF = {("rnn", "hx"): "it is δ_{t} W_hh: W_hh itself, not its transpose",
              ("lstm", "cx"): "it is dc_{t} ⊙ f_{t}"}
 
 
-def _delta_message(t: int, config: Config) -> str:
+# A NumPy bptt given without its forward: its own forward was never compared.
+_NO_FORWARD = ("the forward was not checked (no forward was given: forward=, or --forward in "
+               "rnnkern check), so the error may be in the candidate's own forward")
+
+
+def _delta_message(t: int, config: Config, no_forward: bool = False) -> str:
     delta = _DELTA[config.cell].format(t=t)
     inside = _INSIDE[config.cell].format(t=t)
     if t == config.T - 1:
         carried = (f"∂L/∂h_{t} and ∂L/∂c_{t} are only the loss's own gradients",
                    f"∂L/∂h_{t} and ∂L/∂c_{t} are formed") if config.cell == "lstm" else \
             (f"∂L/∂h_{t} is only the loss's own gradient", f"∂L/∂h_{t} is formed")
-        return (f"step {t} (the last): {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
-                f"{carried[0]} there: the error is inside step {t}, {inside} or in how "
-                f"{carried[1]}")
+        seen = (f"step {t} (the last): {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
+                f"{carried[0]} there")
+        if no_forward:
+            return (f"{seen}; {_NO_FORWARD}, at step {t} or before, or in its backward inside "
+                    f"step {t}, {inside} or in how {carried[1]}")
+        return f"{seen}: the error is inside step {t}, {inside} or in how {carried[1]}"
     sent = "the gradients sent back from step {0} to h_{1} and c_{1} agree" \
         if config.cell == "lstm" else "the gradient sent back from step {0} to h_{1} agrees"
-    return (f"step {t}: {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
-            f"{sent.format(t + 1, t)}: the error is inside step {t}, {inside} or in adding "
-            f"∂L/∂y_{t} and the gradient from step {t + 1}")
+    seen = (f"step {t}: {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
+            f"{sent.format(t + 1, t)}")
+    cause = f"{inside} or in adding ∂L/∂y_{t} and the gradient from step {t + 1}"
+    if no_forward:
+        return f"{seen}; {_NO_FORWARD}, or in its backward inside step {t}, {cause}"
+    return f"{seen}: the error is inside step {t}, {cause}"
+
+
+def _between_message(t: int, config: Config, doubt: str, no_forward: bool) -> str:
+    """δ_t differs and δ_{t+1} agrees, but whether the hand-off from step t + 1 is right is
+    not known (``doubt`` says why)."""
+    delta = _DELTA[config.cell].format(t=t)
+    target = f"h_{t} and c_{t}" if config.cell == "lstm" else f"h_{t}"
+    message = (f"step {t}: {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while δ_{t + 1} "
+               f"agrees: the error enters between steps {t + 1} and {t}, in what step {t + 1} "
+               f"sends back to {target} or inside step {t}, and which cannot be told: "
+               f"{doubt}, so what the candidate computes at a step depends on where the step "
+               "lies (an absolute step, a chunk boundary, the length), and a restarted "
+               "problem does not show its hand-off")
+    return f"{message}; {_NO_FORWARD}" if no_forward else message
 
 
 def _hand_off_message(t: int, layer: int, config: Config, key: str) -> str:

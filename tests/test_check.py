@@ -113,6 +113,34 @@ def test_wrong_forward_is_compared(tmp_path, capsys):
     assert cells["worst tensor"] in ("y", "h_n") and cells["error enters"] == "step 3 (forward)"
 
 
+def test_bug_at_an_absolute_step_is_reported_between_two_steps(tmp_path, capsys):
+    """The LSTM carry from step 2 to c_1 drops f_2: the table and the report say the error
+    enters between steps 2 and 1, not inside step 1."""
+    status, lines = run_check(["--cell", "lstm", "--impl",
+                               f"{GATED}:lstm_bptt_f_dropped_at_step_2", "--forward",
+                               f"{GATED}:lstm_forward", "--size", "6x3x4x5"], tmp_path, capsys)
+    assert status == 1
+    assert [c["error enters"] for c in table_cells(lines)] == ["steps 2→1"] * 2
+    detail, = [l for l in lines if l.startswith("error enters: ")]
+    assert "the error enters between steps 2 and 1" in detail and "cannot be told" in detail
+    assert "the error is inside step 1" not in detail
+    data = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert [c["error_enters"] for c in data["checks"]] == ["steps 2→1"] * 2
+
+
+def test_bptt_without_forward_says_the_forward_was_not_checked(tmp_path, capsys):
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_forward_off_by_one", "--size",
+                               "6x2x3x4"], tmp_path, capsys)
+    assert status == 1
+    detail, = [l for l in lines if l.startswith("error enters: ")]
+    assert "the forward was not checked" in detail and "--forward" in detail
+    assert "the error is inside step" not in detail
+    status, lines = run_check(["--impl", f"{BPTT}:bptt_forward_off_by_one", "--forward",
+                               f"{BPTT}:forward_off_by_one", "--size", "6x2x3x4"], tmp_path,
+                              capsys)
+    assert status == 1 and table_cells(lines)[0]["error enters"] == "step 3 (forward)"
+
+
 def test_module_class_from_a_file(tmp_path, capsys):
     status, lines = run_check(["--impl", f"{MODULES}:HandRNN", "--size", "5x2x3x4",
                                "--layers", "2"], tmp_path, capsys)
@@ -154,6 +182,100 @@ def test_exit_status_of_the_command(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == status, proc.stderr[-2000:]
     assert (tmp_path / "rnnkern-results" / "check.json").exists()
+
+
+ESCAPES = str(IMPLS / "escapes.py")
+
+
+def check_process(argv, cwd, timeout=300):
+    """`rnnkern check` as a separate process; (exit status, stdout lines, stderr, check.json
+    or None)."""
+    proc = subprocess.run([sys.executable, "-m", "rnnkern", "check", *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    path = Path(cwd) / "rnnkern-results" / "check.json"
+    data = json.loads(path.read_text()) if path.exists() else None
+    return proc.returncode, proc.stdout.splitlines(), proc.stderr, data
+
+
+@pytest.mark.parametrize("name, says", [
+    ("calls_sys_exit", "SystemExit: 0 (the candidate called sys.exit() or raised SystemExit)"),
+    ("raises_keyboard_interrupt", "KeyboardInterrupt: from the candidate (raised by the "
+                                  "candidate, not a Ctrl-C)"),
+    ("raises_a_base_exception", "_Base: not an Exception"),
+])
+def test_candidate_that_escapes_is_a_failed_row_not_a_pass(name, says, tmp_path):
+    """A candidate that ends the process or raises a BaseException: every row fails, the
+    command ends with 1 and check.json is written."""
+    status, lines, err, data = check_process(["--impl", f"{ESCAPES}:{name}", "--size",
+                                              "3x2x2x3"], tmp_path)
+    assert status == 1, err[-2000:]
+    cells = table_cells(lines)
+    assert [c["result"] for c in cells] == ["ERROR", "ERROR"]
+    assert "2 of 2 checks differ" in lines
+    assert any(says in line for line in lines), lines
+    assert data is not None and not data["passed"] and data["finished"]
+    assert [c["passed"] for c in data["checks"]] == [False, False]
+    assert says in data["checks"][0]["details"] and data["checks"][0]["error"]
+
+
+def test_system_exit_in_one_check_does_not_end_the_others(tmp_path):
+    status, lines, err, data = check_process(
+        ["--impl", f"{ESCAPES}:raises_system_exit_at_step_count_3", "--size", "3x2x2x3",
+         "--size", "4x2x2x3", "--reference", "reference"], tmp_path)
+    assert status == 1, err[-2000:]
+    assert [(c["configuration"], c["result"]) for c in table_cells(lines)] == [
+        ("3x2x2x3 tanh", "ERROR"), ("4x2x2x3 tanh", "ok")]
+    assert [c["passed"] for c in data["checks"]] == [False, True]
+
+
+def test_candidate_that_never_returns_times_out(tmp_path):
+    status, lines, err, data = check_process(
+        ["--impl", f"{ESCAPES}:hangs", "--size", "3x2x2x3", "--timeout", "1"], tmp_path,
+        timeout=120)
+    assert status == 1, err[-2000:]
+    assert [c["result"] for c in table_cells(lines)] == ["TIMEOUT", "TIMEOUT"]
+    assert any("timed out: still running after 1 s (--timeout 1)" in l for l in lines)
+    assert [(c["passed"], c["timed_out"]) for c in data["checks"]] == [(False, True)] * 2
+    # one that catches the time limit and goes on is still past it when it returns
+    status, lines, err, data = check_process(
+        ["--impl", f"{ESCAPES}:hangs_and_swallows", "--size", "3x2x2x3", "--timeout", "1",
+         "--reference", "reference"], tmp_path, timeout=120)
+    assert status == 1 and [c["result"] for c in table_cells(lines)] == ["TIMEOUT"]
+
+
+def test_ctrl_c_stops_the_command_with_a_non_zero_status(tmp_path):
+    """SIGINT while a check runs is the user's: the command stops (status 130) and says so;
+    check.json lists the checks finished before, and is not a pass."""
+    status, lines, err, data = check_process(
+        ["--impl", f"{ESCAPES}:sends_itself_sigint", "--size", "3x2x2x3"], tmp_path)
+    assert status == 130, err[-2000:]
+    assert "rnnkern check: interrupted (Ctrl-C) after 0 of 2 checks" in err
+    assert "Traceback" not in err
+    assert data is not None and not data["passed"] and not data["finished"]
+    assert data["checks"] == []
+
+
+def test_time_limit_in_process_leaves_the_signals_as_it_found_them():
+    """check.run from Python: the timed-out row, then SIGALRM, SIGINT and the interval timer
+    are back as before (nothing fires later in the caller's code)."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(IMPLS))
+    import escapes
+
+    before = signal.getsignal(signal.SIGALRM), signal.getsignal(signal.SIGINT)
+    checks = check.plan(bptt=True, sizes=[(3, 2, 2, 3)], references=["reference"])
+    out = open(os.devnull, "w")
+    rows = check.run(escapes.hangs, "hangs", checks, timeout=0.5, out=out)
+    assert [(r.passed, r.timed_out) for r in rows] == [(False, True)]
+    assert "timed out: still running after 0.5 s" in rows[0].details
+    assert (signal.getsignal(signal.SIGALRM), signal.getsignal(signal.SIGINT)) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    time.sleep(1.2)  # the repeating alarm is off
+    rows = check.run(escapes.raises_keyboard_interrupt, "k", checks, out=out)
+    assert rows[0].error and "not a Ctrl-C" in rows[0].details
+    out.close()
 
 
 BAD_ARGUMENTS = [
@@ -239,7 +361,8 @@ def test_help_lists_the_options(capsys):
                   "--reference", "finite-differences", "default: 0", "default: rnnkern-results",
                   "exit status", "bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y)", "--cell",
                   "{rnn,lstm,gru,all}", "--proj-size P",
-                  "bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y)"):
+                  "bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y)", "--timeout SECONDS",
+                  "default: 300", "timed out", "SIGALRM"):
         assert piece.lower() in text.lower(), piece
 
 

@@ -130,7 +130,7 @@ def test_classic_bug_is_caught_at_the_right_step(bug, size, reference):
     assert loc.message.startswith(f"step {step(T)}") or (step(T) == -1 and "∂L/∂h0" in
                                                          loc.message)
     with pytest.raises(AssertionError) as error:
-        testing.assert_gradients_close(function, reference, size=size)
+        testing.assert_gradients_close(function, reference, size=size, forward=impls.forward)
     assert "gradients differ" in str(error.value)
     assert f"error enters: {loc.message}" in str(error.value)
 
@@ -193,6 +193,72 @@ def test_wrong_forward_is_reported_at_its_first_step():
     assert (report.localisation.step, report.localisation.quantity) == (3, "output")
 
 
+# Bugs tied to a step's place in the sequence, not to what every step does: (candidate, cell,
+# size, t) where δ_t is the first to differ walking back and the error enters between steps
+# t + 1 and t (the hand-off from t + 1, not step t, is wrong).
+ABSOLUTE_BUGS = {
+    "LSTM carry from step 2 to c_1 drops f_2": (gated_impls.lstm_bptt_f_dropped_at_step_2,
+                                                "lstm", (6, 3, 4, 5), 1),
+    "the same, T = 3": (gated_impls.lstm_bptt_f_dropped_at_step_2, "lstm", (3, 3, 4, 5), 1),
+    "the same in a module": (gated_impls.HandLSTMFDroppedAtStep2, "lstm", (6, 3, 4, 5), 1),
+    "LSTM chunks of 3 from the end drop f": (gated_impls.lstm_bptt_chunked, "lstm",
+                                             (7, 3, 4, 5), 3),
+    "RNN chunks of 3 from the start lose the carry": (impls.bptt_chunked, "rnn", (6, 3, 4, 5),
+                                                      2),
+    "the same, T = 7": (impls.bptt_chunked, "rnn", (7, 3, 4, 5), 5),
+}
+
+
+@pytest.mark.parametrize("bug", ABSOLUTE_BUGS)
+def test_bug_at_an_absolute_step_is_not_blamed_on_the_step_after_it(bug):
+    """Restarted at step t + 1 such a candidate hands off right, so the restart cannot clear
+    the hand-off at step t + 1 of the full problem: the report says between, not inside."""
+    candidate, cell, size, t = ABSOLUTE_BUGS[bug]
+    forward = None if isinstance(candidate, type) else GATED_BPTT[cell][1] if cell != "rnn" \
+        else impls.forward
+    report = testing.compare(candidate, cell=cell, size=size, forward=forward)
+    loc = report.localisation
+    assert (loc.step, loc.quantity) == (t, "between"), loc
+    assert loc.short() == f"steps {t + 1}→{t}"
+    assert loc.message.startswith(f"step {t}: δ_{t}")
+    assert f"the error enters between steps {t + 1} and {t}" in loc.message
+    assert "cannot be told" in loc.message
+    assert "the error is inside" not in loc.message and " agree:" not in loc.message
+
+
+@pytest.mark.parametrize("size", [(6, 3, 4, 5), (2, 1, 1, 2)])
+def test_bug_in_every_step_is_still_found_inside_the_step(size):
+    """The checks behind "between" leave a bug that every step has where it was: the
+    gradient from step t + 1 added one step late is inside step T - 2."""
+    T = size[0]
+    report = testing.compare(impls.bptt_one_step_late, size=size, forward=impls.forward)
+    loc = report.localisation
+    assert (loc.step, loc.quantity) == (T - 2, "delta")
+    assert f"the error is inside step {T - 2}" in loc.message
+    report = testing.compare(gated_impls.lstm_bptt_dc_without_f, cell="lstm", size=size,
+                             forward=gated_impls.lstm_forward)
+    assert (report.localisation.step, report.localisation.quantity) == (T - 2, "grad_c")
+
+
+def test_numpy_bptt_without_its_forward_does_not_blame_the_backward():
+    """A wrong forward inside a NumPy bptt shows in every gradient; without forward= it was
+    not compared, so the report says so instead of naming a derivative as the cause."""
+    report = testing.compare(impls.bptt_forward_off_by_one, size=(6, 3, 4, 5))
+    loc = report.localisation
+    assert (loc.step, loc.quantity) == (5, "delta")
+    assert "the forward was not checked" in loc.message
+    assert "in the candidate's own forward" in loc.message
+    assert "the error is inside step" not in loc.message
+    # with its forward, the forward is the step named
+    report = testing.compare(impls.bptt_forward_off_by_one, size=(6, 3, 4, 5),
+                             forward=impls.forward_off_by_one)
+    assert (report.localisation.step, report.localisation.quantity) == (3, "output")
+    # and a backward bug with the forward given is inside the step, nothing said of a forward
+    report = testing.compare(impls.bptt_no_dphi, size=(6, 3, 4, 5), forward=impls.forward)
+    assert "the error is inside step 5" in report.localisation.message
+    assert "forward" not in report.localisation.message
+
+
 # ----------------------------------------------------------------------------- the report
 
 def _perturbed(key, index, amount):
@@ -206,7 +272,8 @@ def _perturbed(key, index, amount):
 
 
 @pytest.mark.parametrize("key, index, name, where, loc", [
-    ("x", (1, 2, 0), "grad x", "step 1, row 2, feature 0", (1, "delta")),
+    # at step 1 only, which restarted problems show elsewhere: between steps 2 and 1
+    ("x", (1, 2, 0), "grad x", "step 1, row 2, feature 0", (1, "between")),
     ("w_hh", (2, 3), "grad w_hh", "unit 2, column 3", (None, "after the loop")),
     ("b_hh", (4,), "grad b_hh", "unit 4", (None, "after the loop")),
     ("h0", (0, 1), "grad h0", "row 0, unit 1", (-1, "grad_h")),
@@ -469,7 +536,8 @@ def test_gated_bug_is_caught_at_the_right_step(bug, size, reference):
                                       f"δ_{T - 1} agrees")
         assert loc.short() == f"step {T - 2} (∂L/∂{state})"
     with pytest.raises(AssertionError, match="gradients differ") as error:
-        testing.assert_gradients_close(function, reference, size=size, cell=cell)
+        testing.assert_gradients_close(function, reference, size=size, cell=cell,
+                                       forward=GATED_BPTT[cell][1])
     assert f"error enters: {loc.message}" in str(error.value)
 
 

@@ -23,7 +23,7 @@ def forward_off_by_one(x, h0, w_ih, w_hh, b_ih, b_hh):
 
 
 def _bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y, bug=None):
-    y = forward(x, h0, w_ih, w_hh, b_ih, b_hh)
+    y = (forward_off_by_one if bug == "forward" else forward)(x, h0, w_ih, w_hh, b_ih, b_hh)
     T = x.shape[0]
     g = np.zeros_like(h0)      # ∂L/∂h_t through the recurrence, from step t + 1
     late = np.zeros_like(h0)
@@ -36,6 +36,8 @@ def _bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y, bug=None):
             d = grad_y[t] + g
         deltas[t] = d if bug == "no dphi" else d * (1 - y[t] ** 2)
         g = deltas[t] @ (w_hh.T if bug == "w_hh untransposed" else w_hh)
+        if bug == "chunks of 3" and t % 3 == 0 and t > 0:
+            g = np.zeros_like(g)  # the carry into the chunk before is lost
     h_prev = np.concatenate([h0[None], y[:-1]])
     rows = deltas.reshape(-1, deltas.shape[-1])
     gb = deltas.sum(axis=(0, 2)) if bug == "bias axis" else deltas.sum(axis=(0, 1))
@@ -69,6 +71,19 @@ def bptt_bias_axis(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y):
     """Bias gradient summed over time and units (axes 0, 2) instead of time and batch: the
     right shape only when B == H."""
     return _bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y, "bias axis")
+
+
+def bptt_chunked(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y):
+    """A backward in chunks of 3 steps from the start (0 … 2, 3 … 5, …) that loses the carry
+    across a chunk boundary: step 3 sends nothing back to h_2 (nor 6 to h_5, …); the
+    gradient to h0 is right."""
+    return _bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y, "chunks of 3")
+
+
+def bptt_forward_off_by_one(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y):
+    """The backward's formulas are right but run on forward_off_by_one's states: the bug is in
+    the forward (the state is not carried from step 2 to step 3)."""
+    return _bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y, "forward")
 
 
 def bptt_without_w_hh(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y):

@@ -47,7 +47,10 @@ def _lstm_bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y, bug=None, grad_c_n=Non
         dc = d * o * (1 if bug == "no tanh'" else 1 - tau ** 2) + gc
         da_i, da_g = dc * g * i * (1 - i), dc * i * (1 - g ** 2)
         da_f = dc * c_prev * f * (1 - f)
-        gc = dc if bug == "dc without f" else dc * f
+        T = x.shape[0]
+        no_f = bug == "dc without f" or (bug == "dc without f at step 2" and t == 2) or (
+            bug == "chunks of 3" and t > 0 and (T - t) % 3 == 0)
+        gc = dc if no_f else dc * f
         deltas[t] = np.concatenate([da_i, da_f, da_g, da_o], axis=1)
         gh = deltas[t][:, :H] @ w_hh[:H] if bug == "only i to h" else deltas[t] @ w_hh
     h_prev = np.stack([s[6] for s in steps])
@@ -71,6 +74,18 @@ def lstm_bptt_no_dtanh(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y):
 def lstm_bptt_dc_without_f(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y):
     """The cell gradient is passed to c_{t-1} without the forget gate's factor f."""
     return _lstm_bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y, "dc without f")
+
+
+def lstm_bptt_f_dropped_at_step_2(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y):
+    """A bug tied to an absolute step: the carry from step 2 to c_1 drops f_2 (every other
+    step is right)."""
+    return _lstm_bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y, "dc without f at step 2")
+
+
+def lstm_bptt_chunked(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y):
+    """A backward in chunks of 3 steps counted from the end (T-3 … T-1, T-6 … T-4, …) whose
+    carry of dc across a chunk boundary drops f; the carry to c0 is right."""
+    return _lstm_bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y, "chunks of 3")
 
 
 def lstm_bptt_only_i_to_h(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y):
@@ -213,6 +228,10 @@ class HandLSTMDcWithoutF(HandLSTM):
 
 class HandLSTMOnlyIToH(HandLSTM):
     bug = "only i to h"
+
+
+class HandLSTMFDroppedAtStep2(HandLSTM):
+    bug = "dc without f at step 2"
 
 
 class CnDetached(torch.nn.LSTM):
