@@ -119,15 +119,20 @@ RNNKERN_HOST_DEVICE T activation_backward(Activation act, T d, T h) {
 // scalars, the CPU kernels their own for vectors).
 namespace rnnkern {
 
-// σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it, with exp(-a) from exp_float (-a
-// clamped to [-87, 88]: σ is 1 above, ~0 below). NaN propagates.
+// σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it (torch.sigmoid: Sleef's expf),
+// tails included: exp(-a) overflows to +Inf from -a > 88.7228 (ln FLT_MAX) on, so σ is exactly
+// 0 there and for -Inf, and a denormal just above; 1 + exp(-a) rounds to 1 from a > 16.64 on.
+// exp_float covers [-87, 88]; for -a in (88, 89] it gives exp(-a - ln 2), doubled, which
+// overflows where expf does (-a clamped to [-87, 89]: σ is 1 below, 0 above). NaN propagates.
 template <typename V>
 RNNKERN_HOST_DEVICE V sigmoid_float(V a) {
   const V zero{};
   V z = -a;
-  z = z > zero + 88.0f ? zero + 88.0f : z;
+  z = z > zero + 89.0f ? zero + 89.0f : z;
   z = z < zero - 87.0f ? zero - 87.0f : z;
-  const V e = exp_float(z);
+  const auto big = z > zero + 88.0f;
+  V e = exp_float(big ? z - 0.693147181f : z);
+  e = big ? e + e : e;
   const V s = (zero + 1.0f) / (e + 1.0f);
   return a == a ? s : a;
 }
