@@ -217,6 +217,26 @@ def test_gate_activations_at_the_tails(dtype, H):
             assert wrong.size == 0, f"{name} is {what} differently from torch at {wrong}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [dict(T=1), dict(T=3), dict(T=2, layers=2, bidirectional=True)],
+                         ids=["T1", "T3", "2-layer-bidirectional"])
+def test_lstm_loss_on_c_n_only(dtype, shape):
+    """A loss on c_n alone: at each sequence's last step no gradient reaches h_t, and torch's
+    autograd forms no product with the o gate or with tanh(c_t) there; the zero gradient
+    rnnkern gets instead must not turn a NaN τ or o into NaN gradients (0 · NaN)."""
+    failures = []
+    for place in ("x", "h0", "c0", "weight_ih_l0", "bias_ih_l0"):
+        for k, value in enumerate([NAN, INF, -INF, 1e3, -1e3, -100.0]):
+            places = [(place, 3 * k, value)]
+            bad = mask_mismatches("lstm", dtype, shape["T"], 2, 3, 4, places,
+                                  layers=shape.get("layers", 1),
+                                  bidirectional=shape.get("bidirectional", False),
+                                  loss_on=("c_n",))
+            if bad:
+                failures.append(describe("lstm", dtype, places, bad))
+    assert not failures, "\n".join(failures[:20]) + f"\n({len(failures)} cases)"
+
+
 def test_float32_lstm_against_onednn():
     """torch.nn.LSTM's own float32 default (oneDNN's fused cell) on the saturated gates away
     from the bands where oneDNN's σ differs from torch.sigmoid (see the module's note)."""

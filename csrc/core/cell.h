@@ -163,14 +163,19 @@ RNNKERN_HOST_DEVICE void lstm_forward(const M& math, V a_i, V a_f, V a_g, V a_o,
 
 // LSTM backward: d = ∂L/∂m_t, dc = ∂L/∂c_t from step t+1 on entry, the whole ∂L/∂c_t on exit;
 // dc_prev = ∂L/∂c_{t-1}; da_* = ∂L/∂a_* (δ_t).
+// d = 0 contributes nothing, selected rather than multiplied: where no gradient reaches h_t
+// (a loss on c_n alone, at a sequence's last step) torch's autograd forms no product with o
+// or τ at all, while rnnkern is handed zeros, and 0 · NaN (τ or o NaN) would be NaN.
 template <typename V, typename M>
 RNNKERN_HOST_DEVICE void lstm_backward(const M& math, V d, V i, V f, V g, V o, V c, V c_prev,
                                        V& dc, V& dc_prev, V& da_i, V& da_f, V& da_g,
                                        V& da_o) {
-  const V one = V{} + 1;
+  const V zero{};
+  const V one = zero + 1;
   const V tau = math.tanh(c);
-  da_o = d * tau * o * (one - o);
-  dc = d * o * (one - tau * tau) + dc;
+  const auto none = d == zero;
+  da_o = none ? zero : d * tau * o * (one - o);
+  dc = none ? dc : d * o * (one - tau * tau) + dc;
   da_i = dc * g * i * (one - i);
   da_g = dc * i * (one - g * g);
   da_f = dc * c_prev * f * (one - f);
