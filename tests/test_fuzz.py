@@ -1,7 +1,8 @@
-"""rnnkern.RNN against torch.nn.RNN on random configurations, sizes and input forms.
+"""rnnkern.RNN against torch.nn.RNN on random configurations, sizes and input forms, and
+rnnkern.RNN / LSTM / GRU against torch.nn's with extreme values (NaN/Inf masks).
 
-HYPOTHESIS_PROFILE picks how many: "ci" (the default, 150 examples, the same ones every run)
-or "long" (5000 new ones each run).
+HYPOTHESIS_PROFILE picks how many: "ci" (the default, 150 examples each, the same ones every
+run) or "long" (5000 new ones each run).
 """
 
 import os
@@ -14,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import rnnkern
 
 from conftest import assert_f32_close, assert_f64_close
+from test_extreme_values import CELLS, EXTREMES, mask_mismatches
 
 settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
                           database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -140,3 +142,39 @@ def test_rnn_matches_torch(c):
     for name, e in exact.items():
         assert actual[name].dtype == torch.float32, name
         assert_f32_close(actual[name], torch32[name], e, name)
+
+
+# Where extreme values go: the input, the initial states and every parameter of layer 0 / 1.
+EXTREME_PLACES = ["x", "h0", "c0", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                  "weight_ih_l1", "bias_hh_l1", "weight_hh_l0_reverse"]
+
+
+@st.composite
+def extreme_cases(draw):
+    layers, bidirectional = draw(st.integers(1, 2)), draw(st.booleans())
+    places = [p for p in EXTREME_PLACES if (layers > 1 or not p.endswith("l1"))
+              and (bidirectional or not p.endswith("reverse"))]
+    return dict(
+        cell=draw(st.sampled_from(list(CELLS))), dtype=draw(st.sampled_from([torch.float64,
+                                                                           torch.float32])),
+        T=draw(st.integers(1, 4)), B=draw(st.integers(1, 3)), I=draw(st.integers(1, 4)),
+        H=draw(st.integers(1, 5)), layers=layers, bidirectional=bidirectional,
+        places=draw(st.lists(st.tuples(st.sampled_from(places), st.integers(0, 99),
+                                       st.sampled_from(EXTREMES)), min_size=1, max_size=3)),
+        loss_on=draw(st.sampled_from([("y", "h_n", "c_n"), ("y",), ("h_n",), ("c_n",),
+                                      ("h_n", "c_n")])),
+        seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@given(extreme_cases())
+def test_extreme_values_match_torch_masks(c):
+    """Which outputs and gradients are NaN, +Inf, -Inf or finite, element by element, as in
+    torch (its composite cells; see test_extreme_values.py)."""
+    if c["cell"] != "lstm" and c["loss_on"] == ("c_n",):
+        c["loss_on"] = ("y",)
+    places = [p for p in c["places"] if p[0] != "c0" or c["cell"] == "lstm"] or \
+        [("x", 0, c["places"][0][2])]
+    bad = mask_mismatches(c["cell"], c["dtype"], c["T"], c["B"], c["I"], c["H"], places,
+                          layers=c["layers"], bidirectional=c["bidirectional"],
+                          loss_on=c["loss_on"], seed=c["seed"])
+    assert not bad, f"{c}: masks differ from torch in {bad}"

@@ -119,15 +119,20 @@ RNNKERN_HOST_DEVICE T activation_backward(Activation act, T d, T h) {
 // scalars, the CPU kernels their own for vectors).
 namespace rnnkern {
 
-// σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it, with exp(-a) from exp_float (-a
-// clamped to [-87, 88]: σ is 1 above, ~0 below). NaN propagates.
+// σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it (torch.sigmoid: Sleef's expf),
+// tails included: exp(-a) overflows to +Inf from -a > 88.7228 (ln FLT_MAX) on, so σ is exactly
+// 0 there and for -Inf, and a denormal just above; 1 + exp(-a) rounds to 1 from a > 16.64 on.
+// exp_float covers [-87, 88]; for -a in (88, 89] it gives exp(-a - ln 2), doubled, which
+// overflows where expf does (-a clamped to [-87, 89]: σ is 1 below, 0 above). NaN propagates.
 template <typename V>
 RNNKERN_HOST_DEVICE V sigmoid_float(V a) {
   const V zero{};
   V z = -a;
-  z = z > zero + 88.0f ? zero + 88.0f : z;
+  z = z > zero + 89.0f ? zero + 89.0f : z;
   z = z < zero - 87.0f ? zero - 87.0f : z;
-  const V e = exp_float(z);
+  const auto big = z > zero + 88.0f;
+  V e = exp_float(big ? z - 0.693147181f : z);
+  e = big ? e + e : e;
   const V s = (zero + 1.0f) / (e + 1.0f);
   return a == a ? s : a;
 }
@@ -158,14 +163,19 @@ RNNKERN_HOST_DEVICE void lstm_forward(const M& math, V a_i, V a_f, V a_g, V a_o,
 
 // LSTM backward: d = ∂L/∂m_t, dc = ∂L/∂c_t from step t+1 on entry, the whole ∂L/∂c_t on exit;
 // dc_prev = ∂L/∂c_{t-1}; da_* = ∂L/∂a_* (δ_t).
+// d = 0 contributes nothing, selected rather than multiplied: where no gradient reaches h_t
+// (a loss on c_n alone, at a sequence's last step) torch's autograd forms no product with o
+// or τ at all, while rnnkern is handed zeros, and 0 · NaN (τ or o NaN) would be NaN.
 template <typename V, typename M>
 RNNKERN_HOST_DEVICE void lstm_backward(const M& math, V d, V i, V f, V g, V o, V c, V c_prev,
                                        V& dc, V& dc_prev, V& da_i, V& da_f, V& da_g,
                                        V& da_o) {
-  const V one = V{} + 1;
+  const V zero{};
+  const V one = zero + 1;
   const V tau = math.tanh(c);
-  da_o = d * tau * o * (one - o);
-  dc = d * o * (one - tau * tau) + dc;
+  const auto none = d == zero;
+  da_o = none ? zero : d * tau * o * (one - o);
+  dc = none ? dc : d * o * (one - tau * tau) + dc;
   da_i = dc * g * i * (one - i);
   da_g = dc * i * (one - g * g);
   da_f = dc * c_prev * f * (one - f);
