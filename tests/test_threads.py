@@ -149,27 +149,37 @@ def test_lstm_proj_packed(dtype):
 
 _CHILD = r"""
 import sys, torch, rnnkern
+from torch.nn.utils.rnn import pack_padded_sequence
 torch.manual_seed(0)
 out = []
 for cls in (rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU):
     m = cls(64, 128, num_layers=2, bidirectional=True)
     x = torch.randn(20, 32, 64, requires_grad=True)
-    y, _ = m(x)
-    (y * torch.randn_like(y)).sum().backward()
-    out += [y.detach(), x.grad] + [p.grad for p in m.parameters()]
+    lengths = torch.randint(1, 21, (32,))
+    lengths[0] = 20
+    for inp in (x, pack_padded_sequence(x, lengths, enforce_sorted=False)):
+        y, _ = m(inp)
+        y = y.data if isinstance(inp, torch.nn.utils.rnn.PackedSequence) else y
+        (y * torch.randn_like(y)).sum().backward()
+        out += [y.detach(), x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
 torch.save(out, sys.argv[1])
 """
 
 
-def test_omp_num_threads_processes(tmp_path):
+@pytest.mark.parametrize("isa", ["", "avx2"], ids=["default-isa", "avx2"])
+def test_omp_num_threads_processes(tmp_path, isa):
     """What a DataLoader worker sees: a process started with OMP_NUM_THREADS=1 gets bitwise
-    the results of one started with 2."""
+    the results of one started with 2 (for each instruction set's kernels)."""
+    order = ["generic", "avx2", "avx512"]
+    if isa and order.index(isa) > order.index(rnnkern.isa()):
+        pytest.skip(f"this CPU runs {rnnkern.isa()} at best")
     results = []
     for n in (1, 2):
         path = tmp_path / f"out{n}.pt"
-        env = dict(os.environ, OMP_NUM_THREADS=str(n))
+        env = dict(os.environ, OMP_NUM_THREADS=str(n), RNNKERN_ISA=isa)
         subprocess.run([sys.executable, "-c", _CHILD, str(path)], env=env, check=True,
                        timeout=300)
         results.append(torch.load(path))
     for i, (a, b) in enumerate(zip(*results)):
         assert torch.equal(a, b), f"tensor {i} differs between OMP_NUM_THREADS=1 and 2"
+
