@@ -28,6 +28,8 @@ SHAPES = [
     pytest.param((50, 16, 32, 64), id="split-k-gemm"),
     pytest.param((20, 64, 64, 128), id="row-split-big-gemm"),
     pytest.param((4, 5, 8, 640), id="hidden-unit-split"),
+    pytest.param((6, 1, 8, 640), id="hidden-unit-split-one-row"),
+    pytest.param((6, 2, 5, 600), id="hidden-unit-split-two-rows"),
 ]
 
 CELLS = [
