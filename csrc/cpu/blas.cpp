@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <cstddef>
+#include <new>
 
 #include "block_pool.h"
 
@@ -24,64 +25,84 @@ void call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
                     blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
 }
 
-// The calling thread's buffer for the partial products of gemm_split_k, or none (data ==
-// nullptr) when there is no memory for it.
+// The calling thread's buffer for the partial products of gemm_split_k. Throws
+// std::bad_alloc when there is no memory for it: running the GEMM unsplit instead would give
+// other results than the split one.
 struct PartialProducts {
   void* data;
   explicit PartialProducts(std::size_t bytes)
-      : data(scratch_acquire(ScratchSlot::kSplitK, bytes)) {}
-  ~PartialProducts() {
-    if (data) scratch_release(ScratchSlot::kSplitK);
+      : data(scratch_acquire(ScratchSlot::kSplitK, bytes)) {
+    if (!data) throw std::bad_alloc();
   }
+  ~PartialProducts() { scratch_release(ScratchSlot::kSplitK); }
   PartialProducts(const PartialProducts&) = delete;
   PartialProducts& operator=(const PartialProducts&) = delete;
 };
 
-// Below this many multiply-adds a GEMM runs on one thread.
+// Below this many multiply-adds a GEMM is one BLAS call.
 constexpr int64_t kParallelMinWork = int64_t(1) << 21;
 constexpr int64_t kSplitAlign = 16;
+// From kParallelMinWork on, a GEMM is always this many BLAS calls on fixed parts of it (of
+// k, or of the rows or columns of C), whatever the thread count: OpenBLAS's result for an
+// element of C depends on the shape of the call that computes it (its Haswell sgemm kernels
+// give other sums for a row-split C), so the parts must not follow the threads. The threads
+// share the parts; one thread runs them one after the other. Two: these machines have two
+// cores.
+constexpr int kParts = 2;
 
 }  // namespace
 
 // C = alpha · op(A) · op(B) + beta · C with k much larger than m and n (a weight gradient,
-// summed over all rows): each thread takes a slice of k, so each reads only its share of A
-// and B; the partial products are then added up. False, with nothing done, when there is no
-// memory for the partial products.
+// summed over all rows): part j takes the slice [k·j/kParts, k·(j+1)/kParts) of k, so each
+// thread reads only its share of A and B; C = (beta · C + part 0) + part 1 + …, added in
+// that order.
 template <typename T>
-bool gemm_split_k(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
+void gemm_split_k(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
                   const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  const PartialProducts scratch(sizeof(T) * std::size_t((threads - 1) * m * n));
-  if (!scratch.data) return false;
+  const int team = threads < kParts ? threads : kParts;
+  // One buffer per part after the first; one thread reuses a single one.
+  const int64_t buffers = team == 1 ? 1 : kParts - 1;
+  const PartialProducts scratch(sizeof(T) * std::size_t(buffers * m * n));
   T* partial = static_cast<T*>(scratch.data);
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t begin = k * id / nt, end = k * (id + 1) / nt;
-    // Thread 0 writes C itself; thread i > 0 its own m × n block of partial.
-    T* out = id == 0 ? c : partial + (id - 1) * m * n;
-    const int64_t ldo = id == 0 ? ldc : n;
+  // Part j (> 0) into `out` (m × n, leading dimension n), or part 0 into C with beta.
+  auto part = [&](int64_t j, T* out) {
+    const int64_t begin = k * j / kParts, end = k * (j + 1) / kParts;
+    T* dst = j == 0 ? c : out;
+    const int64_t ldo = j == 0 ? ldc : n;
     const T* a_k = ta ? a + begin * lda : a + begin;
     const T* b_k = tb ? b + begin : b + begin * ldb;
-    if (end > begin)
-      call(ta, tb, m, n, end - begin, alpha, a_k, lda, b_k, ldb, id == 0 ? beta : T(0), out, ldo);
-    else if (id > 0)
-      for (int64_t i = 0; i < m * n; ++i) out[i] = T(0);
-#pragma omp barrier
-    // Rows of C split over the team: add every partial block.
-    const int64_t r0 = m * id / nt, r1 = m * (id + 1) / nt;
-    for (int64_t j = 1; j < nt; ++j)
-      for (int64_t i = r0; i < r1; ++i) {
-        const T* src = partial + (j - 1) * m * n + i * n;
-        T* dst = c + i * ldc;
-        for (int64_t q = 0; q < n; ++q) dst[q] += src[q];
-      }
+    call(ta, tb, m, n, end - begin, alpha, a_k, lda, b_k, ldb, j == 0 ? beta : T(0), dst, ldo);
+  };
+  auto add = [&](const T* src, int64_t r0, int64_t r1) {  // rows [r0, r1) of C += src
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* from = src + i * n;
+      T* dst = c + i * ldc;
+      for (int64_t q = 0; q < n; ++q) dst[q] += from[q];
+    }
+  };
+  if (team == 1) {
+    part(0, nullptr);
+    for (int64_t j = 1; j < kParts; ++j) {
+      part(j, partial);
+      add(partial, 0, m);
+    }
+    return;
   }
-  return true;
+#pragma omp parallel num_threads(team)
+  {
+    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
+    for (int64_t j = id; j < kParts; j += nt) part(j, j ? partial + (j - 1) * m * n : nullptr);
+#pragma omp barrier
+    // Rows of C split over the team: every partial block added, in order.
+    const int64_t r0 = m * id / nt, r1 = m * (id + 1) / nt;
+    for (int64_t j = 1; j < kParts; ++j) add(partial + (j - 1) * m * n, r0, r1);
+  }
 }
 
 // OpenBLAS runs single-threaded: its own pool would spin against the OpenMP threads of the
-// recurrent loop (and of torch) on the same cores. Large GEMMs are split over OpenMP instead,
-// by rows of C when it is tall and by columns when it is wide.
+// recurrent loop (and of torch) on the same cores, and its results depend on its thread count.
+// Large GEMMs are split into kParts fixed parts over OpenMP instead, by rows of C when it is
+// tall and by columns when it is wide, or along k for a small C.
 template <typename T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
@@ -93,32 +114,39 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
   }
-  const int threads = omp_get_max_threads();
-  if (threads < 2 || m * n * k < kParallelMinWork) {
+  if (m * n * k < kParallelMinWork) {
     call(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   // Split along k only for small outputs: from m, n = 512 on, adding the partial blocks cost
   // more than the halved reads saved (measured).
-  if (m <= 256 && n <= 256 && k >= 8 * (m > n ? m : n) &&
-      gemm_split_k(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+  if (m <= 256 && n <= 256 && k >= 8 * (m > n ? m : n)) {
+    gemm_split_k(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
+  }
   const bool by_rows = m >= n;
   const int64_t extent = by_rows ? m : n;
-#pragma omp parallel num_threads(threads)
+  const int64_t chunk = (extent + kParts * kSplitAlign - 1) / (kParts * kSplitAlign) * kSplitAlign;
+  auto part = [&](int64_t j) {
+    const int64_t begin = j * chunk;
+    const int64_t size = begin >= extent ? 0 : (extent - begin < chunk ? extent - begin : chunk);
+    if (size == 0) return;
+    if (by_rows)
+      call(ta, tb, size, n, k, alpha, ta ? a + begin : a + begin * lda, lda, b, ldb, beta,
+           c + begin * ldc, ldc);
+    else
+      call(ta, tb, m, size, k, alpha, a, lda, tb ? b + begin * ldb : b + begin, ldb, beta,
+           c + begin, ldc);
+  };
+  if (threads < 2) {
+    for (int64_t j = 0; j < kParts; ++j) part(j);
+    return;
+  }
+#pragma omp parallel num_threads(threads < kParts ? threads : kParts)
   {
     const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t chunk = (extent + nt * kSplitAlign - 1) / (nt * kSplitAlign) * kSplitAlign;
-    const int64_t begin = id * chunk;
-    const int64_t size = begin >= extent ? 0 : (extent - begin < chunk ? extent - begin : chunk);
-    if (size > 0) {
-      if (by_rows)
-        call(ta, tb, size, n, k, alpha, ta ? a + begin : a + begin * lda, lda, b, ldb, beta,
-             c + begin * ldc, ldc);
-      else
-        call(ta, tb, m, size, k, alpha, a, lda, tb ? b + begin * ldb : b + begin, ldb, beta,
-             c + begin, ldc);
-    }
+    for (int64_t j = id; j < kParts; j += nt) part(j);
   }
 }
 

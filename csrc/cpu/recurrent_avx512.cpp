@@ -7,4 +7,7 @@
 #define RNNKERN_TILE_ROWS 8
 #define RNNKERN_TILE_PANELS 3
 #define RNNKERN_KBLOCK 128
+// One row: 12 accumulators (and 12 panel loads); two rows: 2 × 8.
+#define RNNKERN_WIDE_PANELS_1 12
+#define RNNKERN_WIDE_PANELS_2 8
 #include "recurrent_kernel.h"

@@ -160,25 +160,10 @@ inline void tile(Activation act, int64_t H, int64_t p, KBlock kb, const T* a, in
     }
   }
   const T* b = packed + p * H * L;
+  // Every element of C is summed over k in the same order whatever the tile (its height
+  // depends on how many rows a call has, which depends on the thread count): one chain of
+  // multiply-adds per accumulator, k ascending.
   int64_t k = kb.begin;
-  if constexpr (MR <= 2) {
-    // Too few accumulators to hide the FMA latency (one row: a batch of 1): CH chains per
-    // accumulator over interleaved k, added up at the end.
-    constexpr int CH = MR == 1 ? 4 : 2;
-    V part[MR][NP][CH - 1] = {};
-    for (; k + CH <= kb.end; k += CH)
-      for (int i = 0; i < CH; ++i)
-        for (int q = 0; q < NP; ++q) {
-          const V bv = load(b + (q * H + k + i) * L);
-          for (int r = 0; r < MR; ++r) {
-            V& sum = i == 0 ? acc[r][q] : part[r][q][i - 1];
-            sum += load1(a + r * lda + k + i) * bv;
-          }
-        }
-    for (int r = 0; r < MR; ++r)
-      for (int q = 0; q < NP; ++q)
-        for (int i = 0; i < CH - 1; ++i) acc[r][q] += part[r][q][i];
-  }
   for (; k < kb.end; ++k) {
     V bv[NP];
     for (int q = 0; q < NP; ++q) bv[q] = load(b + (q * H + k) * L);
@@ -242,12 +227,11 @@ inline void any_tile(int rows, int panels, Activation act, int64_t H, int64_t p,
   tile<T, E, MR, NP>(act, H, p, kb, a, lda, packed, c, h, d);
 }
 
-// Panels [p_begin, p_end) for every row: panels outermost, then k blocks, then row tiles,
-// so a block of the panels stays in cache while all rows use it.
-template <typename T, Epilogue E>
-void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_end,
-            const T* a, int64_t lda, const T* packed, T* c, const T* h, T* d) {
-  constexpr int MR = kRowsPerTile, NP = kPanelsPerTile;
+// Panels [p_begin, p_end) for every row: panels outermost, then k blocks, then row tiles of
+// up to MR rows and NP panels, so a block of the panels stays in cache while all rows use it.
+template <typename T, Epilogue E, int MR, int NP>
+void tiled_panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_end,
+                  const T* a, int64_t lda, const T* packed, T* c, const T* h, T* d) {
   // ceil(rows / MR) tiles of nearly equal height: a short tile has too few accumulators to
   // keep the FMA units busy (or, narrow, too few per load).
   const int64_t tiles = (rows + MR - 1) / MR;
@@ -271,6 +255,30 @@ void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_
       }
     }
   }
+}
+
+// One or two rows (a batch of one or two, the last rows of a packed sequence, or a thread's
+// share of them) have too few rows per tile to hide the FMA latency: wider tiles give them
+// more independent accumulators instead (no split of the k sum, which would change it).
+#ifndef RNNKERN_WIDE_PANELS_1
+#define RNNKERN_WIDE_PANELS_1 6
+#endif
+#ifndef RNNKERN_WIDE_PANELS_2
+#define RNNKERN_WIDE_PANELS_2 4
+#endif
+
+template <typename T, Epilogue E>
+void panels(Activation act, int64_t rows, int64_t H, int64_t p_begin, int64_t p_end,
+            const T* a, int64_t lda, const T* packed, T* c, const T* h, T* d) {
+  if (rows == 1)
+    tiled_panels<T, E, 1, RNNKERN_WIDE_PANELS_1>(act, rows, H, p_begin, p_end, a, lda, packed,
+                                                 c, h, d);
+  else if (rows == 2)
+    tiled_panels<T, E, 2, RNNKERN_WIDE_PANELS_2>(act, rows, H, p_begin, p_end, a, lda, packed,
+                                                 c, h, d);
+  else
+    tiled_panels<T, E, kRowsPerTile, kPanelsPerTile>(act, rows, H, p_begin, p_end, a, lda,
+                                                      packed, c, h, d);
 }
 
 // Below this many multiply-adds per step, a second thread costs more than it saves. Inside a
