@@ -23,6 +23,7 @@ import torch.autograd.forward_ad
 from torch import Tensor
 
 from . import _core, gpu, reference
+from .numpy_api import _flag
 
 __all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward", "lstm", "gru", "lstm_layers",
            "gru_layers", "gated_forward", "gated_backward"]
@@ -371,6 +372,7 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     """
     _check_tensors(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                    batch_sizes=batch_sizes)
+    _check_layout(input, batch_sizes, reverse)
     if hx is None:
         batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
         hx = input.new_zeros(batch, w_hh.shape[0])
@@ -657,12 +659,16 @@ def _check_tensors(**named):
     for name, t in named.items():
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    input, batch_sizes = named["input"], named["batch_sizes"]
+
+
+def _check_layout(input: Tensor, batch_sizes: Optional[Tensor], reverse) -> None:
+    """input's dimensions for its layout, and reverse a real bool."""
     dims = 3 if batch_sizes is None else 2
     if input.dim() != dims:
         layout = "(T, B, I)" if batch_sizes is None else "packed (N, I) with batch_sizes"
         raise ValueError(f"input must have {dims} dimensions, {layout}; got shape "
                          f"{tuple(input.shape)}")
+    _flag("reverse", reverse)
 
 
 def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,
@@ -682,6 +688,7 @@ def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh:
     """
     _check_tensors(input=input, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
                    batch_sizes=batch_sizes)
+    _check_layout(input, batch_sizes, reverse)
     batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
     if hx is None:
         hx = (input.new_zeros(batch, w_hh.shape[1]), input.new_zeros(batch, w_hh.shape[0] // 4))
@@ -710,6 +717,7 @@ def gru(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     """
     _check_tensors(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                    batch_sizes=batch_sizes)
+    _check_layout(input, batch_sizes, reverse)
     if hx is None:
         batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
         hx = input.new_zeros(batch, w_hh.shape[1])

@@ -35,14 +35,13 @@ def _flag(name: str, value) -> bool:
 
 def _output(output, cls, forward: str, lengths: Sequence[int]):
     """``output``, what ``forward`` returned: a cls, or a plain tuple of one of these lengths."""
-    name = "output"
     if isinstance(output, cls) or (type(output) is tuple and len(output) in lengths):
         for field, value in zip(cls._fields, output):
             if value is not None and not isinstance(value, np.ndarray):
-                raise TypeError(f"{name}.{field} must be a numpy.ndarray, got "
+                raise TypeError(f"output.{field} must be a numpy.ndarray, got "
                                 f"{type(value).__name__}")
         return cls(*output)
-    raise TypeError(f"{name} must be the {cls.__name__} that {forward} returned "
+    raise TypeError(f"output must be the {cls.__name__} that {forward} returned "
                     f"({', '.join(cls._fields)}), got {type(output).__name__}")
 
 

@@ -134,3 +134,11 @@ def test_output_changed_in_place_before_backward_raises(cls):
     y.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_functional_reverse_must_be_a_bool(cell):
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    x, h0, w_ih, w_hh = _tensors(gates)
+    with pytest.raises(TypeError, match=r"reverse must be a bool, got str 'False'"):
+        getattr(functional, cell)(x, None, w_ih, w_hh, reverse="False")
