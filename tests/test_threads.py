@@ -179,8 +179,9 @@ def test_omp_num_threads_processes(tmp_path, isa):
     for n in (1, 2):
         path = tmp_path / f"out{n}.pt"
         env = dict(os.environ, OMP_NUM_THREADS=str(n), RNNKERN_ISA=isa)
+        # cwd away from the source tree: `import rnnkern` must find the installed package
         subprocess.run([sys.executable, "-c", _CHILD, str(path)], env=env, check=True,
-                       timeout=300)
+                       timeout=300, cwd=tmp_path)
         results.append(torch.load(path))
     for i, (a, b) in enumerate(zip(*results)):
         assert torch.equal(a, b), f"tensor {i} differs between OMP_NUM_THREADS=1 and 2"
