@@ -5,7 +5,7 @@
 
 import sys
 
-from rnnkern.cli import main
+from rnnkern.apps import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -10,7 +10,7 @@ loop of 1000 single-token calls of Embedding -> RNN -> Linear fed its own argmax
 
 import sys
 
-from rnnkern.cli import main
+from rnnkern.apps import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", "--steps", *sys.argv[1:]]))

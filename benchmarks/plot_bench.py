@@ -6,7 +6,7 @@
 import argparse
 import json
 
-from rnnkern import bench
+from rnnkern.apps.bench import timing as bench
 
 
 def main() -> None:

@@ -86,6 +86,25 @@ class GradientFlow:
 
         return receive
 
+    def callback(self, rnn: Union[RNN, LSTM, GRU], batch_sizes: Optional[Tensor], T: int,
+                 B: int, unsorted_indices: Optional[Tensor]):
+        """The on_grad_norms(index, norm_h, norm_c=None) callback of rnnkern.functional's
+        layers for one forward pass of the recorded ``rnn`` (T steps, B rows)."""
+        directions = 2 if rnn.bidirectional else 1
+        count = rnn.num_layers * directions
+        to_steps = _steps_by_batch(T, B, batch_sizes, unsorted_indices)
+        receive_h = self._expect(directions, count, T, B, to_steps)
+        receive_c = self._expect(directions, count, T, B, to_steps, self.cell_history) \
+            if isinstance(rnn, LSTM) else None
+
+        def receive(index: int, norm_h: Optional[Tensor],
+                    norm_c: Optional[Tensor] = None) -> None:
+            receive_h(index, norm_h)
+            if receive_c is not None:
+                receive_c(index, norm_c)
+
+        return receive
+
 
 def _steps_by_batch(T: int, B: int, batch_sizes: Optional[Tensor],
                     unsorted_indices: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
@@ -131,39 +150,6 @@ def record_gradient_flow(rnn: Union[RNN, LSTM, GRU]) -> Iterator[GradientFlow]:
         yield flow
     finally:
         rnn._gradient_flow = None
-
-
-def _flow_callback(rnn: RNN, batch_sizes: Optional[Tensor], T: int, B: int,
-                   unsorted_indices: Optional[Tensor]):
-    """The on_grad_norms callback for one forward pass of a recording rnn, else None."""
-    flow = rnn._gradient_flow
-    if flow is None:
-        return None
-    directions = 2 if rnn.bidirectional else 1
-    return flow._expect(directions, rnn.num_layers * directions, T, B,
-                        _steps_by_batch(T, B, batch_sizes, unsorted_indices))
-
-
-def _gated_flow_callback(rnn: Union[LSTM, GRU], batch_sizes: Optional[Tensor], T: int, B: int,
-                         unsorted_indices: Optional[Tensor]):
-    """The on_grad_norms(index, norm_h, norm_c) callback of rnnkern.functional's gated layers
-    for one forward pass of a recording LSTM or GRU, else None."""
-    flow = rnn._gradient_flow
-    if flow is None:
-        return None
-    directions = 2 if rnn.bidirectional else 1
-    count = rnn.num_layers * directions
-    to_steps = _steps_by_batch(T, B, batch_sizes, unsorted_indices)
-    receive_h = flow._expect(directions, count, T, B, to_steps)
-    receive_c = flow._expect(directions, count, T, B, to_steps, flow.cell_history) \
-        if isinstance(rnn, LSTM) else None
-
-    def receive(index: int, norm_h: Optional[Tensor], norm_c: Optional[Tensor]) -> None:
-        receive_h(index, norm_h)
-        if receive_c is not None:
-            receive_c(index, norm_c)
-
-    return receive
 
 
 class JacobianNorms(NamedTuple):

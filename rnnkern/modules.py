@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from .cells import CELLS
 from .functional import gru_layers, lstm_layers, rnn_layers
 
 __all__ = ["RNN", "LSTM", "GRU", "convert", "revert"]
@@ -276,12 +277,10 @@ class RNN(_DropIn, torch.nn.RNN):
         def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
             on_grad_norms = None
             if self._gradient_flow is not None:
-                from .diagnostics import _flow_callback
-
                 steps = input.size(1 if self.batch_first else 0) if batch_sizes is None \
                     else batch_sizes.numel()
-                on_grad_norms = _flow_callback(self, batch_sizes, steps, max_batch_size,
-                                               unsorted_indices)
+                on_grad_norms = self._gradient_flow.callback(self, batch_sizes, steps,
+                                                             max_batch_size, unsorted_indices)
             return self._compute(input, hx, batch_sizes, on_grad_norms)
 
         return _one_state_forward(self, input, hx, "RNN: Expected input to be 2D or 3D, got {}D "
@@ -413,12 +412,10 @@ def _gated_compute(module, cell: str, input: Tensor, hx, batch_sizes: Optional[T
 def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
     if module._gradient_flow is None:
         return None
-    from .diagnostics import _gated_flow_callback
-
     steps = input.size(1 if module.batch_first else 0) if batch_sizes is None \
         else batch_sizes.numel()
-    return _gated_flow_callback(module, batch_sizes, steps, int(max_batch_size),
-                                unsorted_indices)
+    return module._gradient_flow.callback(module, batch_sizes, steps, int(max_batch_size),
+                                          unsorted_indices)
 
 
 class _GatedCell(_DropIn):
@@ -564,6 +561,6 @@ LSTM.__init__.__signature__ = inspect.signature(_lstm_init_signature)
 GRU.__init__.__signature__ = inspect.signature(_gru_init_signature)
 
 # What convert / revert swap: torch's class -> rnnkern's.
-_DROP_INS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+_DROP_INS = {cell.torch_type(): cell.module_type() for cell in CELLS if cell.drop_in}
 
 torch.serialization.add_safe_globals([LSTM, GRU])

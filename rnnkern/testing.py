@@ -33,7 +33,7 @@ chunk boundary) is caught at that and reported as "between steps t + 1 and t". A
 forward is compared only when it is given (``forward=``).
 :func:`assert_gradients_close` raises ``AssertionError`` with the report as a table.
 
-This module is a library: it imports no application module (bench, cli, check, …).
+This module is a library: it imports nothing of rnnkern.apps (the commands).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import cells as _cells
 from . import reference as _reference_module
 
 __all__ = ["Config", "TensorError", "Localisation", "Report", "REFERENCES", "CELLS", "compare",
@@ -67,9 +68,7 @@ FD_MAX_ELEMENTS = 20000
 # Localisation reruns the problem from each step back; beyond this many steps it stops.
 LOCALISE_MAX_STEPS = 200
 
-CELLS = ("rnn", "lstm", "gru")
-_GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # blocks of H rows in W_ih, W_hh and the biases
-_TORCH_CLASSES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+CELLS = _cells.NAMES
 # A NumPy bptt's arguments (before grad_y) and the canonical key of each gradient.
 _BPTT_ARGUMENTS = {
     "rnn": ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"),
@@ -141,7 +140,7 @@ class Config:
 
     def param_shape(self, name: str) -> Tuple[int, ...]:
         layer = int(name.split("_l")[1].split("_")[0])
-        rows = _GATES[self.cell] * self.H
+        rows = _cells.get(self.cell).gate_count * self.H
         if name.startswith("bias"):
             return (rows,)
         if name.startswith("weight_hr"):
@@ -394,7 +393,7 @@ def _class_name(cls: Any) -> str:
 
 
 def _torch_name(cell: str) -> str:
-    return f"torch.nn.{_TORCH_CLASSES[cell].__name__}"
+    return f"torch.nn.{_cells.get(cell).torch_type().__name__}"
 
 
 class _ModuleRunner:
@@ -625,7 +624,7 @@ def _runner(candidate: Any, forward: Optional[Callable[..., Any]] = None,
         if candidate == "reference":
             return _ModuleRunner(_REFERENCE_CLASSES[cell])
         if candidate == "torch":
-            return _ModuleRunner(_TORCH_CLASSES[cell])
+            return _ModuleRunner(_cells.get(cell).torch_type())
         from . import modules
         return _ModuleRunner({"rnn": modules.RNN, "lstm": modules.LSTM,
                               "gru": modules.GRU}[cell])
@@ -849,7 +848,7 @@ def _tolerances(problem: _Problem, dtype: str, reference_runner, ref: Dict[str, 
         return from_tol(0.0, r), f"relative error ≤ {r:g}"
     # float32: the torch class's own float32 run against the float64 reference
     cell = problem.config.cell
-    torch32 = _ModuleRunner(_TORCH_CLASSES[cell]).run(problem, "float32")
+    torch32 = _ModuleRunner(_cells.get(cell).torch_type()).run(problem, "float32")
     exact = ref if reference_runner.kind != "finite-differences" else \
         _ModuleRunner(_REFERENCE_CLASSES[cell]).run(problem, "float64")
     allowed = {k: F32_FACTOR * max(_errors(torch32[k], exact[k])[1], F32_FLOOR) for k in keys}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rnnkern import check, cli
+from rnnkern import apps as cli
+from rnnkern.apps.check import runner as check
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPLS = ROOT / "tests" / "impls"

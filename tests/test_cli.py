@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 
-from rnnkern import bench, cli
+from rnnkern import apps as cli
+from rnnkern.apps import arguments
+from rnnkern.apps.bench import timing as bench
 
 
 def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
@@ -26,7 +28,7 @@ def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
                                                                   ["3", "1", "1", "1", "-"])]
     assert len(rows) == 2
     header = next(line for line in lines if line.startswith("machine: "))
-    assert cli.cpu_model() in header and torch.__version__ in header
+    assert arguments.cpu_model() in header and torch.__version__ in header
     assert f"{torch.get_num_threads()} threads" in header
     assert "[1/2]" in proc.stderr and "[2/2]" in proc.stderr and "sgemm" in proc.stderr
     data = json.loads((tmp_path / "res" / "bench.json").read_text())
@@ -34,7 +36,7 @@ def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
     for r in data["results"]:
         assert set(r["train_ms"]) == {"torch", "rnnkern", "reference"}
         assert r["train_speedup"]["rnnkern"] > 0 and r["sgemm_gflops"] > 0
-    assert data["machine"] == cli.cpu_model() and data["torch"] == torch.__version__
+    assert data["machine"] == arguments.cpu_model() and data["torch"] == torch.__version__
     assert (tmp_path / "res" / "speedup.png").read_bytes()[:4] == b"\x89PNG"
     # the real paths of what was written
     for name in ("bench.json", "speedup.png"):
@@ -80,8 +82,8 @@ def test_train_flop_counts_every_layer_direction():
 def test_bench_writes_into_the_default_results_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "--size", "3x1x1x1", "--repeats", "1"]) == 0
-    assert sorted(os.listdir(tmp_path)) == [cli.DEFAULT_OUT]
-    assert sorted(os.listdir(tmp_path / cli.DEFAULT_OUT)) == ["bench.json", "speedup.png"]
+    assert sorted(os.listdir(tmp_path)) == [arguments.DEFAULT_OUT]
+    assert sorted(os.listdir(tmp_path / arguments.DEFAULT_OUT)) == ["bench.json", "speedup.png"]
 
 
 def test_bench_table_without_rnnkern():
@@ -157,8 +159,8 @@ def test_help_shows_defaults_and_no_markup(capsys):
 
 
 def test_torch_missing_message_names_the_cpu_index():
-    assert "--index-url https://download.pytorch.org/whl/cpu" in cli.TORCH_MISSING
-    assert "CUDA" in cli.TORCH_MISSING
+    assert "--index-url https://download.pytorch.org/whl/cpu" in arguments.TORCH_MISSING
+    assert "CUDA" in arguments.TORCH_MISSING
 
 
 BAD_ARGUMENTS = [
@@ -210,5 +212,5 @@ def test_out_naming_a_file_or_an_unwritable_place(command, tmp_path, capsys):
 
 def test_out_folder_is_created(tmp_path):
     out = tmp_path / "a" / "b"
-    assert cli._out_dir(cli.build_parser(), str(out)) == os.path.realpath(out)
+    assert arguments.out_dir(cli.build_parser(), str(out)) == os.path.realpath(out)
     assert out.is_dir() and not os.listdir(out)

@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from rnnkern import adding, cli, vanish
+from rnnkern import apps as cli
+from rnnkern.apps.train import adding
+from rnnkern.apps.vanish import curves as vanish
 
 
 def run_cli(args, cwd):

@@ -156,7 +156,7 @@ def test_argument_checks_name_the_argument():
 
 def test_bench_on_a_gpu_reports_time_per_step_and_launch_floor():
     """The GPU columns of `rnnkern bench --device cuda`, from a result as a GPU run fills it."""
-    from rnnkern import bench
+    from rnnkern.apps.bench import timing as bench
 
     result = bench.Result(bench.Case(100, 16, 32, 64, layers=2, bidirectional=True),
                           forward_ms={"torch": 2.0, "rnnkern": 1.0},
@@ -173,7 +173,7 @@ def test_bench_on_a_gpu_reports_time_per_step_and_launch_floor():
 
 
 def test_bench_device_cuda_without_a_gpu(capsys):
-    from rnnkern import cli
+    from rnnkern import apps as cli
 
     if rnnkern.cuda_available():
         pytest.skip("a GPU is visible")

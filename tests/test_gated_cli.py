@@ -7,7 +7,11 @@ import sys
 import pytest
 import torch
 
-from rnnkern import adding, bench, cli, vanish
+from rnnkern import apps as cli
+from rnnkern import cells
+from rnnkern.apps.bench import timing as bench
+from rnnkern.apps.train import adding
+from rnnkern.apps.vanish import curves as vanish
 
 
 def run_cli(args, cwd):
@@ -31,7 +35,7 @@ def test_bench_cell_all_times_the_three_layers(tmp_path):
 def test_measure_gated_cell(cell):
     result = bench.measure(bench.Case(4, 3, 5, 6, cell=cell), repeats=1)
     assert result.train_ms["rnnkern"] > 0 and result.forward_ms["torch"] > 0
-    assert result.train_flop == pytest.approx(6 * 12 * (5 * 6 + 36) * bench.GATES[cell])
+    assert result.train_flop == pytest.approx(6 * 12 * (5 * 6 + 36) * cells.get(cell).gate_count)
     assert 0 < result.saved_bytes["rnnkern"] < result.saved_bytes["torch"]
 
 

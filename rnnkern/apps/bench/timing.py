@@ -18,8 +18,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from . import reference
-from .modules import RNN
+from ... import reference
+from ...cells import get as cell_spec
+from ...modules import RNN
 
 IMPLEMENTATIONS = ("torch", "rnnkern", "reference", "compiled")
 
@@ -74,15 +75,10 @@ def gated_cases(cell: str) -> tuple:
     return tuple(Case(*size, cell=cell) for size in GATED_SIZES)
 
 
-# The torch class and rnnkern's drop-in for each cell, and the blocks of W_hh's rows.
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-
-
 def classes(cell: str):
-    from .modules import GRU, LSTM
-
-    return {"rnn": (torch.nn.RNN, RNN), "lstm": (torch.nn.LSTM, LSTM),
-            "gru": (torch.nn.GRU, GRU)}[cell]
+    """The torch class and rnnkern's module for a cell."""
+    spec = cell_spec(cell)
+    return spec.torch_type(), spec.module_type()
 
 
 def _state_sum(hidden) -> torch.Tensor:
@@ -120,7 +116,7 @@ def train_flop(case: Case, rows: int) -> float:
     total = 0.0
     for layer in range(case.layers):
         inputs = case.I if layer == 0 else D * case.H
-        total += D * 6.0 * rows * (inputs * case.H + case.H * case.H) * GATES[case.cell]
+        total += D * 6.0 * rows * (inputs * case.H + case.H * case.H) * cell_spec(case.cell).gate_count
     return total
 
 

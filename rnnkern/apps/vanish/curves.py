@@ -14,8 +14,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from .diagnostics import record_gradient_flow
-from .modules import GRU, LSTM, RNN
+from ...cells import get as cell_spec
+from ...diagnostics import record_gradient_flow
+from ...modules import GRU, LSTM, RNN
 
 GAINS = (0.5, 0.9, 1.0, 1.1, 1.5)
 NONLINEARITIES = ("tanh", "relu")
@@ -83,7 +84,8 @@ def mlp_norms(nonlinearity: str, gain: float, T: int, B: int, H: int, I: int,
     return torch.stack([a.grad.norm(dim=1).mean() for a in reversed(activations)])
 
 
-_GATED = {"lstm": (LSTM, 4), "gru": (GRU, 3)}
+_GATED = {name: (cell_spec(name).module_type(), cell_spec(name).gate_count)
+          for name in ("lstm", "gru")}
 
 
 def _flow_by_distance(module, T: int, B: int, I: int, H: int, seed: int, h0_scale: float):

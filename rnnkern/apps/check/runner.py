@@ -23,8 +23,9 @@ from typing import Any, Callable, List, Optional, Sequence, TextIO, Tuple, Union
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
-from . import isa, testing
-from .modules import GRU, LSTM, RNN
+from ... import isa, testing
+from ...cells import NAMES as CELL_NAMES
+from ...cells import get as cell_spec
 
 Config = testing.Config
 
@@ -89,7 +90,7 @@ GRADCHECK_GRIDS = {
     "gru": (Config(3, 2, 2, 3, cell="gru"),
             Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, cell="gru")),
 }
-BPTT_GRIDS = {cell: _gated(cell, BPTT_GRID) for cell in testing.CELLS}
+BPTT_GRIDS = {cell: _gated(cell, BPTT_GRID) for cell in CELL_NAMES}
 DEFAULT_SIZE = (5, 3, 4, 6)
 DEFAULT_REFERENCES = ("reference", "torch")
 # Seconds one check (the candidate, the oracles, the localisation) may run; with hard_exit,
@@ -293,11 +294,10 @@ _COLUMNS = ("configuration", "dtype", "reference", "worst tensor", "rel err", "a
 _REFERENCE_NAMES = {"reference": "rnnkern.reference", "torch": "torch.nn.{cls}",
                     "rnnkern": "rnnkern.{cls}", "finite-differences": "finite differences",
                     "gradcheck": "autograd.gradcheck"}
-_CLASS_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 def _reference_name(check: Check) -> str:
-    return _REFERENCE_NAMES[check.reference].format(cls=_CLASS_NAMES[check.config.cell])
+    return _REFERENCE_NAMES[check.reference].format(cls=cell_spec(check.config.cell).title)
 
 
 def _run_one(candidate: Any, name: str, check: Check, forward: Optional[Callable[..., Any]],
@@ -444,8 +444,8 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
 
 def _class_names(checks: Sequence[Check]) -> str:
     """RNN, LSTM, GRU, or e.g. LSTM/GRU for checks of several cells."""
-    cells = [c for c in testing.CELLS if any(k.config.cell == c for k in checks)]
-    return "/".join(_CLASS_NAMES[c] for c in cells)
+    cells = [c for c in CELL_NAMES if any(k.config.cell == c for k in checks)]
+    return "/".join(cell_spec(c).title for c in cells)
 
 
 def as_dicts(rows: Sequence[Row]) -> List[dict]:
@@ -468,8 +468,8 @@ def _json_number(value: Optional[float]) -> Optional[Union[float, str]]:
 
 
 def default_candidate(cell: str = "rnn") -> Tuple[type, str]:
-    """rnnkern's drop-in for the cell (rnnkern.RNN, LSTM or GRU), the kernels."""
-    cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[cell]
+    """rnnkern's module for the cell (rnnkern.RNN, LSTM, GRU, …), the kernels."""
+    cls = cell_spec(cell).module_type()
     return cls, f"rnnkern.{cls.__name__}"
 
 

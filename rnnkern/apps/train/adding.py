@@ -18,11 +18,10 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .diagnostics import record_gradient_flow
-from .modules import GRU, LSTM, RNN
+from ...cells import get as cell_spec
+from ...diagnostics import record_gradient_flow
 
 BASELINE_MSE = 1 / 6
-CELL_GATES = {"lstm": 4, "gru": 3}
 
 
 def batch(T: int, B: int, generator: torch.Generator):
@@ -39,16 +38,13 @@ def batch(T: int, B: int, generator: torch.Generator):
     return torch.stack([values, markers], -1), target
 
 
-# cell -> (rnnkern class, torch class); the gated cells take no nonlinearity.
-CELLS = {"rnn": (RNN, torch.nn.RNN), "lstm": (LSTM, torch.nn.LSTM), "gru": (GRU, torch.nn.GRU)}
-
-
 class Model(torch.nn.Module):
     def __init__(self, hidden: int, nonlinearity: str, init: str, engine: str,
                  cell: str = "rnn"):
         super().__init__()
-        cls = CELLS[cell][0 if engine == "rnnkern" else 1]
-        if cell == "rnn":
+        spec = cell_spec(cell)
+        cls = spec.module_type() if engine == "rnnkern" else spec.torch_type()
+        if spec.nonlinearity:
             self.rnn = cls(2, hidden, nonlinearity=nonlinearity, batch_first=True)
         else:
             if init == "identity":
@@ -57,7 +53,7 @@ class Model(torch.nn.Module):
         self.head = torch.nn.Linear(hidden, 1)
         with torch.no_grad():
             if init == "orthogonal" and cell != "rnn":  # each gate's block of W_hh
-                for block in self.rnn.weight_hh_l0.chunk(CELL_GATES[cell]):
+                for block in self.rnn.weight_hh_l0.chunk(spec.gate_count):
                     torch.nn.init.orthogonal_(block)
             elif init == "orthogonal":
                 torch.nn.init.orthogonal_(self.rnn.weight_hh_l0)

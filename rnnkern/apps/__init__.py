@@ -1,0 +1,47 @@
+"""The commands: ``rnnkern <command>`` or ``python -m rnnkern <command>``.
+
+Each command is a subpackage that adds its own parser (``add_parser``) and runs it
+(``run``); its work lives beside it. The library (rnnkern's other modules) never imports
+this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+from ..cells import CELLS
+from . import bench, check, train, vanish
+from .arguments import HelpFormatter, out_dir
+
+DESCRIPTION = ("rnnkern: fast, exact backpropagation through time for "
+               + ", ".join(f"the {cell.title}" for cell in CELLS[:-1])
+               + f" and the {CELLS[-1].title}.")
+
+EPILOG = """\
+Every command writes its files into one folder, --out (default ./rnnkern-results), and
+prints where. "rnnkern <command> --help" shows a command's options and their defaults.
+"""
+
+COMMANDS = (bench, vanish, train, check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnkern", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for command in COMMANDS:
+        command.add_parser(sub).set_defaults(command_module=command)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the command line with ``argv`` (default: sys.argv[1:]); returns the exit status.
+    Every argument is checked before any work: a bad one ends the command with argparse's
+    usage line and a one-line message (exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command_module
+    command.check_arguments(args, args.parser)
+    args.out = out_dir(args.parser, args.out)
+    return command.run(args)

@@ -1,0 +1,169 @@
+"""``rnnkern bench``: times rnnkern's layers against torch.nn's and prints a table (the
+timing itself is in :mod:`rnnkern.apps.bench.timing`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import List
+
+from ...cells import CELLS, get
+from ..arguments import (HelpFormatter, add_out, cell_choices, cpu_model, has_torch,
+                         no_matplotlib, positive, size, wrote)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    b = sub.add_parser("bench", formatter_class=HelpFormatter,
+                       help="time rnnkern.RNN against torch.nn.RNN and print a table",
+                       description="Times forward (no grad) and a train step (forward + "
+                                   "backward) of rnnkern.RNN against torch.nn.RNN. The "
+                                   "implementations are interleaved; each figure is the median "
+                                   "of the repeats.")
+    b.add_argument("--full", action="store_true",
+                   help="the whole grid, with the autograd loop and its torch.compile, and "
+                        "the step-by-step section")
+    b.add_argument("--steps", action="store_true",
+                   help="the step-by-step section: T = 1 to 10 calls with hx passed, and a "
+                        "generate loop of 1000 single-token calls (alone unless --size or "
+                        "--full is given)")
+    b.add_argument("--size", type=size, action="append", metavar="TxBxIxH",
+                   help="a size to time (repeatable); without it: a short built-in grid")
+    b.add_argument("--layers", type=positive, default=1, help="layers, for --size")
+    b.add_argument("--bidirectional", action="store_true", help="for --size")
+    b.add_argument("--packed", action="store_true",
+                   help="for --size: variable lengths as an unsorted PackedSequence")
+    b.add_argument("--impl", choices=["rnnkern", "reference", "compiled"], action="append",
+                   help="what to compare with torch.nn.RNN, which is always timed "
+                        "(repeatable; default: rnnkern, and all three with --full)")
+    b.add_argument("--cell", choices=cell_choices(all_=True), default="rnn",
+                   help="which layer: rnn (torch.nn.RNN), lstm, gru, or all three; the gated "
+                        "cells run their own sizes unless --size is given")
+    b.add_argument("--repeats", type=positive, default=5, help="timed repeats (median)")
+    b.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of inputs and weights")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to run: cuda times the CUDA kernels against torch.nn.RNN "
+                        "(cuDNN) and the autograd loop, and adds the time per step against "
+                        "the launch latency")
+    add_out(b, "bench.json and speedup.png")
+    b.set_defaults(parser=b)
+    return b
+
+
+def _cells(args: argparse.Namespace) -> List[str]:
+    return cell_choices() if args.cell == "all" else [args.cell]
+
+
+def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not args.size:
+        given = [name for name, on in (("--layers", args.layers != 1),
+                                       ("--bidirectional", args.bidirectional),
+                                       ("--packed", args.packed)) if on]
+        if given:
+            parser.error(f"argument {given[0]}: applies to --size only; give a --size TxBxIxH")
+    if args.device != "cpu":
+        if any(args.device not in get(c).backends for c in _cells(args)):
+            off = [c.title for c in CELLS if args.device not in c.backends]
+            names = " and ".join([", ".join(off[:-1]), off[-1]] if len(off) > 1 else off)
+            parser.error(f"argument --cell: the {names} run{'' if len(off) > 1 else 's'} on "
+                         "the CPU only (--device cpu)")
+        if args.steps:
+            parser.error("argument --steps: the step-by-step section runs on the CPU only "
+                         "(--device cpu)")
+
+
+def _has_cuda_module() -> bool:
+    try:
+        from ... import _cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cases(args: argparse.Namespace, cases) -> list:
+    """--cell: the cases for each cell (the gated cells' own sizes unless --size)."""
+    import dataclasses
+
+    from . import timing
+
+    out = []
+    for cell in _cells(args):
+        if cell == "rnn":
+            out += list(cases)
+        elif args.size:
+            out += [dataclasses.replace(c, cell=cell) for c in cases]
+        else:
+            out += list(timing.gated_cases(cell))
+    return out
+
+
+def _title(args: argparse.Namespace) -> str:
+    return ", ".join(f"rnnkern.{get(c).title} vs torch.nn.{get(c).title}" for c in _cells(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    if not has_torch():
+        return 1
+    import torch
+
+    from ... import cuda_available, isa
+    from . import timing
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    grid = bool(args.size) or args.full or not args.steps
+    steps = args.steps or (args.full and args.device == "cpu")
+    if args.size:
+        cases = [timing.Case(*s, layers=args.layers, bidirectional=args.bidirectional,
+                             packed=args.packed) for s in args.size]
+    else:
+        cases = timing.FULL_CASES if args.full else timing.DEFAULT_CASES
+    cases = _cases(args, cases)
+    default = ("rnnkern", "reference") if args.device == "cuda" else ("rnnkern",)
+    impls = ("torch", *(args.impl or (timing.IMPLEMENTATIONS[1:] if args.full else default)))
+    meta = {"machine": cpu_model(), "torch": torch.__version__, "dtype": args.dtype,
+            "kernels": isa(), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"), "device": args.device}
+    if args.device == "cuda":
+        if not cuda_available():
+            why = ("no GPU is visible" if _has_cuda_module()
+                   else "rnnkern was built without CUDA support (rnnkern._cuda is missing); "
+                        "reinstall it where nvcc is on PATH (README, The CUDA path)")
+            print(f"rnnkern bench --device cuda: {why}", file=sys.stderr)
+            return 1
+        meta["device"] = torch.cuda.get_device_name()
+        meta["kernels"] = "cuda v1"
+    print(f"machine: {meta['machine']} ({platform.machine()}, {os.cpu_count()} logical CPUs); "
+          f"torch {meta['torch']}, {meta['threads']} threads; {args.dtype}; "
+          f"rnnkern kernels: {meta['kernels']}; median of {args.repeats} repeats", flush=True)
+    if args.device == "cuda":
+        print(f"device: {meta['device']}", flush=True)
+    data = dict(meta)
+    if grid:
+        print(_title(args) + ": forward (no grad) and train step (forward + backward)",
+              flush=True)
+        results = timing.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
+                             device=args.device)
+        print(timing.format_table(results), flush=True)
+        data["results"] = timing.as_dicts(results)
+    if steps:
+        print("\nstep by step: one call of a streaming or generating caller "
+              "(microseconds per call)", flush=True)
+        step_results, generate = timing.run_steps(repeats=args.repeats, dtype=dtype)
+        print(timing.format_steps_table(step_results, generate), flush=True)
+        data["steps"] = timing.steps_as_dict(step_results, generate)
+    path = os.path.join(args.out, "bench.json")
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    wrote(path)
+    if grid:
+        try:
+            png = os.path.join(args.out, "speedup.png")
+            timing.plot(data["results"], png, timing.plot_title(meta))
+            wrote(png)
+        except ImportError:
+            no_matplotlib()
+    return 0
