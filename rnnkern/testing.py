@@ -1,7 +1,9 @@
 """Gradient checks for anyone's BPTT: compare a candidate with an oracle, and say where it parts.
 
-Three cells (``cell=``): ``"rnn"`` (torch.nn.RNN), ``"lstm"`` (torch.nn.LSTM), ``"gru"``
-(torch.nn.GRU). A *candidate* is one of:
+The cells of :mod:`rnnkern.cells` (``cell=``): ``"rnn"`` (torch.nn.RNN), ``"lstm"``
+(torch.nn.LSTM), ``"gru"`` (torch.nn.GRU), …; every fact about a cell (its states, gates,
+parameter shapes, reference loop, torch class, the words of the localisation) is read from
+its spec. A *candidate* is one of:
 
 - a ``torch.nn.Module`` class constructed like the cell's torch class (``rnnkern.RNN``,
   ``rnnkern.LSTM``, ``torch.nn.GRU``, your own layer), with its parameter names
@@ -13,11 +15,12 @@ Three cells (``cell=``): ``"rnn"`` (torch.nn.RNN), ``"lstm"`` (torch.nn.LSTM), `
   ``bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y) -> dict`` with the keys
   ``x, h0, w_ih, w_hh, b_ih, b_hh`` for the RNN and the GRU, and for the LSTM
   ``bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y) -> dict`` with the keys
-  ``x, h0, c0, w_ih, w_hh, b_ih, b_hh``; optionally with its NumPy forward, the same
-  arguments without ``grad_y``, returning ``y``.
+  ``x, h0, c0, w_ih, w_hh, b_ih, b_hh`` (in general the spec's ``bptt_arguments``);
+  optionally with its NumPy forward, the same arguments without ``grad_y``, returning ``y``.
 
 A *reference* is ``"reference"`` (:mod:`rnnkern.reference`, a plain autograd loop),
-``"torch"`` (the torch class), ``"rnnkern"`` (``rnnkern.RNN``/``LSTM``/``GRU``, the kernels),
+``"torch"`` (the torch class; only for a cell whose module is a drop-in for it),
+``"rnnkern"`` (``rnnkern.RNN``/``LSTM``/``GRU``, the kernels),
 ``"finite-differences"`` (central differences in float64 of the reference's forward, no
 autograd at all; small sizes only), or another candidate.
 
@@ -54,6 +57,12 @@ __all__ = ["Config", "TensorError", "Localisation", "Report", "REFERENCES", "CEL
 
 REFERENCES = ("reference", "torch", "rnnkern", "finite-differences")
 
+
+def references(cell: str = "rnn") -> Tuple[str, ...]:
+    """The references that exist for ``cell``: :data:`REFERENCES`, without ``"torch"`` for a
+    cell whose module is not a drop-in for its torch class."""
+    return tuple(r for r in REFERENCES if r != "torch" or _cells.get(cell).drop_in)
+
 # DESIGN.md section 5: float64 within 1e-10 (relative to the largest value of the tensor);
 # float32 within F32_FACTOR times torch's own float32 error against float64 (and at least
 # F32_FACTOR * F32_FLOOR, so that a tensor torch gets exact by luck still has room).
@@ -69,14 +78,33 @@ FD_MAX_ELEMENTS = 20000
 LOCALISE_MAX_STEPS = 200
 
 CELLS = _cells.NAMES
-# A NumPy bptt's arguments (before grad_y) and the canonical key of each gradient.
-_BPTT_ARGUMENTS = {
-    "rnn": ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"),
-    "gru": ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"),
-    "lstm": ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"),
-}
-_BPTT_CANONICAL = {"x": "input", "h0": "hx", "c0": "cx", "w_ih": "weight_ih_l0",
-                   "w_hh": "weight_hh_l0", "b_ih": "bias_ih_l0", "b_hh": "bias_hh_l0"}
+# The canonical key of each of a NumPy bptt's gradients (the states' h0 → hx, c0 → cx, …).
+_BPTT_CANONICAL = {"x": "input", "w_ih": "weight_ih_l0", "w_hh": "weight_hh_l0",
+                   "b_ih": "bias_ih_l0", "b_hh": "bias_hh_l0"}
+
+
+def _bptt_key(argument: str) -> str:
+    return _BPTT_CANONICAL.get(argument) or f"{argument[:-1]}x"  # h0 → hx
+
+
+def _spec(cell: str) -> _cells.Cell:
+    """The registry's spec of ``cell`` (read at each call, so that a registered cell counts)."""
+    return _cells.get(cell)
+
+
+def _names() -> Tuple[str, ...]:
+    return _cells.NAMES
+
+
+def _and(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _cells_with(option: str) -> str:
+    """The cells that take ``option`` (``nonlinearity``, ``projection``), e.g. ``'rnn'``."""
+    names = [repr(c.name) for c in _cells.CELLS if getattr(c, option)]
+    return " or ".join(names) or "none"
 Candidate = Union[type, Callable[..., Any], str]
 
 
@@ -86,8 +114,8 @@ Candidate = Union[type, Callable[..., Any], str]
 class Config:
     """One configuration: sizes (T steps, B rows, I inputs, H hidden units) and the options
     that the cell's torch class takes. ``packed``: variable lengths (1 … T, the longest T) as
-    an unsorted PackedSequence. ``nonlinearity`` is the Elman cell's only; ``proj_size`` the
-    LSTM's only (0: none)."""
+    an unsorted PackedSequence. ``nonlinearity`` only for a cell that takes it (the Elman
+    cell); ``proj_size`` only for one with a projection (the LSTM; 0: none)."""
 
     T: int
     B: int
@@ -111,19 +139,31 @@ class Config:
         return self.proj_size or self.H
 
     @property
+    def spec(self) -> _cells.Cell:
+        """The cell's spec in :mod:`rnnkern.cells`."""
+        return _spec(self.cell)
+
+    @property
     def states(self) -> Tuple[str, ...]:
         """The initial-state keys: ``("hx",)``, the LSTM ``("hx", "cx")``."""
-        return ("hx", "cx") if self.cell == "lstm" else ("hx",)
+        return self.spec.state_keys
+
+    @property
+    def finals(self) -> Tuple[str, ...]:
+        """The final-state keys: ``("h_n",)``, the LSTM ``("h_n", "c_n")``."""
+        return self.spec.final_keys
 
     def describe(self) -> str:
-        """e.g. ``7x3x5x17 L2 bi packed tanh`` or ``6x4x3x5 proj3 lstm``."""
+        """e.g. ``7x3x5x17 L2 bi packed tanh`` or ``6x4x3x5 proj3 lstm``: the cell is named
+        unless it is the default one (``rnn``), the nonlinearity for a cell that takes it."""
         parts = [f"{self.T}x{self.B}x{self.I}x{self.H}"]
         parts += [f"L{self.num_layers}"] if self.num_layers > 1 else []
         parts += ["bi"] if self.bidirectional else []
         parts += ["packed"] if self.packed else []
         parts += ["no-bias"] if not self.bias else []
         parts += [f"proj{self.proj_size}"] if self.proj_size else []
-        parts += [self.nonlinearity] if self.cell == "rnn" else [self.cell]
+        parts += [self.cell] if self.cell != Config.cell else []
+        parts += [self.nonlinearity] if self.spec.nonlinearity else []
         return " ".join(parts)
 
     def param_names(self) -> List[str]:
@@ -139,19 +179,18 @@ class Config:
         return names
 
     def param_shape(self, name: str) -> Tuple[int, ...]:
-        layer = int(name.split("_l")[1].split("_")[0])
-        rows = _cells.get(self.cell).gate_count * self.H
-        if name.startswith("bias"):
-            return (rows,)
-        if name.startswith("weight_hr"):
-            return (self.proj_size, self.H)
-        if name.startswith("weight_hh"):
-            return (rows, self.output_size)
-        return (rows, self.I if layer == 0 else self.directions * self.output_size)
+        """The shape of parameter ``name`` (``weight_hh_l1_reverse``, …), as the cell's spec
+        gives it (:meth:`rnnkern.cells.Cell.parameter_shape`)."""
+        kind, _, rest = name.partition("_l")
+        layer = int(rest.split("_")[0])
+        width = self.I if layer == 0 else self.directions * self.output_size
+        return self.spec.parameter_shape(kind, width, self.H, self.proj_size)
 
     def state_shape(self, key: str) -> Tuple[int, ...]:
-        """``hx``/``h_n`` (L·D, B, P or H) and ``cx``/``c_n`` (L·D, B, H)."""
-        width = self.H if key in ("cx", "c_n") else self.output_size
+        """``hx``/``h_n`` (L·D, B, P or H) and ``cx``/``c_n`` (L·D, B, H): the first state,
+        h, is P wide with proj_size, the others H."""
+        first = key in (self.states[0], self.finals[0])
+        width = self.output_size if first else self.H
         return (self.num_layers * self.directions, self.B, width)
 
 
@@ -159,25 +198,26 @@ def _validate_config(config: Config) -> None:
     sizes = (config.T, config.B, config.I, config.H)
     if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
         raise ValueError(f"size must be (T, B, I, H), four positive integers, got {sizes}")
-    if config.cell not in CELLS:
-        raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, "
+    if config.cell not in _names():
+        raise ValueError(f"cell must be one of {', '.join(map(repr, _names()))}, "
                          f"got {config.cell!r}")
+    spec = config.spec
     if not (isinstance(config.num_layers, int) and config.num_layers > 0):
         raise ValueError(f"num_layers must be a positive integer, got {config.num_layers!r}")
     if config.nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {config.nonlinearity!r}")
-    if config.cell != "rnn" and config.nonlinearity != "tanh":
-        raise ValueError(f"nonlinearity applies to cell 'rnn' only, got "
+    if not spec.nonlinearity and config.nonlinearity != "tanh":
+        raise ValueError(f"nonlinearity applies to cell {_cells_with('nonlinearity')} only, got "
                          f"nonlinearity={config.nonlinearity!r} with cell={config.cell!r}")
     proj = config.proj_size
     if not (isinstance(proj, int) and not isinstance(proj, bool) and proj >= 0):
         raise ValueError(f"proj_size must be an integer ≥ 0, got {proj!r}")
-    if proj and config.cell != "lstm":
-        raise ValueError(f"proj_size applies to cell 'lstm' only, got proj_size={proj} with "
-                         f"cell={config.cell!r}")
+    if proj and not spec.projection:
+        raise ValueError(f"proj_size applies to cell {_cells_with('projection')} only, got "
+                         f"proj_size={proj} with cell={config.cell!r}")
     if proj >= config.H:
-        raise ValueError(f"proj_size must be smaller than H = {config.H} (as torch.nn.LSTM "
-                         f"requires), got {proj}")
+        raise ValueError(f"proj_size must be smaller than H = {config.H} (as "
+                         f"{_like(config.cell)} requires), got {proj}")
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -198,29 +238,30 @@ class _Problem:
     float32 values when the check runs in float32)."""
 
     config: Config
-    x: np.ndarray                # (T, B, I), zero past each row's length when packed
-    hx: np.ndarray               # (L·D, B, P or H)
+    x: np.ndarray                 # (T, B, I), zero past each row's length when packed
+    states: Dict[str, np.ndarray]  # by key: hx (L·D, B, P or H), the LSTM's cx (L·D, B, H)
     weights: Dict[str, np.ndarray]
-    grad_output: np.ndarray      # (T, B, D·P or D·H), zero past each row's length
-    grad_h_n: np.ndarray         # like hx
+    grad_output: np.ndarray       # (T, B, D·P or D·H), zero past each row's length
+    final_grads: Dict[str, np.ndarray]  # by key: h_n like hx, c_n like cx
     lengths: Optional[np.ndarray] = None
-    cx: Optional[np.ndarray] = None        # the LSTM's: (L·D, B, H)
-    grad_c_n: Optional[np.ndarray] = None  # like cx
+
+    @property
+    def hx(self) -> np.ndarray:
+        return self.states[self.config.states[0]]
 
     def state(self, key: str) -> np.ndarray:
-        return {"hx": self.hx, "cx": self.cx}[key]
+        return self.states[key]
 
     def final_grad(self, key: str) -> np.ndarray:
-        return {"h_n": self.grad_h_n, "c_n": self.grad_c_n}[key]
+        return self.final_grads[key]
 
     def suffix(self, start: int, states: Dict[str, np.ndarray]) -> "_Problem":
-        """The same loss from step ``start`` on: every layer's state at step ``start - 1``
-        (``states["hx"]`` (L, B, P or H), for the LSTM ``states["cx"]`` too) becomes the
-        initial state. One direction, no packing."""
+        """The same loss from step ``start`` on: every layer's states at step ``start - 1``
+        (``states["hx"]`` (L, B, P or H), for the LSTM ``states["cx"]`` too) become the
+        initial states. One direction, no packing."""
         config = replace(self.config, T=self.config.T - start)
-        return _Problem(config, self.x[start:], states["hx"], self.weights,
-                        self.grad_output[start:], self.grad_h_n, cx=states.get("cx"),
-                        grad_c_n=self.grad_c_n)
+        return _Problem(config, self.x[start:], {k: states[k] for k in config.states},
+                        self.weights, self.grad_output[start:], dict(self.final_grads))
 
 
 def _make_problem(config: Config, seed: int, final_state_grad: bool,
@@ -229,7 +270,7 @@ def _make_problem(config: Config, seed: int, final_state_grad: bool,
     T, B, I, H, D = config.T, config.B, config.I, config.H, config.directions
     k = 1 / math.sqrt(H)
     x = rng.standard_normal((T, B, I))
-    hx = 0.5 * rng.standard_normal(config.state_shape("hx"))
+    hx = 0.5 * rng.standard_normal(config.state_shape(config.states[0]))
     weights = {name: rng.uniform(-k, k, config.param_shape(name))
                for name in config.param_names()}
     grad_output = rng.standard_normal((T, B, D * config.output_size))
@@ -241,53 +282,55 @@ def _make_problem(config: Config, seed: int, final_state_grad: bool,
         alive = np.arange(T)[:, None] < lengths[None, :]
         x = x * alive[:, :, None]
         grad_output = grad_output * alive[:, :, None]
-    problem = _Problem(config, x, hx, weights, grad_output, grad_h_n, lengths)
-    if config.cell == "lstm":  # drawn last, so the other arrays are those of the same seed
-        shape = config.state_shape("cx")
-        problem.cx = 0.5 * rng.standard_normal(shape)
-        problem.grad_c_n = rng.standard_normal(shape) if final_state_grad else np.zeros(shape)
+    problem = _Problem(config, x, {config.states[0]: hx}, weights, grad_output,
+                       {config.finals[0]: grad_h_n}, lengths)
+    # the other states (the LSTM's c) are drawn last, so that the arrays before are those of
+    # the same seed for every cell
+    for key, final in zip(config.states[1:], config.finals[1:]):
+        shape = config.state_shape(key)
+        problem.states[key] = 0.5 * rng.standard_normal(shape)
+        problem.final_grads[final] = rng.standard_normal(shape) if final_state_grad else \
+            np.zeros(shape)
     if float32:  # the float64 oracle then sees exactly the values the float32 run sees
-        for name in ("x", "hx", "grad_output", "grad_h_n", "cx", "grad_c_n"):
-            if getattr(problem, name) is not None:
-                setattr(problem, name,
-                        getattr(problem, name).astype(np.float32).astype(np.float64))
-        problem.weights = {n: w.astype(np.float32).astype(np.float64) for n, w in weights.items()}
+        def rounded(a: np.ndarray) -> np.ndarray:
+            return a.astype(np.float32).astype(np.float64)
+        problem.x, problem.grad_output = rounded(problem.x), rounded(problem.grad_output)
+        problem.states = {k: rounded(v) for k, v in problem.states.items()}
+        problem.final_grads = {k: rounded(v) for k, v in problem.final_grads.items()}
+        problem.weights = {n: rounded(w) for n, w in weights.items()}
     return problem
 
 
 # ----------------------------------------------------------------------------- the oracle
 
-def _layer_weights(module: torch.nn.Module, layer: int, suffix: str = "") -> List[Any]:
+def _layer_weights(module: torch.nn.Module, spec: _cells.Cell, layer: int,
+                   suffix: str = "") -> List[Any]:
     """(w_ih, w_hh, b_ih, b_hh) of one layer-direction (biases None without bias), and w_hr
-    (None without proj_size) for the LSTM."""
+    (None without proj_size) for a cell with a projection (the LSTM)."""
     def get(kind: str) -> Optional[torch.Tensor]:
         return getattr(module, f"{kind}_l{layer}{suffix}", None)
     weights = [get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")]
-    return weights + [get("weight_hr")] if isinstance(module, torch.nn.LSTM) else weights
+    return weights + [get("weight_hr")] if spec.projection else weights
 
 
-def _reference_layer(cell: str, nonlinearity: str, layer_input, state, weights,
+def _reference_layer(cell: str, nonlinearity: str, layer_input, states, weights,
                      batch_sizes=None, reverse: bool = False):
-    """One layer-direction by :mod:`rnnkern.reference`: (output, state at the last step);
-    ``state`` is h0, or for the LSTM (h0, c0)."""
-    if cell == "lstm":
-        return _reference_module.lstm(layer_input, state, *weights, batch_sizes=batch_sizes,
-                                      reverse=reverse)
-    if cell == "gru":
-        return _reference_module.gru(layer_input, state, *weights, batch_sizes=batch_sizes,
-                                     reverse=reverse)
-    return _reference_module.rnn(layer_input, state, *weights, nonlinearity,
-                                 batch_sizes=batch_sizes, reverse=reverse)
+    """One layer-direction by the cell's reference loop (:mod:`rnnkern.reference`):
+    (output, the states at the last step), ``states`` a tuple (h0,), or the LSTM's (h0, c0);
+    see :meth:`rnnkern.cells.Cell.reference_layer`."""
+    return _spec(cell).reference_layer(layer_input, tuple(states), weights, nonlinearity,
+                                       batch_sizes, reverse)
 
 
-def _reference_forward(module: torch.nn.RNNBase, cell: str, input, hx):
+def _reference_forward(module: torch.nn.Module, spec: _cells.Cell, input, hx):
     """The torch class's input and state handling around :func:`_reference_layer`, layer by
     layer and direction by direction (no dropout)."""
+    several = len(spec.states) > 1
     packed = isinstance(input, PackedSequence)
     if packed:
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if hx is not None and sorted_indices is not None:
-            hx = tuple(h.index_select(1, sorted_indices) for h in hx) if cell == "lstm" \
+            hx = tuple(h.index_select(1, sorted_indices) for h in hx) if several \
                 else hx.index_select(1, sorted_indices)
         batch = int(batch_sizes[0])
     else:
@@ -295,82 +338,84 @@ def _reference_forward(module: torch.nn.RNNBase, cell: str, input, hx):
         batch = input.shape[1]
     D = 2 if module.bidirectional else 1
     if hx is None:
-        h0 = data.new_zeros(module.num_layers * D, batch,
-                            getattr(module, "proj_size", 0) or module.hidden_size)
-        hx = (h0, data.new_zeros(module.num_layers * D, batch, module.hidden_size)) \
-            if cell == "lstm" else h0
-    nonlinearity = "relu" if module.mode == "RNN_RELU" else "tanh"
+        widths = [getattr(module, "proj_size", 0) or module.hidden_size] + \
+            [module.hidden_size] * (len(spec.states) - 1)
+        hx = tuple(data.new_zeros(module.num_layers * D, batch, w) for w in widths)
+    initial = tuple(hx) if several else (hx,)
+    nonlinearity = getattr(module, "nonlinearity", "tanh") if spec.nonlinearity else "tanh"
     layer_input, finals = data, []
     for layer in range(module.num_layers):
         outputs = []
         for direction in range(D):
             index = layer * D + direction
-            state = (hx[0][index], hx[1][index]) if cell == "lstm" else hx[index]
-            out, final = _reference_layer(cell, nonlinearity, layer_input, state,
-                                          _layer_weights(module, layer, "_reverse" * direction),
+            out, final = _reference_layer(spec.name, nonlinearity, layer_input,
+                                          tuple(h[index] for h in initial),
+                                          _layer_weights(module, spec, layer,
+                                                         "_reverse" * direction),
                                           batch_sizes, direction == 1)
             outputs.append(out)
-            finals.append(final if cell == "lstm" else (final,))
+            finals.append(final)
         layer_input = torch.cat(outputs, -1)
     states = [torch.stack(column) for column in zip(*finals)]
     if packed and unsorted_indices is not None:
         states = [s.index_select(1, unsorted_indices) for s in states]
-    state = tuple(states) if cell == "lstm" else states[0]
+    state = tuple(states) if several else states[0]
     if packed:
         return PackedSequence(layer_input, batch_sizes, sorted_indices, unsorted_indices), state
     return layer_input, state
 
 
-class _ReferenceRNN(torch.nn.RNN):
-    """torch.nn.RNN's parameters and input handling, computed by :func:`rnnkern.reference.rnn`."""
-
-    def forward(self, input, hx=None):  # type: ignore[override]
-        return _reference_forward(self, "rnn", input, hx)
+_REFERENCE_CLASSES: Dict[str, type] = {}
 
 
-class _ReferenceLSTM(torch.nn.LSTM):
-    """torch.nn.LSTM's, computed by :func:`rnnkern.reference.lstm`."""
+def _reference_class(cell: str) -> type:
+    """The module class whose forward is the cell's reference loop, built once per cell.
 
-    def forward(self, input, hx=None):  # type: ignore[override]
-        return _reference_forward(self, "lstm", input, hx)
+    For a drop-in it subclasses the torch class (torch.nn.RNN's parameters and input
+    handling, computed by rnnkern.reference.rnn, …); for a cell that is not one (its torch
+    class has other parameter shapes) it subclasses rnnkern's module, whose parameters it
+    keeps and whose forward it replaces."""
+    spec = _spec(cell)
+    cached = _REFERENCE_CLASSES.get(cell)
+    if cached is not None and cached.spec == spec:
+        return cached
+    base = spec.torch_type() if spec.drop_in else spec.module_type()
 
+    def forward(self, input, hx=None):
+        return _reference_forward(self, self.spec, input, hx)
 
-class _ReferenceGRU(torch.nn.GRU):
-    """torch.nn.GRU's, computed by :func:`rnnkern.reference.gru`."""
-
-    def forward(self, input, hx=None):  # type: ignore[override]
-        return _reference_forward(self, "gru", input, hx)
-
-
-_REFERENCE_CLASSES = {"rnn": _ReferenceRNN, "lstm": _ReferenceLSTM, "gru": _ReferenceGRU}
+    name = f"_Reference{spec.title}"
+    cls = type(name, (base,), {
+        "__doc__": f"{base.__name__}'s parameters and input handling, computed by "
+                   f"{spec.reference.replace(':', '.')}.",
+        "__module__": __name__, "__qualname__": name, "spec": spec, "forward": forward})
+    _REFERENCE_CLASSES[cell] = cls
+    return cls
 
 
 def _layer_states(problem: _Problem) -> List[Dict[str, np.ndarray]]:
     """Every layer's states at every step, float64, from the reference loop (one direction,
     no packing): per layer ``{"hx": (T, B, P or H)}``, for the LSTM with ``"cx"`` (T, B, H)."""
     config = problem.config
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + \
+        (("weight_hr",) if config.spec.projection else ())
     layers = []
     with torch.no_grad():
         layer_input = torch.from_numpy(problem.x)
         for layer in range(config.num_layers):
             weights = [None if problem.weights.get(name) is None else
                        torch.from_numpy(problem.weights[name]) for name in
-                       (f"{kind}_l{layer}" for kind in ("weight_ih", "weight_hh", "bias_ih",
-                                                        "bias_hh", "weight_hr"))]
-            weights = weights if config.cell == "lstm" else weights[:4]
+                       (f"{kind}_l{layer}" for kind in kinds)]
             state = tuple(torch.from_numpy(problem.state(k)[layer]) for k in config.states)
             steps: Dict[str, List[Any]] = {k: [] for k in config.states}
             for t in range(config.T):  # step by step: the LSTM's c_t is not an output
-                _, final = _reference_layer(config.cell, config.nonlinearity,
-                                            layer_input[t:t + 1],
-                                            state if config.cell == "lstm" else state[0],
-                                            weights)
-                state = tuple(final) if config.cell == "lstm" else (final,)
+                _, state = _reference_layer(config.cell, config.nonlinearity,
+                                            layer_input[t:t + 1], state, weights)
                 for key, value in zip(config.states, state):
                     steps[key].append(value)
             found = {k: torch.stack(v).numpy() for k, v in steps.items()}
             layers.append(found)
-            layer_input = torch.from_numpy(found["hx"])
+            layer_input = torch.from_numpy(found[config.states[0]])
     return layers
 
 
@@ -381,19 +426,40 @@ _NUMPY_DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
 def _class_name(cls: Any) -> str:
-    known = {(torch.nn.RNN.__module__, n): f"torch.nn.{n}" for n in ("RNN", "LSTM", "GRU")}
-    known.update({("rnnkern.modules", n): f"rnnkern.{n}" for n in ("RNN", "LSTM", "GRU")})
-    known.update({(__name__, f"_Reference{n}"): "rnnkern.reference" for n in ("RNN", "LSTM",
-                                                                               "GRU")})
+    if isinstance(cls, type) and cls in _REFERENCE_CLASSES.values():
+        return "rnnkern.reference"
     module = getattr(cls, "__module__", "") or ""
     qualname = getattr(cls, "__qualname__", None) or getattr(cls, "__name__", None) or repr(cls)
-    if (module, qualname) in known:
-        return known[module, qualname]
+    for spec in _cells.CELLS:  # the registry's classes by their public names
+        for path, public in ((spec.torch_class, spec.torch_class.replace(":", ".")),
+                             (spec.module, f"rnnkern.{spec.title}")):
+            where, _, attribute = path.partition(":")
+            if qualname == attribute and (module == where or module.startswith(where + ".")):
+                return public
     return f"{module}.{qualname}" if module and module != "__main__" else qualname
 
 
 def _torch_name(cell: str) -> str:
-    return f"torch.nn.{_cells.get(cell).torch_type().__name__}"
+    """The torch class of the cell, ``torch.nn.GRU``."""
+    return f"torch.nn.{_spec(cell).torch_type().__name__}"
+
+
+def _like(cell: str) -> str:
+    """The class a candidate is built like: the torch class for a drop-in, else rnnkern's
+    module (whose parameter shapes the torch class does not have)."""
+    spec = _spec(cell)
+    return _torch_name(cell) if spec.drop_in else f"rnnkern.{spec.title}"
+
+
+def _float32_baseline(cell: str) -> type:
+    """The float32 run that sets the float32 bound: the torch class's for a drop-in, else the
+    reference loop's own."""
+    spec = _spec(cell)
+    return spec.torch_type() if spec.drop_in else _reference_class(cell)
+
+
+def _float32_name(cell: str) -> str:
+    return _torch_name(cell) if _spec(cell).drop_in else "rnnkern.reference"
 
 
 class _ModuleRunner:
@@ -409,7 +475,7 @@ class _ModuleRunner:
         options: Dict[str, Any] = dict(num_layers=config.num_layers, bias=config.bias,
                                        bidirectional=config.bidirectional,
                                        dtype=_TORCH_DTYPES[dtype])
-        if config.cell == "rnn":
+        if config.spec.nonlinearity:
             options["nonlinearity"] = config.nonlinearity
         if config.proj_size:
             options["proj_size"] = config.proj_size
@@ -418,7 +484,7 @@ class _ModuleRunner:
     def parameters(self, module: torch.nn.Module, config: Config) -> List[torch.Tensor]:
         found = dict(module.named_parameters())
         names = config.param_names()
-        like = _torch_name(config.cell)
+        like = _like(config.cell)
         for name in names:
             if name not in found:
                 raise ValueError(
@@ -436,16 +502,18 @@ class _ModuleRunner:
         """Calls ``module(input, hx)`` (the LSTM: ``hx = (h0, c0)``); returns the padded
         output and the final states by key (``h_n``, the LSTM's ``c_n`` too)."""
         config = problem.config
-        like = _torch_name(config.cell)
+        like = _like(config.cell)
         inp = x
         if config.packed:
             inp = pack_padded_sequence(x, torch.from_numpy(problem.lengths),
                                        enforce_sorted=False)
-        lstm = config.cell == "lstm"
-        result = module(inp, tuple(states) if lstm else states[0])
-        shape = "(output, (h_n, c_n))" if lstm else "(output, h_n)"
+        count = len(config.states)
+        several = count > 1
+        result = module(inp, tuple(states) if several else states[0])
+        shape = f"(output, ({', '.join(config.finals)}))" if several else \
+            f"(output, {config.finals[0]})"
         if not (isinstance(result, tuple) and len(result) == 2) or (
-                lstm and not (isinstance(result[1], tuple) and len(result[1]) == 2)):
+                several and not (isinstance(result[1], tuple) and len(result[1]) == count)):
             got = type(result).__name__ if not isinstance(result, tuple) else \
                 f"a tuple of {len(result)}" if len(result) != 2 else \
                 f"(output, {type(result[1]).__name__})"
@@ -457,7 +525,7 @@ class _ModuleRunner:
                 raise TypeError(f"{self.name}: for a PackedSequence input the output must be "
                                 f"a PackedSequence, got {type(out).__name__}")
             out, _ = pad_packed_sequence(out, total_length=config.T)
-        finals = dict(zip(("h_n", "c_n"), final if lstm else (final,)))
+        finals = dict(zip(config.finals, final if several else (final,)))
         expected = {"output": (config.T, config.B, config.directions * config.output_size)}
         expected.update({k: config.state_shape(k) for k in finals})
         for label, t in (("output", out), *finals.items()):
@@ -498,7 +566,7 @@ class _FiniteDifferences(_ModuleRunner):
     kind = "finite-differences"
 
     def __init__(self, cell: str = "rnn") -> None:
-        super().__init__(_REFERENCE_CLASSES[cell], "finite differences")
+        super().__init__(_reference_class(cell), "finite differences")
 
     @staticmethod
     def check_size(config: Config) -> None:
@@ -563,12 +631,11 @@ class _BpttRunner:
     def run(self, problem: _Problem, dtype: str) -> Dict[str, np.ndarray]:
         config = problem.config
         npdtype = _NUMPY_DTYPES[dtype]
-        keys = _BPTT_ARGUMENTS[config.cell]
+        keys = config.spec.bptt_arguments
         w = problem.weights
-        values = {"x": problem.x, "h0": problem.hx[0],
-                  "c0": None if problem.cx is None else problem.cx[0],
-                  "w_ih": w["weight_ih_l0"], "w_hh": w["weight_hh_l0"],
-                  "b_ih": w["bias_ih_l0"], "b_hh": w["bias_hh_l0"]}
+        values = {key: problem.x if key == "x" else
+                  w[_bptt_key(key)] if key.startswith(("w_", "b_")) else
+                  problem.state(_bptt_key(key))[0] for key in keys}
         args = {k: values[k] for k in keys}
 
         def arrays() -> List[np.ndarray]:  # fresh copies: a candidate may write into them
@@ -584,7 +651,7 @@ class _BpttRunner:
                 raise ValueError(f"{self.name}'s result has no key {key!r}: it must return a "
                                  f"dict with keys {', '.join(keys)}, got keys "
                                  f"{', '.join(map(repr, grads)) or 'none'}")
-            result[_BPTT_CANONICAL[key]] = _as_array(self.name, f"result[{key!r}]", grads[key],
+            result[_bptt_key(key)] = _as_array(self.name, f"result[{key!r}]", grads[key],
                                                      args[key].shape, f"the shape of {key}")
         for key in config.states:
             result[key] = result[key][None]
@@ -593,7 +660,7 @@ class _BpttRunner:
                           self.forward_fn(*arrays()), (config.T, config.B, config.H),
                           "(T, B, H)")
             result["output"] = y
-            result["h_n"] = y[-1][None]
+            result[config.finals[0]] = y[-1][None]
         return result
 
 
@@ -612,9 +679,10 @@ def _as_array(owner: str, what: str, value: Any, shape: Tuple[int, ...],
 
 def _runner(candidate: Any, forward: Optional[Callable[..., Any]] = None,
             name: Optional[str] = None, argument: str = "candidate", cell: str = "rnn"):
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
-    like = _torch_name(cell)
+    if cell not in _names():
+        raise ValueError(f"cell must be one of {', '.join(map(repr, _names()))}, got {cell!r}")
+    spec = _spec(cell)
+    like = _like(cell)
     if isinstance(candidate, str):
         if candidate not in REFERENCES:
             raise ValueError(f"{argument} must be one of {', '.join(REFERENCES)}, a module "
@@ -622,12 +690,15 @@ def _runner(candidate: Any, forward: Optional[Callable[..., Any]] = None,
         if candidate == "finite-differences":
             return _FiniteDifferences(cell)
         if candidate == "reference":
-            return _ModuleRunner(_REFERENCE_CLASSES[cell])
+            return _ModuleRunner(_reference_class(cell))
         if candidate == "torch":
-            return _ModuleRunner(_cells.get(cell).torch_type())
-        from . import modules
-        return _ModuleRunner({"rnn": modules.RNN, "lstm": modules.LSTM,
-                              "gru": modules.GRU}[cell])
+            if not spec.drop_in:
+                raise ValueError(f"{argument} 'torch' does not exist for cell {cell!r}: "
+                                 f"rnnkern.{spec.title} is not a drop-in for "
+                                 f"{_torch_name(cell)} (its parameters have other shapes); "
+                                 f"use one of {', '.join(references(cell))}")
+            return _ModuleRunner(spec.torch_type())
+        return _ModuleRunner(spec.module_type())
     if isinstance(candidate, type):
         if not issubclass(candidate, torch.nn.Module):
             raise TypeError(f"{argument} must be a torch.nn.Module class constructed like "
@@ -641,7 +712,7 @@ def _runner(candidate: Any, forward: Optional[Callable[..., Any]] = None,
     if callable(candidate):
         return _BpttRunner(candidate, forward, name)
     raise TypeError(f"{argument} must be a torch.nn.Module class constructed like "
-                    f"{like} or a NumPy function bptt({', '.join(_BPTT_ARGUMENTS[cell])}, "
+                    f"{like} or a NumPy function bptt({', '.join(spec.bptt_arguments)}, "
                     f"grad_y), got {type(candidate).__name__}")
 
 
@@ -686,6 +757,7 @@ class Localisation:
     candidate's results depend on where a step lies in the sequence, so whether the hand-off
     from step t + 1 or step t itself is wrong cannot be told), ``"output"`` (the forward
     pass), ``"after the loop"`` (only weight or bias sums differ) or ``"configuration"``.
+    ``"grad_<state>"`` in general, for each of the cell's states.
     ``layer``: for ``"grad_h"`` and ``"grad_c"``, the layer whose gradient differs most."""
 
     step: Optional[int]
@@ -699,8 +771,8 @@ class Localisation:
             return self.quantity
         if self.quantity == "between":
             return f"steps {self.step + 1}→{self.step}"
-        what = {"delta": "δ", "grad_h": "∂L/∂h", "grad_c": "∂L/∂c",
-                "output": "forward"}[self.quantity]
+        what = {"delta": "δ", "output": "forward"}.get(self.quantity) or \
+            f"∂L/∂{self.quantity[len('grad_'):]}"
         return f"{what}0" if self.step == -1 else f"step {self.step} ({what})"
 
 
@@ -762,34 +834,35 @@ def _where(key: str, index: Tuple[int, ...], config: Config, bptt: bool) -> str:
             direction = " reverse" if j >= width else ""
             return f"step {t}, row {b}, unit {j % width}{direction}"
         return f"step {t}, row {b}, unit {j}"
-    if key in ("hx", "h_n", "cx", "c_n"):
+    if key in config.states + config.finals:
         ld, b, j = index
         if bptt or (config.num_layers == 1 and not config.bidirectional):
             return f"row {b}, unit {j}"
         layer, direction = divmod(ld, config.directions)
         return f"layer {layer}{' reverse' if direction else ''}, row {b}, unit {j}"
     unit = f"unit {index[0]}"
-    if config.cell != "rnn" and not key.startswith("weight_hr"):  # rows are gate blocks of H
+    gates = config.spec.gates
+    if len(gates) > 1 and not key.startswith("weight_hr"):  # rows are gate blocks of H
         gate, j = divmod(index[0], config.H)
-        unit = f"gate {_GATE_NAMES[config.cell][gate]}, unit {j}"
+        unit = f"gate {gates[gate]}, unit {j}"
     return f"{unit}, column {index[1]}" if len(index) == 2 else unit
 
 
-_GATE_NAMES = {"lstm": "ifgo", "gru": "rzn"}
-
-
-_BPTT_NAMES = {"output": "y", "h_n": "h_n", "input": "grad x", "hx": "grad h0", "cx": "grad c0",
-               "weight_ih_l0": "grad w_ih", "weight_hh_l0": "grad w_hh",
-               "bias_ih_l0": "grad b_ih", "bias_hh_l0": "grad b_hh"}
-
-
-def _display(key: str, bptt: bool) -> str:
+def _display(key: str, bptt: bool, config: Config) -> str:
+    """A tensor's name in the report: ``grad weight_hh_l0``, for a NumPy bptt ``grad w_hh``
+    (and its forward's ``y``)."""
+    if key == "output":
+        return "y" if bptt else key
+    if key in config.finals:
+        return key
     if bptt:
-        return _BPTT_NAMES[key]
-    return key if key in _OUTPUT_KEYS else f"grad {key}"
+        return f"grad {next(a for a in config.spec.bptt_arguments if _bptt_key(a) == key)}"
+    return f"grad {key}"
 
 
-_OUTPUT_KEYS = ("output", "h_n", "c_n")
+def _output_keys(config: Config) -> Tuple[str, ...]:
+    """The forward's tensors: ``output``, ``h_n`` (the LSTM's ``c_n``)."""
+    return ("output", *config.finals)
 
 
 def _errors(candidate: np.ndarray, reference: np.ndarray) -> Tuple[float, float, Tuple[int, ...]]:
@@ -848,11 +921,11 @@ def _tolerances(problem: _Problem, dtype: str, reference_runner, ref: Dict[str, 
         return from_tol(0.0, r), f"relative error ≤ {r:g}"
     # float32: the torch class's own float32 run against the float64 reference
     cell = problem.config.cell
-    torch32 = _ModuleRunner(_cells.get(cell).torch_type()).run(problem, "float32")
+    torch32 = _ModuleRunner(_float32_baseline(cell)).run(problem, "float32")
     exact = ref if reference_runner.kind != "finite-differences" else \
-        _ModuleRunner(_REFERENCE_CLASSES[cell]).run(problem, "float64")
+        _ModuleRunner(_reference_class(cell)).run(problem, "float64")
     allowed = {k: F32_FACTOR * max(_errors(torch32[k], exact[k])[1], F32_FLOOR) for k in keys}
-    return allowed, f"relative error ≤ {F32_FACTOR:g} × {_torch_name(cell)}'s float32 error"
+    return allowed, f"relative error ≤ {F32_FACTOR:g} × {_float32_name(cell)}'s float32 error"
 
 
 def compare(candidate: Candidate, reference: Candidate = "reference", *,
@@ -868,16 +941,16 @@ def compare(candidate: Candidate, reference: Candidate = "reference", *,
         candidate: a torch.nn.Module class constructed like the cell's torch class, a NumPy
             ``bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y) -> dict`` (the LSTM's takes
             ``h0, c0``; see the module docstring), or one of the references' names.
-        reference: ``"reference"``, ``"torch"``, ``"rnnkern"``, ``"finite-differences"``, or
-            another candidate (always run in float64).
+        reference: ``"reference"``, ``"torch"`` (for a drop-in cell), ``"rnnkern"``,
+            ``"finite-differences"``, or another candidate (always run in float64).
         size: (T, B, I, H); default (5, 3, 4, 6).
         num_layers, bidirectional, nonlinearity, bias, proj_size: as the torch class's
             constructor takes them (module candidates; a NumPy bptt is one layer, one
-            direction, with biases); nonlinearity for ``"rnn"`` only, proj_size for
-            ``"lstm"`` only.
+            direction, with biases); nonlinearity for a cell that takes it (``"rnn"``),
+            proj_size for one with a projection (``"lstm"``).
         packed: variable lengths as an unsorted PackedSequence (module candidates).
-        cell: ``"rnn"`` (torch.nn.RNN), ``"lstm"`` (torch.nn.LSTM) or ``"gru"``
-            (torch.nn.GRU).
+        cell: a cell of :mod:`rnnkern.cells`: ``"rnn"`` (torch.nn.RNN), ``"lstm"``
+            (torch.nn.LSTM), ``"gru"`` (torch.nn.GRU), ….
         dtype: ``"float64"`` or ``"float32"``, the candidate's dtype.
         atol, rtol: a tensor passes when max |error| ≤ atol + rtol · max |reference|.
             Default: float64 rtol 1e-10 (1e-8 against finite differences); float32 relative
@@ -918,13 +991,13 @@ def _compare(candidate_runner, reference_runner, config: Config, dtype: str,
                             float32=dtype == "float32")
     got = candidate_runner.run(problem, dtype)
     ref = reference_runner.run(problem, "float64")
-    keys = [k for k in (*_OUTPUT_KEYS, "input", *config.states, *config.param_names())
+    keys = [k for k in (*_output_keys(config), "input", *config.states, *config.param_names())
             if k in got and k in ref]  # a NumPy bptt has outputs only with its forward
     allowed, rule = _tolerances(problem, dtype, reference_runner, ref, keys, atol, rtol)
     tensors = []
     for key in keys:
         max_abs, rel, index = _errors(got[key], ref[key])
-        tensors.append(TensorError(_display(key, bptt), key, max_abs, rel, allowed[key],
+        tensors.append(TensorError(_display(key, bptt, config), key, max_abs, rel, allowed[key],
                                    _where(key, index, config, bptt), index))
     report = Report(candidate_runner.name, reference_runner.name, config, dtype, rule, tensors)
     if not report.passed and localise:
@@ -957,9 +1030,10 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
                 return Localisation(t, "output", f"step {t}: the forward pass differs first "
                                     f"at output step {t} (the gradients follow from a "
                                     "different forward and are not localised)")
-    for key in ("h_n", "c_n"):
+    for index, key in enumerate(config.finals):
         if key in by_key and not by_key[key].passed:
-            agree = "the output agrees" + (" and h_n agrees" if key == "c_n" else "")
+            agree = "the output agrees" + "".join(f" and {k} agrees"
+                                                  for k in config.finals[:index])
             return Localisation(None, "output", f"{agree} but {key} does not: {key} must be "
                                 "each sequence's state at its own last step")
     # 2. bidirectional or packed: localise on one direction, unpacked
@@ -988,7 +1062,7 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
     #    step lies: `doubt` records the evidence that it does not (its δ differ in the restart
     #    where the full problem's agree, or only its hand-off to the initial state is wrong),
     #    and then restarts are no longer used.
-    gradients = [t for t in report.tensors if t.key not in _OUTPUT_KEYS]
+    gradients = [t for t in report.tensors if t.key not in _output_keys(config)]
     rel_bound = max(t.allowed_rel for t in gradients)
     x_bound = by_key["input"].allowed_abs if "input" in by_key else math.inf
     no_forward = candidate_runner.kind == "bptt" and candidate_runner.forward_fn is None
@@ -1043,14 +1117,14 @@ def _localise(candidate_runner, reference_runner, problem: _Problem, dtype: str,
                          f"while the full problem's δ_{t - 1} agrees")
                 break
             layer = int(np.argmax(diff))
-            quantity = "grad_c" if key == "cx" else "grad_h"
+            quantity = f"grad_{config.spec.states[config.states.index(key)]}"
             return Localisation(t - 1, quantity, _hand_off_message(t, layer, config, key),
                                 layer)
     if last > 0:
         return Localisation(None, "unknown", f"steps {config.T - 1} down to {last} agree; "
                             f"localisation stops after {LOCALISE_MAX_STEPS} steps")
     names = ", ".join(t.name for t in report.failed())
-    initial = "∂L/∂h0 and ∂L/∂c0" if config.cell == "lstm" else "∂L/∂h0"
+    initial = _and([f"∂L/∂{state}0" for state in config.spec.states])
     return Localisation(None, "after the loop", f"every ∂L/∂x_t agrees, and so does "
                         f"{initial}, so every δ_t is right: the error is in the sums after "
                         f"the loop ({names})")
@@ -1070,18 +1144,14 @@ def _extended(problem: _Problem, before: int, after: int, seed: int, float32: bo
     x = np.concatenate([steps(before, I), problem.x, steps(after, I)])
     zeros = np.zeros((1, B, problem.grad_output.shape[2]))
     grad_output = np.concatenate([zeros] * before + [problem.grad_output] + [zeros] * after)
-    hx = 0.5 * rng.standard_normal(problem.hx.shape) if before else problem.hx
-    cx = problem.cx
-    if cx is not None and before:
-        cx = 0.5 * rng.standard_normal(cx.shape)
-    grad_h_n = problem.grad_h_n * 0 if after else problem.grad_h_n
-    grad_c_n = None if problem.grad_c_n is None else \
-        problem.grad_c_n * 0 if after else problem.grad_c_n
+    states = {k: 0.5 * rng.standard_normal(v.shape) if before else v
+              for k, v in problem.states.items()}  # in the order of the cell's states
+    final_grads = {k: g * 0 if after else g for k, g in problem.final_grads.items()}
     if float32:
-        x, hx = x.astype(np.float32).astype(np.float64), hx.astype(np.float32).astype(np.float64)
-        cx = None if cx is None else cx.astype(np.float32).astype(np.float64)
-    return _Problem(replace(config, T=config.T + before + after), x, hx, problem.weights,
-                    grad_output, grad_h_n, cx=cx, grad_c_n=grad_c_n)
+        x = x.astype(np.float32).astype(np.float64)
+        states = {k: v.astype(np.float32).astype(np.float64) for k, v in states.items()}
+    return _Problem(replace(config, T=config.T + before + after), x, states, problem.weights,
+                    grad_output, final_grads)
 
 
 def _reproduced(candidate_runner, reference_runner, problem: _Problem, restart, t: int,
@@ -1108,17 +1178,8 @@ def _reproduced(candidate_runner, reference_runner, problem: _Problem, restart, 
     return None
 
 
-# What δ_t is, and what step t sends back to step t - 1, for each cell (DESIGN.md 1, 1b).
-_DELTA = {"rnn": "δ_{t}", "lstm": "δ_{t} = [da_i da_f da_g da_o]_{t}",
-          "gru": "δ_{t} = [da_r da_z da_n]_{t}"}
-_INSIDE = {"rnn": "in the φ'(a_{t}) factor", "lstm": "in a gate's derivative, in dc_{t}",
-           "gru": "in a gate's derivative"}
-_HAND_OFF = {("rnn", "hx"): "it is δ_{t} W_hh: W_hh itself, not its transpose",
-             ("gru", "hx"): "it is δ_{t} W_hh + ∂L/∂h_{t} ⊙ z_{t}, with the n block of δ_{t} "
-                            "times r_{t}",
-             ("lstm", "hx"): "it is δ_{t} W_hh, all four gate blocks: W_hh itself, not its "
-                             "transpose",
-             ("lstm", "cx"): "it is dc_{t} ⊙ f_{t}"}
+# What δ_t is, where an error in it arises and what step t sends back to step t - 1 are
+# each cell's spec's (delta, error_inside, hand_offs: DESIGN.md 1, 1b).
 
 
 # A NumPy bptt given without its forward: its own forward was never compared.
@@ -1127,22 +1188,24 @@ _NO_FORWARD = ("the forward was not checked (no forward was given: forward=, or 
 
 
 def _delta_message(t: int, config: Config, no_forward: bool = False) -> str:
-    delta = _DELTA[config.cell].format(t=t)
-    inside = _INSIDE[config.cell].format(t=t)
+    spec = config.spec
+    delta = spec.delta.format(t=t)
+    inside = spec.error_inside.format(t=t)
+    several = len(spec.states) > 1
     if t == config.T - 1:
-        carried = (f"∂L/∂h_{t} and ∂L/∂c_{t} are only the loss's own gradients",
-                   f"∂L/∂h_{t} and ∂L/∂c_{t} are formed") if config.cell == "lstm" else \
-            (f"∂L/∂h_{t} is only the loss's own gradient", f"∂L/∂h_{t} is formed")
+        names = _and([f"∂L/∂{state}_{t}" for state in spec.states])
+        carried = (f"{names} are only the loss's own gradients", f"{names} are formed") \
+            if several else (f"{names} is only the loss's own gradient", f"{names} is formed")
         seen = (f"step {t} (the last): {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
                 f"{carried[0]} there")
         if no_forward:
             return (f"{seen}; {_NO_FORWARD}, at step {t} or before, or in its backward inside "
                     f"step {t}, {inside} or in how {carried[1]}")
         return f"{seen}: the error is inside step {t}, {inside} or in how {carried[1]}"
-    sent = "the gradients sent back from step {0} to h_{1} and c_{1} agree" \
-        if config.cell == "lstm" else "the gradient sent back from step {0} to h_{1} agrees"
-    seen = (f"step {t}: {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while "
-            f"{sent.format(t + 1, t)}")
+    targets = _and([f"{state}_{t}" for state in spec.states])
+    sent = f"the gradients sent back from step {t + 1} to {targets} agree" if several else \
+        f"the gradient sent back from step {t + 1} to {targets} agrees"
+    seen = f"step {t}: {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while {sent}"
     cause = f"{inside} or in adding ∂L/∂y_{t} and the gradient from step {t + 1}"
     if no_forward:
         return f"{seen}; {_NO_FORWARD}, or in its backward inside step {t}, {cause}"
@@ -1152,8 +1215,8 @@ def _delta_message(t: int, config: Config, no_forward: bool = False) -> str:
 def _between_message(t: int, config: Config, doubt: str, no_forward: bool) -> str:
     """δ_t differs and δ_{t+1} agrees, but whether the hand-off from step t + 1 is right is
     not known (``doubt`` says why)."""
-    delta = _DELTA[config.cell].format(t=t)
-    target = f"h_{t} and c_{t}" if config.cell == "lstm" else f"h_{t}"
+    delta = config.spec.delta.format(t=t)
+    target = _and([f"{state}_{t}" for state in config.spec.states])
     message = (f"step {t}: {delta} differs, seen in ∂L/∂x_{t} = δ_{t} W_ih, while δ_{t + 1} "
                f"agrees: the error enters between steps {t + 1} and {t}, in what step {t + 1} "
                f"sends back to {target} or inside step {t}, and which cannot be told: "
@@ -1165,11 +1228,13 @@ def _between_message(t: int, config: Config, doubt: str, no_forward: bool) -> st
 
 def _hand_off_message(t: int, layer: int, config: Config, key: str) -> str:
     """∂L/∂h_{t-1} (key "hx") or ∂L/∂c_{t-1} ("cx") differs while δ_t agrees."""
-    state = "c" if key == "cx" else "h"
-    how = _HAND_OFF[config.cell, key].format(t=t)
+    spec = config.spec
+    index = config.states.index(key)
+    state = spec.states[index]
+    how = spec.hand_off(index).format(t=t)
     where = f" of layer {layer}" if config.num_layers > 1 else ""
     if t > 0:
-        target = f"{state}_{t - 1}" if config.cell == "lstm" else f"step {t - 1}"
+        target = f"{state}_{t - 1}" if len(spec.states) > 1 else f"step {t - 1}"
         return (f"step {t - 1}: ∂L/∂{state}_{t - 1}{where} differs while δ_{t} agrees: the "
                 f"gradient sent back from step {t} to {target} is wrong ({how})")
     return (f"∂L/∂{state}0{where} differs while every δ_t agrees: the gradient sent back from "
@@ -1187,7 +1252,7 @@ def gradcheck(candidate: type, *, size: Sequence[int] = (3, 2, 2, 3), num_layers
     Jacobian differs."""
     runner = _runner(candidate, cell=cell)
     if runner.kind != "module":
-        raise TypeError(f"gradcheck needs a module class built like {_torch_name(cell)}, got "
+        raise TypeError(f"gradcheck needs a module class built like {_like(cell)}, got "
                         f"{type(candidate).__name__}")
     config = _config_from((runner,), size, num_layers, bidirectional, packed, nonlinearity,
                           bias, cell, proj_size)
