@@ -542,3 +542,83 @@ def test_readme_names_the_step_of_each_bug():
         report = testing.compare(getattr(impls, name), size=(6, 3, 4, 5))
         assert report.localisation.short() == short
     assert "`after the loop`" in SECTION
+
+
+
+def test_the_grids_built_from_the_specs_are_those_written_per_cell_before():
+    """The grids come from each cell's spec (nonlinearity → relu rows, projection → proj_size
+    rows); for the Elman RNN, the LSTM and the GRU they are exactly the grids that were
+    written out per cell, in the same order (so that `rnnkern check` prints the same tables)."""
+    from dataclasses import replace
+
+    from rnnkern.cells import NAMES as CELL_NAMES
+    from rnnkern.testing import Config
+
+    DEFAULT_GRID = (
+        (Config(1, 1, 1, 1), "float64"),
+        (Config(7, 3, 5, 17), "float64"),
+        (Config(6, 4, 3, 5, nonlinearity="relu"), "float64"),
+        (Config(5, 3, 4, 6, num_layers=2, bidirectional=True), "float64"),
+        (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True, nonlinearity="relu"),
+         "float64"),
+        (Config(4, 3, 2, 5, bidirectional=True, bias=False), "float64"),
+        (Config(12, 11, 4, 129), "float64"),
+        (Config(7, 3, 5, 17), "float32"),
+        (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float32"),
+    )
+    # and against finite differences (an oracle without autograd), and torch.autograd.gradcheck
+    FINITE_DIFFERENCES_GRID = ((Config(4, 2, 3, 5, num_layers=2, bidirectional=True, packed=True),
+                                "float64"),)
+    GRADCHECK_GRID = (Config(3, 2, 2, 3),
+                      Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True,
+                             nonlinearity="relu"))
+    # A NumPy bptt is one layer, one direction, unpacked; tanh unless --nonlinearity says.
+    BPTT_GRID = ((Config(1, 1, 1, 1), "float64"), (Config(7, 3, 5, 17), "float64"),
+                 (Config(6, 4, 3, 5), "float64"), (Config(12, 11, 4, 129), "float64"))
+
+
+    def _gated(cell: str, grid):
+        return tuple((replace(c, cell=cell), d) for c, d in grid)
+
+
+    # The LSTM and the GRU: the same kinds of configuration (no relu), the LSTM with proj_size too.
+    _GATED_GRID = (
+        (Config(1, 1, 1, 1), "float64"),
+        (Config(7, 3, 5, 17), "float64"),
+        (Config(5, 3, 4, 6, num_layers=2, bidirectional=True), "float64"),
+        (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float64"),
+        (Config(4, 3, 2, 5, bidirectional=True, bias=False), "float64"),
+        (Config(12, 11, 4, 129), "float64"),
+        (Config(7, 3, 5, 17), "float32"),
+        (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float32"),
+    )
+    _PROJ_GRID = (
+        (Config(6, 4, 3, 5, proj_size=3), "float64"),
+        (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float64"),
+        (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float32"),
+    )
+    GRIDS = {"rnn": DEFAULT_GRID, "lstm": _gated("lstm", _GATED_GRID + _PROJ_GRID),
+             "gru": _gated("gru", _GATED_GRID)}
+    FINITE_DIFFERENCES_GRIDS = {
+        "rnn": FINITE_DIFFERENCES_GRID,
+        "lstm": _gated("lstm", ((Config(3, 2, 2, 3, num_layers=2, bidirectional=True,
+                                        packed=True, proj_size=2), "float64"),)),
+        "gru": _gated("gru", FINITE_DIFFERENCES_GRID),
+    }
+    GRADCHECK_GRIDS = {
+        "rnn": GRADCHECK_GRID,
+        "lstm": (Config(3, 2, 2, 3, cell="lstm"),
+                 Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, cell="lstm",
+                        proj_size=2)),
+        "gru": (Config(3, 2, 2, 3, cell="gru"),
+                Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, cell="gru")),
+    }
+    BPTT_GRIDS = {cell: _gated(cell, BPTT_GRID) for cell in CELL_NAMES}
+    assert check.DEFAULT_GRID == DEFAULT_GRID and check.BPTT_GRID == BPTT_GRID
+    assert check.FINITE_DIFFERENCES_GRID == FINITE_DIFFERENCES_GRID
+    assert check.GRADCHECK_GRID == GRADCHECK_GRID
+    for cell in ("rnn", "lstm", "gru"):
+        assert check.GRIDS[cell] == GRIDS[cell] == check.grid(cell)
+        assert check.FINITE_DIFFERENCES_GRIDS[cell] == FINITE_DIFFERENCES_GRIDS[cell]
+        assert check.GRADCHECK_GRIDS[cell] == GRADCHECK_GRIDS[cell]
+        assert check.BPTT_GRIDS[cell] == BPTT_GRIDS[cell]

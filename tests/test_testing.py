@@ -654,3 +654,151 @@ def test_testing_is_a_lazy_public_module():
     assert "testing" in rnnkern.__all__ and rnnkern.testing is testing
     for name in testing.__all__:
         assert getattr(testing, name) is not None
+
+
+# ----------------------------------------------------------------------------- the registry
+# testing and check read every fact of a cell from rnnkern.cells: a cell registered under a
+# new name (a copy of a registered one, or a cell that is no drop-in for its torch class)
+# works without an edit to either. A branch on a cell's name would fail these.
+
+import dataclasses  # noqa: E402
+import io  # noqa: E402
+
+from rnnkern import cells  # noqa: E402
+from rnnkern.apps.check import runner as check_runner  # noqa: E402
+
+import fake_indrnn  # noqa: E402
+
+
+@pytest.fixture
+def register(monkeypatch):
+    """register(spec) adds a spec to the registry for the test."""
+    def add(spec):
+        monkeypatch.setattr(cells, "CELLS", cells.CELLS + (spec,))
+        monkeypatch.setattr(cells, "NAMES", cells.NAMES + (spec.name,))
+        monkeypatch.setattr(cells, "_BY_NAME", {**cells._BY_NAME, spec.name: spec})
+        return spec
+    return add
+
+
+# per cell: a module with a bug, a NumPy bptt with a bug and the right forward
+COPY_CASES = {
+    "rnn": (module_impls.HandRNNWhhUntransposedInLayer1, impls.bptt_w_hh_untransposed,
+            impls.forward, dict(num_layers=2, nonlinearity="relu")),
+    "lstm": (gated_impls.HandLSTMDcWithoutF, gated_impls.lstm_bptt_dc_without_f,
+             gated_impls.lstm_forward, dict(num_layers=2, proj_size=2)),
+    "gru": (gated_impls.HandGRUNoZCarry, gated_impls.gru_bptt_no_z_carry,
+            gated_impls.gru_forward, dict(num_layers=2)),
+}
+
+
+def _facts(report):
+    loc = report.localisation
+    return ([(t.name, t.key, t.max_abs, t.rel, t.allowed_rel, t.where, t.passed)
+             for t in report.tensors], report.tolerance, report.candidate, report.reference,
+            None if loc is None else (loc.step, loc.quantity, loc.message, loc.layer))
+
+
+@pytest.mark.parametrize("cell", cells.NAMES)
+def test_a_renamed_copy_of_a_cell_gets_the_same_reports(cell, register):
+    copy = register(dataclasses.replace(cells.get(cell), name=f"{cell}copy"))
+    module_bug, bptt_bug, forward, options = COPY_CASES[cell]
+    drop_in = copy.module_type()
+    runs = [
+        (drop_in, "reference", dict(size=(5, 3, 4, 6), bidirectional=True, packed=True,
+                                    **options)),
+        (drop_in, "torch", dict(size=(5, 3, 4, 6), dtype="float32", **options)),
+        (copy.torch_type(), "rnnkern", dict(size=(4, 2, 3, 5))),
+        (drop_in, "finite-differences", dict(size=(3, 2, 2, 3))),
+        (module_bug, "reference", dict(size=(6, 3, 4, 5), num_layers=2)),
+        (bptt_bug, "torch", dict(size=(6, 3, 4, 5), forward=forward)),
+        (bptt_bug, "reference", dict(size=(6, 3, 4, 5))),
+    ]
+    for candidate, reference, kwargs in runs:
+        original = testing.compare(candidate, reference, cell=cell, **kwargs)
+        renamed = testing.compare(candidate, reference, cell=copy.name, **kwargs)
+        assert _facts(renamed) == _facts(original), (candidate, reference)
+        assert renamed.config == dataclasses.replace(original.config, cell=copy.name)
+        assert copy.name in renamed.config.describe()
+        # the bugs are caught and localised the same way
+        assert original.passed is (candidate not in (module_bug, bptt_bug))
+    assert testing.gradcheck(drop_in, cell=copy.name)
+    # check's plan: the same rows as the original's, of the copy
+    for bptt, builtin in ((False, True), (False, False), (True, False)):
+        plan = check_runner.plan(bptt=bptt, cell=copy.name, builtin=builtin)
+        assert plan == [dataclasses.replace(c, config=dataclasses.replace(c.config,
+                                                                          cell=copy.name))
+                        for c in check_runner.plan(bptt=bptt, cell=cell, builtin=builtin)]
+    out = io.StringIO()
+    checks = check_runner.plan(bptt=False, cell=copy.name, sizes=[(4, 2, 3, 5)],
+                               dtype="float32")
+    rows = check_runner.run(drop_in, copy.title, checks, out=out, timeout=None)
+    assert all(row.passed for row in rows), out.getvalue()
+    assert f"torch.nn.{copy.title}'s own float32 error" in out.getvalue()
+
+
+def test_a_cell_without_a_drop_in_has_no_torch_oracle(register):
+    spec = register(dataclasses.replace(cells.get("gru"), name="gru-own", drop_in=False))
+    assert testing.references("gru-own") == ("reference", "rnnkern", "finite-differences")
+    assert "torch" in testing.references("gru")
+    for call in (lambda: testing.compare(rnnkern.GRU, "torch", cell="gru-own"),
+                 lambda: testing.compare("torch", cell="gru-own")):
+        with pytest.raises(ValueError, match=r"'torch' does not exist for cell 'gru-own': "
+                                             r"rnnkern.GRU is not a drop-in for torch.nn.GRU"):
+            call()
+    with pytest.raises(ValueError, match="reference 'torch' does not exist for cell "
+                                         "'gru-own'"):
+        check_runner.plan(bptt=False, cell="gru-own", references=["torch"])
+    plan = check_runner.plan(bptt=False, cell="gru-own", builtin=True)
+    assert plan and "torch" not in {c.reference for c in plan}
+    assert {c.reference for c in plan} == {"reference", "finite-differences", "gradcheck"}
+    # its reference module is rnnkern's module with the reference loop as its forward
+    report = testing.assert_gradients_close(rnnkern.GRU, cell="gru-own", size=(5, 3, 4, 6),
+                                            num_layers=2, bidirectional=True, packed=True)
+    assert report.reference == "rnnkern.reference"
+    assert issubclass(testing._reference_class("gru-own"), spec.module_type())
+    float32 = testing.assert_gradients_close(rnnkern.GRU, cell="gru-own", dtype="float32",
+                                             size=(7, 3, 5, 17))
+    assert "rnnkern.reference's float32 error" in float32.tolerance
+
+
+def test_a_fourth_cell_with_a_diagonal_w_hh_works_end_to_end(register):
+    """An IndRNN (W_hh of shape (H,), no drop-in) from its spec, module and reference loop
+    alone: every oracle but torch's, localisation with its own words, gradcheck, check."""
+    spec = register(fake_indrnn.SPEC)
+    config = testing.Config(5, 3, 4, 6, num_layers=2, cell="indrnn")
+    assert config.param_shape("weight_hh_l1") == (6,)
+    assert config.param_shape("weight_ih_l1") == (6, 6)
+    assert config.describe() == "5x3x4x6 L2 indrnn tanh"
+    options = dict(size=(5, 3, 4, 6), num_layers=2, bidirectional=True, packed=True,
+                   nonlinearity="relu")
+    testing.assert_gradients_close(fake_indrnn.IndRNN, cell="indrnn", **options)
+    testing.assert_gradients_close(fake_indrnn.IndRNN, "finite-differences", cell="indrnn",
+                                   size=(3, 2, 2, 3), bidirectional=True)
+    with pytest.raises(ValueError, match="'torch' does not exist for cell 'indrnn'"):
+        testing.compare(fake_indrnn.IndRNN, "torch", cell="indrnn")
+    with pytest.raises(ValueError, match=r"parameter 'weight_hh_l0' has shape \(5, 5\), "
+                                         r"expected \(5,\) \(as rnnkern.IndRNN's\)"):
+        testing.compare(torch.nn.RNN, cell="indrnn", size=(4, 2, 3, 5))
+    report = testing.assert_gradients_close(fake_indrnn.bptt, cell="indrnn",
+                                            forward=fake_indrnn.forward, size=(6, 3, 4, 5))
+    assert [t.name for t in report.tensors] == ["y", "h_n", "grad x", "grad h0", "grad w_ih",
+                                                "grad w_hh", "grad b_ih", "grad b_hh"]
+    bug = testing.compare(fake_indrnn.bptt_hand_off_without_u, cell="indrnn",
+                          forward=fake_indrnn.forward, size=(6, 3, 4, 5))
+    loc = bug.localisation
+    assert (loc.step, loc.quantity) == (4, "grad_h"), loc
+    assert "(it is δ_5 ⊙ u, u = W_hh the vector)" in loc.message
+    assert loc.short() == "step 4 (∂L/∂h)"
+    assert testing.gradcheck(fake_indrnn.IndRNN, cell="indrnn", nonlinearity="relu",
+                             num_layers=2, bidirectional=True, packed=True)
+    # rnnkern check: its built-in grid is the Elman cell's (it takes nonlinearity), without
+    # torch
+    plan = check_runner.plan(bptt=False, cell="indrnn")
+    assert [c.config for c in plan if c.reference == "reference"] == \
+        [dataclasses.replace(c, cell="indrnn") for c, _ in check_runner.DEFAULT_GRID]
+    assert {c.reference for c in plan} == {"reference", "gradcheck"}
+    out = io.StringIO()
+    rows = check_runner.run(fake_indrnn.IndRNN, "IndRNN", plan[:6], out=out, timeout=None)
+    assert all(row.passed for row in rows), out.getvalue()
+    assert spec.name in testing.Config(1, 1, 1, 1, cell="indrnn").describe()

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from ...cells import NAMES
+from ...cells import CELLS, NAMES, get
 from ..arguments import (HelpFormatter, add_out, cell_choices, has_torch, nonnegative_float,
                          nonnegative_int, positive, size, wrote)
 
@@ -89,6 +89,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return c
 
 
+def _count(n: int) -> str:
+    return {2: "two", 3: "three", 4: "four", 5: "five"}.get(n, str(n))
+
+
+def _or(names) -> str:
+    """``rnn``, ``rnn or lstm``, ``rnn, lstm or gru``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Loads --impl and --forward (their errors are usage errors) and checks that the options
     fit the candidate, before any work."""
@@ -100,21 +110,29 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if args.forward and not args.impl:
         parser.error("argument --forward: goes with --impl FILE.py:NAME (a NumPy bptt)")
     if args.cell == "all" and args.impl:
-        parser.error("argument --cell: all checks rnnkern's three drop-ins; with --impl give "
-                     "the cell of your class or function (rnn, lstm or gru)")
-    if args.nonlinearity and args.cell != "rnn":
-        parser.error(f"argument --nonlinearity: applies to --cell rnn only, got --cell "
+        parser.error(f"argument --cell: all checks rnnkern's {_count(len(CELLS))} "
+                     f"{'drop-ins' if all(c.drop_in for c in CELLS) else 'cells'}; with --impl "
+                     f"give the cell of your class or function ({_or(NAMES)})")
+    spec = None if args.cell == "all" else get(args.cell)
+    if args.nonlinearity and not (spec and spec.nonlinearity):
+        parser.error(f"argument --nonlinearity: applies to --cell "
+                     f"{_or([c.name for c in CELLS if c.nonlinearity])} only, got --cell "
                      f"{args.cell}")
     if args.proj_size:
-        if args.cell != "lstm":
-            parser.error(f"argument --proj-size: applies to --cell lstm only, got --cell "
+        if not (spec and spec.projection):
+            parser.error(f"argument --proj-size: applies to --cell "
+                         f"{_or([c.name for c in CELLS if c.projection])} only, got --cell "
                          f"{args.cell}")
         sizes = args.size or [check.DEFAULT_SIZE]
         small = [size for size in sizes if args.proj_size >= size[3]]
         if small:
             T, B, I, H = small[0]  # noqa: E741
-            parser.error(f"argument --proj-size: must be smaller than H (as torch.nn.LSTM "
-                         f"requires), got {args.proj_size} with size {T}x{B}x{I}x{H}")
+            parser.error(f"argument --proj-size: must be smaller than H (as torch.nn."
+                         f"{spec.title} requires), got {args.proj_size} with size "
+                         f"{T}x{B}x{I}x{H}")
+    if args.reference and "torch" in args.reference and spec and not spec.drop_in:
+        parser.error(f"argument --reference: torch does not exist for --cell {args.cell}: "
+                     f"rnnkern.{spec.title} is not a drop-in for its torch class")
     if not args.impl:
         return
     try:

@@ -1,7 +1,8 @@
-"""`rnnkern check`: the gradients of rnnkern's kernels, or of your own RNN, LSTM or GRU,
-against oracles.
+"""`rnnkern check`: the gradients of rnnkern's kernels, or of your own RNN, LSTM, GRU (any
+cell of :mod:`rnnkern.cells`), against oracles.
 
-The work is :mod:`rnnkern.testing`'s; this module picks the configurations (a grid per cell),
+The work is :mod:`rnnkern.testing`'s; this module picks the configurations (a grid per cell,
+built from the cell's spec),
 loads a ``--impl FILE.py:NAME``, prints the table as the checks finish and writes
 ``check.json``.
 """
@@ -29,68 +30,107 @@ from ...cells import get as cell_spec
 
 Config = testing.Config
 
+# The grids are built from each cell's spec, not written per cell: a row is for every cell
+# (_EVERY), only for a cell that takes nonlinearity (_NONLINEARITY: the relu rows of their own),
+# only for one with a projection (_PROJECTION) or only for one without (_NO_PROJECTION). A
+# cell without nonlinearity runs a relu row as tanh; one without a projection drops proj_size.
+def _every(spec) -> bool:
+    return True
+
+
+def _nonlinearity(spec) -> bool:
+    return spec.nonlinearity
+
+
+def _projection(spec) -> bool:
+    return spec.projection
+
+
+def _no_projection(spec) -> bool:
+    return not spec.projection
+
+
 # `rnnkern check` without options: odd and tiny sizes, layers, directions, packing, no bias,
-# tanh and relu, both dtypes; each against the reference loop and torch.nn.RNN.
-DEFAULT_GRID: Tuple[Tuple[Config, str], ...] = (
-    (Config(1, 1, 1, 1), "float64"),
-    (Config(7, 3, 5, 17), "float64"),
-    (Config(6, 4, 3, 5, nonlinearity="relu"), "float64"),
-    (Config(5, 3, 4, 6, num_layers=2, bidirectional=True), "float64"),
+# tanh and relu (proj_size for the LSTM), both dtypes; each against the reference loop and
+# the torch class.
+_GRID = (
+    (Config(1, 1, 1, 1), "float64", _every),
+    (Config(7, 3, 5, 17), "float64", _every),
+    (Config(6, 4, 3, 5, nonlinearity="relu"), "float64", _nonlinearity),
+    (Config(5, 3, 4, 6, num_layers=2, bidirectional=True), "float64", _every),
     (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True, nonlinearity="relu"),
-     "float64"),
-    (Config(4, 3, 2, 5, bidirectional=True, bias=False), "float64"),
-    (Config(12, 11, 4, 129), "float64"),
-    (Config(7, 3, 5, 17), "float32"),
-    (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float32"),
+     "float64", _every),
+    (Config(4, 3, 2, 5, bidirectional=True, bias=False), "float64", _every),
+    (Config(12, 11, 4, 129), "float64", _every),
+    (Config(7, 3, 5, 17), "float32", _every),
+    (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float32", _every),
+    (Config(6, 4, 3, 5, proj_size=3), "float64", _projection),
+    (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float64",
+     _projection),
+    (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float32",
+     _projection),
 )
 # and against finite differences (an oracle without autograd), and torch.autograd.gradcheck
-FINITE_DIFFERENCES_GRID = ((Config(4, 2, 3, 5, num_layers=2, bidirectional=True, packed=True),
-                            "float64"),)
-GRADCHECK_GRID = (Config(3, 2, 2, 3),
-                  Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True,
-                         nonlinearity="relu"))
+_FINITE_DIFFERENCES_GRID = (
+    (Config(4, 2, 3, 5, num_layers=2, bidirectional=True, packed=True), "float64",
+     _no_projection),
+    (Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float64",
+     _projection),
+)
+_GRADCHECK_GRID = (
+    (Config(3, 2, 2, 3), "float64", _every),
+    (Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, nonlinearity="relu",
+            proj_size=2), "float64", _every),
+)
 # A NumPy bptt is one layer, one direction, unpacked; tanh unless --nonlinearity says.
-BPTT_GRID = ((Config(1, 1, 1, 1), "float64"), (Config(7, 3, 5, 17), "float64"),
-             (Config(6, 4, 3, 5), "float64"), (Config(12, 11, 4, 129), "float64"))
+_BPTT_GRID = ((Config(1, 1, 1, 1), "float64", _every), (Config(7, 3, 5, 17), "float64", _every),
+              (Config(6, 4, 3, 5), "float64", _every),
+              (Config(12, 11, 4, 129), "float64", _every))
 
 
-def _gated(cell: str, grid):
-    return tuple((replace(c, cell=cell), d) for c, d in grid)
+def _for_cell(cell: str, rows) -> Tuple[Tuple[Config, str], ...]:
+    """The rows of a grid that apply to ``cell``, as its configurations."""
+    spec = cell_spec(cell)
+    found = []
+    for config, dtype, applies in rows:
+        if not applies(spec):
+            continue
+        config = replace(config, cell=cell,
+                         nonlinearity=config.nonlinearity if spec.nonlinearity else "tanh",
+                         proj_size=config.proj_size if spec.projection else 0)
+        found.append((config, dtype))
+    return tuple(found)
 
 
-# The LSTM and the GRU: the same kinds of configuration (no relu), the LSTM with proj_size too.
-_GATED_GRID = (
-    (Config(1, 1, 1, 1), "float64"),
-    (Config(7, 3, 5, 17), "float64"),
-    (Config(5, 3, 4, 6, num_layers=2, bidirectional=True), "float64"),
-    (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float64"),
-    (Config(4, 3, 2, 5, bidirectional=True, bias=False), "float64"),
-    (Config(12, 11, 4, 129), "float64"),
-    (Config(7, 3, 5, 17), "float32"),
-    (Config(9, 5, 3, 7, num_layers=2, bidirectional=True, packed=True), "float32"),
-)
-_PROJ_GRID = (
-    (Config(6, 4, 3, 5, proj_size=3), "float64"),
-    (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float64"),
-    (Config(7, 3, 4, 6, num_layers=2, bidirectional=True, packed=True, proj_size=2), "float32"),
-)
-GRIDS = {"rnn": DEFAULT_GRID, "lstm": _gated("lstm", _GATED_GRID + _PROJ_GRID),
-         "gru": _gated("gru", _GATED_GRID)}
-FINITE_DIFFERENCES_GRIDS = {
-    "rnn": FINITE_DIFFERENCES_GRID,
-    "lstm": _gated("lstm", ((Config(3, 2, 2, 3, num_layers=2, bidirectional=True,
-                                    packed=True, proj_size=2), "float64"),)),
-    "gru": _gated("gru", FINITE_DIFFERENCES_GRID),
-}
-GRADCHECK_GRIDS = {
-    "rnn": GRADCHECK_GRID,
-    "lstm": (Config(3, 2, 2, 3, cell="lstm"),
-             Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, cell="lstm",
-                    proj_size=2)),
-    "gru": (Config(3, 2, 2, 3, cell="gru"),
-            Config(3, 2, 2, 3, num_layers=2, bidirectional=True, packed=True, cell="gru")),
-}
-BPTT_GRIDS = {cell: _gated(cell, BPTT_GRID) for cell in CELL_NAMES}
+def grid(cell: str) -> Tuple[Tuple[Config, str], ...]:
+    """The built-in grid of (configuration, dtype) for ``cell``, from its spec."""
+    return _for_cell(cell, _GRID)
+
+
+def finite_differences_grid(cell: str) -> Tuple[Tuple[Config, str], ...]:
+    """The configurations checked against finite differences (rnnkern's own modules)."""
+    return _for_cell(cell, _FINITE_DIFFERENCES_GRID)
+
+
+def gradcheck_grid(cell: str) -> Tuple[Config, ...]:
+    """The configurations run by torch.autograd.gradcheck."""
+    return tuple(config for config, _ in _for_cell(cell, _GRADCHECK_GRID))
+
+
+def bptt_grid(cell: str) -> Tuple[Tuple[Config, str], ...]:
+    """The built-in grid of a NumPy bptt."""
+    return _for_cell(cell, _BPTT_GRID)
+
+
+# Each cell's grids, and those of the default cell (Config's, the Elman RNN) by their names.
+GRIDS = {cell: grid(cell) for cell in CELL_NAMES}
+FINITE_DIFFERENCES_GRIDS = {cell: finite_differences_grid(cell) for cell in CELL_NAMES}
+GRADCHECK_GRIDS = {cell: gradcheck_grid(cell) for cell in CELL_NAMES}
+BPTT_GRIDS = {cell: bptt_grid(cell) for cell in CELL_NAMES}
+DEFAULT_GRID = GRIDS[Config.cell]
+FINITE_DIFFERENCES_GRID = FINITE_DIFFERENCES_GRIDS[Config.cell]
+GRADCHECK_GRID = GRADCHECK_GRIDS[Config.cell]
+BPTT_GRID = BPTT_GRIDS[Config.cell]
 DEFAULT_SIZE = (5, 3, 4, 6)
 DEFAULT_REFERENCES = ("reference", "torch")
 # Seconds one check (the candidate, the oracles, the localisation) may run; with hard_exit,
@@ -161,18 +201,28 @@ def plan(*, bptt: bool, cell: str = "rnn",
          builtin: bool = False) -> List[Check]:
     """The rows to run for one cell. With no size or option given: the cell's built-in grid
     (for rnnkern's drop-in with ``builtin``: finite differences and gradcheck too). Else the
-    configurations described: each size (default 5x3x4x6) with the options."""
+    configurations described: each size (default 5x3x4x6) with the options. References:
+    default the reference loop and the torch class (the latter only for a drop-in cell;
+    asking for it for another cell is a ValueError)."""
     chosen = sizes or layers is not None or bidirectional or packed or nonlinearity or dtype \
         or proj_size
-    references = tuple(references or DEFAULT_REFERENCES)
+    spec = cell_spec(cell)
+    if references is None:  # a cell that is no drop-in for its torch class has no torch oracle
+        references = [r for r in DEFAULT_REFERENCES if r in testing.references(cell)]
+    elif "torch" in references and not spec.drop_in:
+        raise ValueError(f"reference 'torch' does not exist for cell {cell!r}: "
+                         f"rnnkern.{spec.title} is not a drop-in for torch.nn."
+                         f"{spec.torch_type().__name__} (its parameters have other shapes); "
+                         f"use one of {', '.join(testing.references(cell))}")
+    references = tuple(references)
     if not chosen:
-        grid = BPTT_GRIDS[cell] if bptt else GRIDS[cell]
-        checks = [Check(c, d, r) for c, d in grid for r in references]
+        rows = bptt_grid(cell) if bptt else grid(cell)
+        checks = [Check(c, d, r) for c, d in rows for r in references]
         if not bptt:
             if builtin:
                 checks += [Check(c, d, "finite-differences")
-                           for c, d in FINITE_DIFFERENCES_GRIDS[cell]]
-            checks += [Check(c, "float64", "gradcheck") for c in GRADCHECK_GRIDS[cell]]
+                           for c, d in finite_differences_grid(cell)]
+            checks += [Check(c, "float64", "gradcheck") for c in gradcheck_grid(cell)]
         return checks
     configs = [Config(*size, num_layers=layers or 1, bidirectional=bidirectional,
                       packed=packed, nonlinearity=nonlinearity or "tanh", cell=cell,
@@ -397,7 +447,7 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
                  (any(c.reference == "finite-differences" for c in compared),
                   f"against finite differences ≤ {testing.FD_RTOL:g}"),
                  (any(c.dtype == "float32" for c in compared),
-                  f"float32 ≤ {testing.F32_FACTOR:g} × torch.nn.{_class_names(checks)}'s own "
+                  f"float32 ≤ {testing.F32_FACTOR:g} × {_float32_baselines(checks)}'s own "
                   "float32 error")]
         rule = ", ".join(text for on, text in rules if on) or "-"
     print(f"tolerance: {rule}; rel err = max |error| / max |reference|, worst tensor", file=out)
@@ -442,10 +492,26 @@ def run(candidate: Any, name: str, checks: Sequence[Check], *,
     return rows
 
 
+def _cells_of(checks: Sequence[Check]) -> List[str]:
+    """The cells of the checks, in the registry's order."""
+    found = dict.fromkeys(k.config.cell for k in checks)
+    return [c for c in CELL_NAMES if c in found] + [c for c in found if c not in CELL_NAMES]
+
+
 def _class_names(checks: Sequence[Check]) -> str:
     """RNN, LSTM, GRU, or e.g. LSTM/GRU for checks of several cells."""
-    cells = [c for c in CELL_NAMES if any(k.config.cell == c for k in checks)]
-    return "/".join(cell_spec(c).title for c in cells)
+    return "/".join(cell_spec(c).title for c in _cells_of(checks))
+
+
+def _float32_baselines(checks: Sequence[Check]) -> str:
+    """Whose float32 error bounds float32 results: torch.nn.RNN (torch.nn.LSTM/GRU for
+    several cells), the torch class of a drop-in; for a cell that is not one, its reference
+    loop's."""
+    specs = [cell_spec(c) for c in _cells_of(checks)]
+    drop_ins = [s.title for s in specs if s.drop_in]
+    names = [f"torch.nn.{'/'.join(drop_ins)}"] if drop_ins else []
+    names += ["rnnkern.reference"] if len(drop_ins) < len(specs) else []
+    return " and ".join(names)
 
 
 def as_dicts(rows: Sequence[Row]) -> List[dict]:
