@@ -802,3 +802,31 @@ def test_a_fourth_cell_with_a_diagonal_w_hh_works_end_to_end(register):
     rows = check_runner.run(fake_indrnn.IndRNN, "IndRNN", plan[:6], out=out, timeout=None)
     assert all(row.passed for row in rows), out.getvalue()
     assert spec.name in testing.Config(1, 1, 1, 1, cell="indrnn").describe()
+
+
+def test_testing_and_check_do_not_branch_on_cell_names():
+    """No comparison with a cell's name and no table keyed by cell names in rnnkern.testing
+    or rnnkern check: what differs between cells is read from their specs. (A default
+    argument ``cell="rnn"`` is not a branch.)"""
+    from rnnkern.apps import check as check_app
+
+    for module in (testing, check_runner, check_app):
+        tree = ast.parse(Path(module.__file__).read_text())
+        found = []
+        for node in ast.walk(tree):
+            constants = []
+            if isinstance(node, ast.Compare):
+                constants = [node.left, *node.comparators]
+            elif isinstance(node, ast.Dict):
+                constants = [k for k in node.keys if k is not None]
+            names = [c.value for c in constants
+                     if isinstance(c, ast.Constant) and c.value in cells.NAMES]
+            if names:
+                found.append(f"line {node.lineno}: {names}")
+            if isinstance(node, ast.Compare):  # `cell in ("rnn", "gru")`
+                for side in node.comparators:
+                    if isinstance(side, (ast.Tuple, ast.List, ast.Set)) and any(
+                            isinstance(e, ast.Constant) and e.value in cells.NAMES
+                            for e in side.elts):
+                        found.append(f"line {node.lineno}: a cell name in a collection")
+        assert not found, f"{module.__name__}: {found}"
