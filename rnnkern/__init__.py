@@ -1,7 +1,8 @@
-"""rnnkern: fast, exact backpropagation through time for the Elman RNN.
+"""rnnkern: fast, exact backpropagation through time for recurrent layers: the Elman RNN, the
+LSTM and the GRU (the cells of ``rnnkern.cells``).
 
 ``rnnkern.forward`` / ``rnnkern.backward`` work on NumPy arrays. The torch parts load on first
-use: ``rnnkern.RNN`` (the torch.nn.RNN drop-in), ``rnnkern.functional`` (custom ops),
+use: ``rnnkern.RNN``, ``LSTM``, ``GRU`` (drop-ins for torch.nn's), ``rnnkern.functional`` (custom ops),
 ``rnnkern.reference`` (the autograd oracle), ``rnnkern.diagnostics`` (gradient flow) and
 ``rnnkern.testing`` (gradient checks for any RNN implementation against an oracle).
 """
@@ -43,10 +44,15 @@ except ImportError as _error:
 
 from .numpy_api import Gradients, backward, forward  # noqa: E402
 
-__all__ = ["RNN", "convert", "revert", "Gradients", "forward", "backward", "functional",
-           "reference", "diagnostics", "testing", "isa", "empty_cache", "cuda_available"]
-# The gated cells: rnnkern.LSTM, rnnkern.GRU (torch) and their NumPy-level functions.
-__all__ += ["LSTM", "GRU", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+from . import cells  # noqa: E402
+
+# Each cell's module class (rnnkern.RNN, LSTM, GRU, …), named by the registry.
+_MODULE_CLASSES = {cell.title: cell for cell in cells.CELLS}
+__all__ = [*_MODULE_CLASSES, "convert", "revert", "Gradients", "forward", "backward", "cells",
+           "functional", "reference", "diagnostics", "testing", "isa", "empty_cache",
+           "cuda_available"]
+# The gated cells' NumPy-level functions.
+__all__ += ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
 from .numpy_api import gru_backward, gru_forward, lstm_backward, lstm_forward  # noqa: E402
 
 _TORCH_MODULES = ("functional", "reference", "modules", "diagnostics", "testing")
@@ -79,7 +85,9 @@ def empty_cache() -> int:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("RNN", "LSTM", "GRU", "convert", "revert"):
+    if name in _MODULE_CLASSES:
+        return _MODULE_CLASSES[name].module_type()
+    if name in ("convert", "revert"):
         return getattr(import_module(".modules", __name__), name)
     if name in _TORCH_MODULES:
         return import_module(f".{name}", __name__)
