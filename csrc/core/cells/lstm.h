@@ -33,7 +33,7 @@ struct Lstm {
   // With P the per-step products are BLAS calls, whose result for a row can depend on how
   // many rows the call has: they run on blocks of this many rows counted from row 0, and row
   // ranges begin on them, so that results do not depend on the thread count.
-  static constexpr int64_t kProjRows = 16;
+  static constexpr int64_t kProjRows = 32;
 
   // The math of one step, for V a scalar or a vector of lanes; M supplies sigmoid and tanh.
   // Forward: pre-activations a_* (both biases included) and c_{t-1} give the gates (stored for
