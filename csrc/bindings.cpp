@@ -7,19 +7,19 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "core/cells/list.h"
 #include "cpu/blas.h"
 #include "cpu/block_pool.h"
-#include "cpu/elman_cpu.h"
-#include "cpu/gated_cpu.h"
+#include "cpu/layer.h"
 
 namespace py = pybind11;
 using rnnkern::Activation;
-using rnnkern::Cell;
 using rnnkern::Problem;
 
 namespace {
@@ -174,6 +174,10 @@ Activation parse_nonlinearity(const py::object& obj) {
                         py::repr(obj).cast<std::string>());
 }
 
+py::str nonlinearity_name(Activation act) {
+  return py::str(act == Activation::kTanh ? "tanh" : "relu");
+}
+
 void check_blas_size(const char* what, int64_t n) {
   if (n > rnnkern::cpu::kMaxBlasInt)
     throw py::value_error(std::string(what) + " has " + std::to_string(n) +
@@ -252,50 +256,295 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
   return p;
 }
 
-std::vector<int64_t> output_shape(const py::array& x, const Problem& p) {
+// float32 or float64, from x.
+bool is_double(const py::array& x, const char* name) {
+  if (has_dtype<float>(x)) return false;
+  if (has_dtype<double>(x)) return true;
+  throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " +
+                       dtype_name(x));
+}
+
+std::vector<int64_t> with_width(const py::array& x, int64_t width) {
   auto s = shape_of(x);
-  s.back() = p.hidden_size;
+  s.back() = width;
   return s;
 }
 
-// What the caller calls x and h0 (the torch-level API: input and hx).
+// What the caller calls x, h0 and c0 (the torch-level API: input, hx and cx).
 struct Names {
   const char* x;
   const char* h0;
+  const char* c0;
 };
 
-template <typename T>
-py::array forward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
-                       const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
-                       const Problem& p, Names names) {
-  const int64_t H = p.hidden_size, B = p.batch;
+// The cells of core/cells/list.h, by name.
+
+// The names of the cells C for which pick(C{}) is true: 'rnn', 'lstm', … (quoted) or
+// rnn, lstm, ….
+template <typename F>
+std::string cell_names(F&& pick, bool quoted = true) {
+  const std::string q = quoted ? "'" : "";
+  std::string names;
+  rnnkern::for_each_cell([&](auto cell) {
+    if (!pick(cell)) return;
+    names += (names.empty() ? q : ", " + q) + std::string(decltype(cell)::kName) + q;
+  });
+  return names;
+}
+
+std::string all_cell_names() {
+  return cell_names([](auto) { return true; });
+}
+
+// f(C{}) for the cell named `name`, or a ValueError listing the cells.
+template <typename R = py::object, typename F>
+R with_cell(const std::string& name, F&& f) {
+  std::optional<R> result;
+  rnnkern::for_each_cell([&](auto cell) {
+    if (!result && name == decltype(cell)::kName) result.emplace(f(cell));
+  });
+  if (!result)
+    throw py::value_error("cell must be one of " + all_cell_names() + ", got '" + name + "'");
+  return std::move(*result);
+}
+
+// The activation of a cell that takes one, else tanh after checking that none other was asked
+// for (None or 'tanh').
+template <typename C>
+Activation cell_activation(const py::object& nonlinearity) {
+  if (C::kNonlinearity) return parse_nonlinearity(nonlinearity);
+  if (!nonlinearity.is_none() &&
+      !(py::isinstance<py::str>(nonlinearity) && nonlinearity.cast<std::string>() == "tanh"))
+    throw py::value_error(std::string("the ") + C::kName +
+                          " takes no nonlinearity: it must be None or 'tanh', got " +
+                          py::repr(nonlinearity).cast<std::string>());
+  return Activation::kTanh;
+}
+
+// The proj_size P from w_hr (P, H) with 0 < P < H, or 0 without w_hr.
+template <typename C>
+int64_t proj_size(const py::object& w_hr, const Problem& p) {
+  if (w_hr.is_none()) return 0;
+  if (!C::kProjection)
+    throw py::value_error("w_hr (proj_size) is for the " +
+                          cell_names([](auto c) { return decltype(c)::kProjection; }, false) +
+                          " only");
+  const auto s = shape_of(as_array("w_hr", w_hr));
+  if (s.size() != 2 || s[1] != p.hidden_size || s[0] < 1 || s[0] >= p.hidden_size)
+    throw py::value_error("w_hr must have shape (proj_size, " + std::to_string(p.hidden_size) +
+                          ") with 0 < proj_size < " + std::to_string(p.hidden_size) + ", got " +
+                          shape_str(s));
+  return s[0];
+}
+
+// Sizes from x, w_ih (G·H, I), batch_sizes and w_hr, checked: make_problem for x and
+// batch_sizes, w_ih checked here first (G > 1) so that its error names G·H.
+template <typename C>
+Problem cell_problem(const py::array& x, const py::array& w_ih, const py::object& batch_sizes,
+                     bool reverse, const py::object& nonlinearity, const py::object& w_hr,
+                     std::vector<int64_t>& storage) {
+  constexpr int64_t G = C::kGates;
+  const Activation act = cell_activation<C>(nonlinearity);
+  if (G == 1) {
+    Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity_name(act), storage);
+    p.proj_size = proj_size<C>(w_hr, p);
+    return p;
+  }
+  const auto xs = shape_of(x), ws = shape_of(w_ih);
+  if ((xs.size() == 2 || xs.size() == 3) &&
+      (ws.size() != 2 || ws[0] < G || ws[0] % G || ws[1] != xs.back()))
+    throw py::value_error("w_ih must have shape (" + std::to_string(G) + " * hidden_size, " +
+                          std::to_string(xs.back()) + ") for the " + C::kName + ", got " +
+                          shape_str(ws));
+  Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity_name(act), storage);
+  p.hidden_size = ws[0] / G;
+  check_sizes(p.total_rows(), p.input_size, ws[0]);
+  p.proj_size = proj_size<C>(w_hr, p);
+  return p;
+}
+
+// The shape of w_hh: (G·H, H) or (G·H, P), or (G·H,).
+template <typename C>
+std::vector<int64_t> w_hh_shape(const Problem& p) {
+  const int64_t GH = C::kGates * p.hidden_size;
+  if (C::kWhhDims == 1) return {GH};
+  return {GH, p.state_size()};
+}
+
+// Which gradients layer_backward computes (the others come back as None), and which norms.
+struct Wanted {
+  bool x, h0, c0, w_ih, w_hh, bias, w_hr, grad_norms;
+};
+
+template <typename C, typename T>
+py::tuple forward_impl(const py::array& x, const py::object& h0, const py::object& c0,
+                       const py::array& w_ih, const py::object& w_hh, const py::object& b_ih,
+                       const py::object& b_hh, const py::object& w_hr, const Problem& p,
+                       Names names) {
+  const int64_t H = p.hidden_size, B = p.batch, GH = C::kGates * H, W = p.state_size();
   const py::object xa = checked<T>(names.x, x, shape_of(x));
-  const py::object h0a = checked<T>(names.h0, h0, {B, H});
-  const py::object wia = checked<T>("w_ih", w_ih, {H, p.input_size});
-  const py::object wha = checked<T>("w_hh", w_hh, {H, H});
-  const py::object bia = checked<T>("b_ih", b_ih, {H}, true);
-  const py::object bha = checked<T>("b_hh", b_hh, {H}, true);
-  const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
-  const T *bi = data<T>(bia), *bh = data<T>(bha);
-  py::array_t<T> y = new_array<T>(output_shape(x, p), "the output y");
-  T* yp = y.mutable_data();
+  const py::object h0a = checked<T>(names.h0, h0, {B, W});
+  const py::object c0a = C::kStates == 2 ? checked<T>(names.c0, c0, {B, H}) : py::none();
+  const py::object wia = checked<T>("w_ih", w_ih, {GH, p.input_size});
+  const py::object wha = checked<T>("w_hh", w_hh, w_hh_shape<C>(p));
+  const py::object bia = checked<T>("b_ih", b_ih, {GH}, true);
+  const py::object bha = checked<T>("b_hh", b_hh, {GH}, true);
+  const py::object wra = p.proj_size ? checked<T>("w_hr", w_hr, {p.proj_size, H}) : py::none();
+  rnnkern::Inputs<T> in;
+  in.x = data<T>(xa), in.h0 = data<T>(h0a), in.c0 = data<T>(c0a), in.w_ih = data<T>(wia);
+  in.w_hh = data<T>(wha), in.b_ih = data<T>(bia), in.b_hh = data<T>(bha), in.w_hr = data<T>(wra);
+  py::array_t<T> y = new_array<T>(with_width(x, W), "the output y");
+  rnnkern::Outputs<T> out;
+  out.y = y.mutable_data();
+  const int count = rnnkern::saved_count<C>(p);
+  py::tuple saved(count);
+  for (int i = 0; i < count; ++i) {
+    const rnnkern::SavedArray s = C::kSaved[i];
+    py::array_t<T> a = new_array<T>(with_width(x, s.width * H), std::string("the saved ") + s.name);
+    out.saved[i] = a.mutable_data();
+    saved[i] = std::move(a);
+  }
   const rnnkern::cpu::Workspace workspace =
-      new_workspace(sizeof(T) * rnnkern::cpu::forward_workspace_size<T>(p));
+      new_workspace(sizeof(T) * rnnkern::cpu::forward_workspace_size<C, T>(p));
   T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
-    rnnkern::cpu::forward<T>(p, xp, hp, wi, wh, bi, bh, yp, ws);
+    rnnkern::cpu::forward<C, T>(p, in, out, ws);
   }
-  return y;
+  return py::make_tuple(y, saved);
 }
 
-// The time-major problem of forward_pointers / backward_pointers, its sizes checked; the
-// pointers in `required` must not be 0.
+// The saved arrays of forward (a tuple of kSaved's arrays), or an error naming what is wanted.
+template <typename C>
+py::tuple saved_tuple(const py::object& saved, const Problem& p) {
+  const int count = rnnkern::saved_count<C>(p);
+  std::string names;
+  for (int i = 0; i < count; ++i) names += (i ? ", " : "") + std::string(C::kSaved[i].name);
+  if (!py::isinstance<py::tuple>(saved) || py::len(saved) != size_t(count))
+    throw py::type_error("saved must be the tuple of " + std::to_string(count) +
+                         " arrays (" + names + ") that layer_forward returned for the " +
+                         C::kName + ", got " + py::repr(saved).cast<std::string>().substr(0, 80));
+  return py::reinterpret_borrow<py::tuple>(saved);
+}
+
+template <typename C, typename T>
+py::tuple backward_impl(const py::array& x, const py::object& h0, const py::object& c0,
+                        const py::array& w_ih, const py::object& w_hh, const py::object& w_hr,
+                        const py::object& y, const py::object& saved_, const py::object& grad_y,
+                        const py::object& grad_hn, const py::object& grad_cn, const Problem& p,
+                        Wanted want, Names names) {
+  constexpr bool two = C::kStates == 2;
+  const int64_t H = p.hidden_size, B = p.batch, I = p.input_size, GH = C::kGates * H;
+  const int64_t W = p.state_size(), P = p.proj_size;
+  const auto ys = with_width(x, W);
+  const py::tuple saved = saved_tuple<C>(saved_, p);
+  const py::object xa = checked<T>(names.x, x, shape_of(x));
+  const py::object h0a = checked<T>(names.h0, h0, {B, W});
+  const py::object c0a = two ? checked<T>(names.c0, c0, {B, H}) : py::none();
+  const py::object wia = checked<T>("w_ih", w_ih, {GH, I});
+  const py::object wha = checked<T>("w_hh", w_hh, w_hh_shape<C>(p));
+  const py::object ya = checked<T>("y", y, ys);
+  std::vector<py::object> sa;
+  rnnkern::Outputs<const T> out;
+  out.y = data<T>(ya);
+  for (size_t i = 0; i < py::len(saved); ++i) {
+    const rnnkern::SavedArray s = C::kSaved[i];
+    sa.push_back(checked<T>(s.name, saved[i], with_width(x, s.width * H)));
+    out.saved[i] = data<T>(sa.back());
+  }
+  const py::object wra = P ? checked<T>("w_hr", w_hr, {P, H}) : py::none();
+  // grad_y is read where it is when its strides allow (the core reads it once, row by row).
+  py::object gya = checked_array<T>("grad_y", grad_y, ys);
+  rnnkern::Gradients<T> g;
+  if (!as_rows(py::reinterpret_borrow<py::array>(gya), g.grad_y)) {
+    gya = checked<T>("grad_y", gya, ys);
+    g.grad_y = rnnkern::Rows<T>{data<T>(gya), W, 1};
+  }
+  const py::object ghna = checked<T>("grad_hn", grad_hn, {B, W}, true);
+  const py::object gcna = two ? checked<T>("grad_cn", grad_cn, {B, H}, true) : py::none();
+  g.grad_hn = data<T>(ghna);
+  g.grad_cn = data<T>(gcna);
+  rnnkern::Inputs<T> in;
+  in.x = data<T>(xa), in.h0 = data<T>(h0a), in.c0 = data<T>(c0a), in.w_ih = data<T>(wia);
+  in.w_hh = data<T>(wha), in.w_hr = data<T>(wra);
+  py::object gx = new_output(want.x, shape_of(x), g.x, "grad x");
+  py::object gh0 = new_output(want.h0, {B, W}, g.h0, "grad h0");
+  py::object gc0 = new_output(want.c0 && two, {B, H}, g.c0, "grad c0");
+  py::object gwi = new_output(want.w_ih, {GH, I}, g.w_ih, "grad w_ih");
+  py::object gwh = new_output(want.w_hh, w_hh_shape<C>(p), g.w_hh, "grad w_hh");
+  py::object gbi = new_output(want.bias, {GH}, g.b_ih, "grad b_ih");
+  py::object gbh = new_output(want.bias, {GH}, g.b_hh, "grad b_hh");
+  py::object gwr = new_output(P && want.w_hr, {P, H}, g.w_hr, "grad w_hr");
+  py::object nh = new_output(want.grad_norms, {p.total_rows()}, g.norm_h, "gradient norms");
+  py::object nc =
+      new_output(want.grad_norms && two, {p.total_rows()}, g.norm_c, "gradient norms (c)");
+  const rnnkern::cpu::Workspace workspace = new_workspace(
+      sizeof(T) * rnnkern::cpu::backward_workspace_size<C, T>(p, want.grad_norms));
+  T* ws = static_cast<T*>(workspace.data());
+  {
+    py::gil_scoped_release release;
+    rnnkern::cpu::backward<C, T>(p, in, out, g, ws);
+  }
+  return py::make_tuple(gx, gh0, gc0, gwi, gwh, gbi, gbh, gwr, nh, nc);
+}
+
+py::object layer_forward(const std::string& cell, const py::object& x_, const py::object& h0,
+                        const py::object& c0, const py::object& w_ih_, const py::object& w_hh,
+                        const py::object& b_ih, const py::object& b_hh, const py::object& w_hr,
+                        const py::object& nonlinearity, const py::object& batch_sizes,
+                        bool reverse, const std::string& x_name, const std::string& h0_name,
+                        const std::string& c0_name) {
+  return with_cell(cell, [&](auto c) {
+    using C = decltype(c);
+    const Names names{x_name.c_str(), h0_name.c_str(), c0_name.c_str()};
+    const py::array x = as_array(names.x, x_);
+    const bool dbl = is_double(x, names.x);
+    const py::array w_ih = as_array("w_ih", w_ih_);
+    std::vector<int64_t> storage;
+    const Problem p =
+        cell_problem<C>(x, w_ih, batch_sizes, reverse, nonlinearity, w_hr, storage);
+    return dbl ? forward_impl<C, double>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, p, names)
+               : forward_impl<C, float>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, p, names);
+  });
+}
+
+py::object layer_backward(const std::string& cell, const py::object& x_, const py::object& h0,
+                         const py::object& c0, const py::object& w_ih_, const py::object& w_hh,
+                         const py::object& w_hr, const py::object& y, const py::object& saved,
+                         const py::object& grad_y, const py::object& grad_hn,
+                         const py::object& grad_cn, const py::object& nonlinearity,
+                         const py::object& batch_sizes, bool reverse, bool need_x,
+                         bool need_h0, bool need_c0, bool need_w_ih, bool need_w_hh,
+                         bool need_bias, bool need_w_hr, bool grad_norms,
+                         const std::string& x_name, const std::string& h0_name,
+                         const std::string& c0_name) {
+  return with_cell(cell, [&](auto c) {
+    using C = decltype(c);
+    const Wanted want{need_x,    need_h0,   need_c0,   need_w_ih,
+                      need_w_hh, need_bias, need_w_hr, grad_norms};
+    const Names names{x_name.c_str(), h0_name.c_str(), c0_name.c_str()};
+    const py::array x = as_array(names.x, x_);
+    const bool dbl = is_double(x, names.x);
+    const py::array w_ih = as_array("w_ih", w_ih_);
+    std::vector<int64_t> storage;
+    const Problem p =
+        cell_problem<C>(x, w_ih, batch_sizes, reverse, nonlinearity, w_hr, storage);
+    auto run = [&](auto zero) {
+      return backward_impl<C, decltype(zero)>(x, h0, c0, w_ih, w_hh, w_hr, y, saved, grad_y,
+                                              grad_hn, grad_cn, p, want, names);
+    };
+    return dbl ? run(double(0)) : run(float(0));
+  });
+}
+
+// The time-major problem of the pointer variants, its sizes checked; the pointers in
+// `required` must not be 0.
+template <typename C>
 Problem pointer_problem(int64_t T, int64_t B, int64_t I, int64_t H,
                         const py::object& nonlinearity, bool reverse,
-                        std::initializer_list<std::uintptr_t> required) {
+                        const std::vector<std::uintptr_t>& required) {
   Problem p;
-  p.act = parse_nonlinearity(nonlinearity);
+  p.act = cell_activation<C>(nonlinearity);
   p.reverse = reverse;
   p.steps = T;
   p.batch = B;
@@ -305,403 +554,194 @@ Problem pointer_problem(int64_t T, int64_t B, int64_t I, int64_t H,
   for (const std::uintptr_t ptr : required) set = set && ptr;
   if (T < 1 || B < 1 || I < 1 || H < 1 || !set)
     throw py::value_error("sizes must be positive and pointers set");
-  check_sizes(checked_product("x", T, B), I, H);
+  check_sizes(checked_product("x", T, B), I, checked_product("w_ih", C::kGates, H));
   return p;
 }
 
-// The forward pass on raw pointers (torch's data_ptr()) to C-contiguous, aligned arrays of one
-// dtype whose shapes the caller has checked: x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H),
-// b_ih, b_hh (H) or 0, y (T, B, H). For rnnkern.functional's small calls, where converting six
-// tensors to arrays costs more than the kernel. Sizes are checked here, pointers cannot be.
-void forward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H,
-                      std::uintptr_t x, std::uintptr_t h0, std::uintptr_t w_ih,
-                      std::uintptr_t w_hh, std::uintptr_t b_ih, std::uintptr_t b_hh,
-                      std::uintptr_t y, const py::object& nonlinearity, bool reverse) {
-  const Problem p = pointer_problem(T, B, I, H, nonlinearity, reverse, {x, h0, w_ih, w_hh, y});
-  auto run = [&](auto zero) {
-    using T_ = decltype(zero);
-    auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
-    const rnnkern::cpu::Workspace workspace =
-        new_workspace(sizeof(T_) * rnnkern::cpu::forward_workspace_size<T_>(p));
-    T_* ws = static_cast<T_*>(workspace.data());
-    py::gil_scoped_release release;
-    rnnkern::cpu::forward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh),
-                              ptr(y), ws);
-  };
-  if (is_double)
-    run(double(0));
-  else
-    run(float(0));
+// The saved arrays' pointers: as many as the cell saves (without proj_size).
+template <typename C>
+std::vector<std::uintptr_t> saved_pointers(const py::sequence& saved) {
+  const size_t count = size_t(rnnkern::saved_count<C>(Problem{}));
+  if (py::len(saved) != count)
+    throw py::value_error(std::string("saved must hold ") + std::to_string(count) +
+                          " pointers for the " + C::kName + ", got " +
+                          std::to_string(py::len(saved)));
+  std::vector<std::uintptr_t> out;
+  for (const auto& s : saved) out.push_back(s.cast<std::uintptr_t>());
+  return out;
 }
 
-// The backward pass on raw pointers, as forward_pointers: x, h0, w_ih, w_hh, y as given to and
-// returned by forward, grad_y (T, B, H) and grad_hn (B, H) or 0 C-contiguous; each gradient
-// output (grad_b: one (H,) array; norms: T·B float64) is computed where its pointer is not 0.
-void backward_pointers(bool is_double, int64_t T, int64_t B, int64_t I, int64_t H,
-                       std::uintptr_t x, std::uintptr_t h0, std::uintptr_t w_ih,
-                       std::uintptr_t w_hh, std::uintptr_t y, std::uintptr_t grad_y,
-                       std::uintptr_t grad_hn, std::uintptr_t grad_x, std::uintptr_t grad_h0,
-                       std::uintptr_t grad_w_ih, std::uintptr_t grad_w_hh,
-                       std::uintptr_t grad_b, std::uintptr_t norms,
-                       const py::object& nonlinearity, bool reverse) {
-  const Problem p =
-      pointer_problem(T, B, I, H, nonlinearity, reverse, {x, h0, w_ih, w_hh, y, grad_y});
-  auto run = [&](auto zero) {
-    using T_ = decltype(zero);
-    auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
-    const rnnkern::cpu::Workspace workspace = new_workspace(
-        sizeof(T_) * rnnkern::cpu::backward_workspace_size<T_>(p, norms != 0));
-    T_* ws = static_cast<T_*>(workspace.data());
-    py::gil_scoped_release release;
-    rnnkern::cpu::backward<T_>(p, ptr(x), ptr(h0), ptr(w_ih), ptr(w_hh), ptr(y),
-                               rnnkern::Rows<T_>{ptr(grad_y), H, 1}, ptr(grad_hn), ptr(grad_x),
-                               ptr(grad_h0), ptr(grad_w_ih), ptr(grad_w_hh), ptr(grad_b),
-                               reinterpret_cast<double*>(norms), ws);
-  };
-  if (is_double)
-    run(double(0));
-  else
-    run(float(0));
-}
-
-// Which gradients backward computes (the others come back as None), and whether it also
-// returns ‖d_t‖₂ per row.
-struct Wanted {
-  bool x, h0, w_ih, w_hh, bias, grad_norms;
-};
-
-template <typename T>
-py::tuple backward_impl(const py::array& x, const py::object& h0, const py::array& w_ih,
-                        const py::object& w_hh, const py::object& y, const py::object& grad_y,
-                        const py::object& grad_hn, const Problem& p, Wanted want,
-                        Names names) {
-  const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
-  const auto ys = output_shape(x, p);
-  const py::object xa = checked<T>(names.x, x, shape_of(x));
-  const py::object h0a = checked<T>(names.h0, h0, {B, H});
-  const py::object wia = checked<T>("w_ih", w_ih, {H, I}), wha = checked<T>("w_hh", w_hh, {H, H});
-  const py::object ya = checked<T>("y", y, ys);
-  // grad_y is read where it is when its strides allow (the core reads it once, row by row).
-  py::object gya = checked_array<T>("grad_y", grad_y, ys);
-  rnnkern::Rows<T> gy;
-  if (!as_rows(py::reinterpret_borrow<py::array>(gya), gy)) {
-    gya = checked<T>("grad_y", gya, ys);
-    gy = rnnkern::Rows<T>{data<T>(gya), H, 1};
-  }
-  const py::object ghna = checked<T>("grad_hn", grad_hn, {B, H}, true);
-  const T *xp = data<T>(xa), *hp = data<T>(h0a), *wi = data<T>(wia), *wh = data<T>(wha);
-  const T *yp = data<T>(ya), *ghn = data<T>(ghna);
-  T *gxp = nullptr, *gh0p = nullptr, *gwip = nullptr, *gwhp = nullptr, *gbp = nullptr;
-  py::object gx = new_output(want.x, shape_of(x), gxp, "grad x");
-  py::object gh0 = new_output(want.h0, {B, H}, gh0p, "grad h0");
-  py::object gwi = new_output(want.w_ih, {H, I}, gwip, "grad w_ih");
-  py::object gwh = new_output(want.w_hh, {H, H}, gwhp, "grad w_hh");
-  py::object gb = new_output(want.bias, {H}, gbp, "grad bias");
-  double* normsp = nullptr;
-  py::object norms = new_output(want.grad_norms, {p.total_rows()}, normsp, "gradient norms");
-  const rnnkern::cpu::Workspace workspace = new_workspace(
-      sizeof(T) * rnnkern::cpu::backward_workspace_size<T>(p, want.grad_norms));
-  T* ws = static_cast<T*>(workspace.data());
-  {
-    py::gil_scoped_release release;
-    rnnkern::cpu::backward<T>(p, xp, hp, wi, wh, yp, gy, ghn, gxp, gh0p, gwip, gwhp, gbp, normsp,
-                              ws);
-  }
-  return py::make_tuple(gx, gh0, gwi, gwh, gb, norms);
-}
-
-// float32 or float64, from x.
-bool is_double(const py::array& x, const char* name) {
-  if (has_dtype<float>(x)) return false;
-  if (has_dtype<double>(x)) return true;
-  throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " +
-                       dtype_name(x));
-}
-
-py::array forward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
-                  const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
-                  const py::object& nonlinearity, const py::object& batch_sizes, bool reverse,
-                  const std::string& x_name, const std::string& h0_name) {
-  const Names names{x_name.c_str(), h0_name.c_str()};
-  const py::array x = as_array(names.x, x_);
-  const bool dbl = is_double(x, names.x);
-  const py::array w_ih = as_array("w_ih", w_ih_);
-  std::vector<int64_t> storage;
-  const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
-  return dbl ? forward_impl<double>(x, h0, w_ih, w_hh, b_ih, b_hh, p, names)
-             : forward_impl<float>(x, h0, w_ih, w_hh, b_ih, b_hh, p, names);
-}
-
-py::tuple backward(const py::object& x_, const py::object& h0, const py::object& w_ih_,
-                   const py::object& w_hh, const py::object& y, const py::object& grad_y,
-                   const py::object& grad_hn, const py::object& nonlinearity,
-                   const py::object& batch_sizes, bool reverse, bool need_x, bool need_h0,
-                   bool need_w_ih, bool need_w_hh, bool need_bias, bool grad_norms,
-                   const std::string& x_name, const std::string& h0_name) {
-  const Wanted want{need_x, need_h0, need_w_ih, need_w_hh, need_bias, grad_norms};
-  const Names names{x_name.c_str(), h0_name.c_str()};
-  const py::array x = as_array(names.x, x_);
-  const bool dbl = is_double(x, names.x);
-  const py::array w_ih = as_array("w_ih", w_ih_);
-  std::vector<int64_t> storage;
-  const Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity, storage);
-  return dbl ? backward_impl<double>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want, names)
-             : backward_impl<float>(x, h0, w_ih, w_hh, y, grad_y, grad_hn, p, want, names);
-}
-
-
-// The gated cells (core/gated.h): LSTM (G = 4) and GRU (G = 3) blocks of W_ih, W_hh rows.
-
-const char* cell_name(Cell cell) { return cell == Cell::kLstm ? "lstm" : "gru"; }
-
-// Sizes from x, w_ih (G·H, I) and batch_sizes, checked: make_problem for x and batch_sizes,
-// w_ih checked here first so that its error names G·H.
-Problem gated_problem(Cell cell, const py::array& x, const py::array& w_ih,
-                      const py::object& batch_sizes, bool reverse,
-                      std::vector<int64_t>& storage) {
-  const int64_t G = rnnkern::gate_count(cell);
-  const auto xs = shape_of(x), ws = shape_of(w_ih);
-  if ((xs.size() == 2 || xs.size() == 3) &&
-      (ws.size() != 2 || ws[0] < G || ws[0] % G || ws[1] != xs.back()))
-    throw py::value_error("w_ih must have shape (" + std::to_string(G) + " * hidden_size, " +
-                          std::to_string(xs.back()) + ") for the " + cell_name(cell) +
-                          ", got " + shape_str(ws));
-  Problem p = make_problem(x, w_ih, batch_sizes, reverse, py::str("tanh"), storage);
-  p.hidden_size = ws[0] / G;
-  check_sizes(p.total_rows(), p.input_size, ws[0]);
-  return p;
-}
-
-std::vector<int64_t> with_width(const py::array& x, int64_t width) {
-  auto s = shape_of(x);
-  s.back() = width;
-  return s;
-}
-
-// The LSTM's proj_size P from w_hr (P, H) with 0 < P < H, or 0 without w_hr.
-int64_t proj_size(Cell cell, const py::object& w_hr, const Problem& p) {
-  if (w_hr.is_none()) return 0;
-  if (cell != Cell::kLstm) throw py::value_error("w_hr (proj_size) is for the lstm only");
-  const auto s = shape_of(as_array("w_hr", w_hr));
-  if (s.size() != 2 || s[1] != p.hidden_size || s[0] < 1 || s[0] >= p.hidden_size)
-    throw py::value_error("w_hr must have shape (proj_size, " + std::to_string(p.hidden_size) +
-                          ") with 0 < proj_size < " + std::to_string(p.hidden_size) + ", got " +
-                          shape_str(s));
-  return s[0];
-}
-
-template <typename T>
-py::tuple gated_forward_impl(Cell cell, const py::array& x, const py::object& h0,
-                             const py::object& c0, const py::array& w_ih,
-                             const py::object& w_hh, const py::object& b_ih,
-                             const py::object& b_hh, const py::object& w_hr, const Problem& p,
-                             Names names, const char* c0_name) {
-  const bool lstm = cell == Cell::kLstm;
-  const int64_t H = p.hidden_size, B = p.batch, GH = rnnkern::gate_count(cell) * H;
-  const int64_t P = proj_size(cell, w_hr, p), HP = P ? P : H;
-  const py::object xa = checked<T>(names.x, x, shape_of(x));
-  const py::object h0a = checked<T>(names.h0, h0, {B, HP});
-  const py::object c0a = lstm ? checked<T>(c0_name, c0, {B, H}) : py::object(py::none());
-  const py::object wia = checked<T>("w_ih", w_ih, {GH, p.input_size});
-  const py::object wha = checked<T>("w_hh", w_hh, {GH, HP});
-  const py::object bia = checked<T>("b_ih", b_ih, {GH}, true);
-  const py::object bha = checked<T>("b_hh", b_hh, {GH}, true);
-  const py::object wra = P ? checked<T>("w_hr", w_hr, {P, H}) : py::object(py::none());
-  py::array_t<T> y = new_array<T>(with_width(x, HP), "the output y");
-  py::array_t<T> gates = new_array<T>(with_width(x, GH), "the gates");
-  py::array_t<T> state = new_array<T>(with_width(x, H), "the saved state (c or hidden_n)");
-  py::array_t<T> m = new_array<T>(P ? with_width(x, H) : std::vector<int64_t>{0}, "m");
-  const T *xp = data<T>(xa), *hp = data<T>(h0a), *cp = data<T>(c0a), *wi = data<T>(wia);
-  const T *wh = data<T>(wha), *bi = data<T>(bia), *bh = data<T>(bha), *wr = data<T>(wra);
-  T *yp = y.mutable_data(), *gp = gates.mutable_data(), *sp = state.mutable_data();
-  T* mp = m.mutable_data();
-  const rnnkern::cpu::Workspace workspace = new_workspace(
-      sizeof(T) * (P ? rnnkern::cpu::lstm_proj_forward_workspace_size<T>(p)
-                     : rnnkern::cpu::gated_forward_workspace_size<T>(cell, p)));
-  T* ws = static_cast<T*>(workspace.data());
-  {
-    py::gil_scoped_release release;
-    if (P)
-      rnnkern::cpu::lstm_proj_forward<T>(p, P, xp, hp, cp, wi, wh, bi, bh, wr, yp, gp, sp, mp,
-                                         ws);
+// layer_forward on raw pointers (torch's data_ptr()) to C-contiguous, aligned arrays of one
+// dtype whose shapes the caller has checked: x (T, B, I), h0, c0 (B, H), w_ih (G·H, I), w_hh
+// (G·H, H), b_ih, b_hh (G·H) or 0, y (T, B, H), saved (T, B, width). No batch_sizes, no w_hr.
+// For rnnkern.functional's small calls, where converting tensors to arrays costs more than
+// the kernel. Sizes are checked here, pointers cannot be.
+void layer_forward_pointers(const std::string& cell, bool is_double, int64_t T, int64_t B,
+                            int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h0,
+                            std::uintptr_t c0, std::uintptr_t w_ih, std::uintptr_t w_hh,
+                            std::uintptr_t b_ih, std::uintptr_t b_hh, std::uintptr_t y,
+                            const py::sequence& saved_, const py::object& nonlinearity,
+                            bool reverse) {
+  with_cell<int>(cell, [&](auto c) {
+    using C = decltype(c);
+    const auto saved = saved_pointers<C>(saved_);
+    std::vector<std::uintptr_t> required{x, h0, w_ih, w_hh, y};
+    if (C::kStates == 2) required.push_back(c0);
+    required.insert(required.end(), saved.begin(), saved.end());
+    const Problem p = pointer_problem<C>(T, B, I, H, nonlinearity, reverse, required);
+    auto run = [&](auto zero) {
+      using T_ = decltype(zero);
+      auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
+      rnnkern::Inputs<T_> in;
+      in.x = ptr(x), in.h0 = ptr(h0), in.c0 = ptr(c0), in.w_ih = ptr(w_ih);
+      in.w_hh = ptr(w_hh), in.b_ih = ptr(b_ih), in.b_hh = ptr(b_hh);
+      rnnkern::Outputs<T_> out;
+      out.y = ptr(y);
+      for (size_t i = 0; i < saved.size(); ++i) out.saved[i] = ptr(saved[i]);
+      const rnnkern::cpu::Workspace workspace =
+          new_workspace(sizeof(T_) * rnnkern::cpu::forward_workspace_size<C, T_>(p));
+      T_* ws = static_cast<T_*>(workspace.data());
+      py::gil_scoped_release release;
+      rnnkern::cpu::forward<C, T_>(p, in, out, ws);
+    };
+    if (is_double)
+      run(double(0));
     else
-      rnnkern::cpu::gated_forward<T>(cell, p, xp, hp, cp, wi, wh, bi, bh, yp, gp, sp, ws);
-  }
-  if (P) return py::make_tuple(y, gates, state, m);
-  return py::make_tuple(y, gates, state);
+      run(float(0));
+    return 0;
+  });
 }
 
-// Which gradients gated_backward computes (the others come back as None), and which norms.
-struct GatedWanted {
-  bool x, h0, c0, w_ih, w_hh, bias, grad_norms, w_hr;
-};
-
-template <typename T>
-py::tuple gated_backward_impl(Cell cell, const py::array& x, const py::object& h0,
-                              const py::object& c0, const py::array& w_ih,
-                              const py::object& w_hh, const py::object& y,
-                              const py::object& gates, const py::object& state,
-                              const py::object& grad_y, const py::object& grad_hn,
-                              const py::object& grad_cn, const py::object& w_hr,
-                              const py::object& m, const Problem& p, GatedWanted want,
-                              Names names, const char* c0_name) {
-  const bool lstm = cell == Cell::kLstm;
-  const int64_t H = p.hidden_size, B = p.batch, I = p.input_size;
-  const int64_t GH = rnnkern::gate_count(cell) * H;
-  const int64_t P = proj_size(cell, w_hr, p), HP = P ? P : H;
-  const auto ys = with_width(x, HP);
-  const py::object xa = checked<T>(names.x, x, shape_of(x));
-  const py::object h0a = checked<T>(names.h0, h0, {B, HP});
-  const py::object c0a = lstm ? checked<T>(c0_name, c0, {B, H}) : py::object(py::none());
-  const py::object wia = checked<T>("w_ih", w_ih, {GH, I}), wha = checked<T>("w_hh", w_hh, {GH, HP});
-  const py::object ya = checked<T>("y", y, ys);
-  const py::object ga = checked<T>("gates", gates, with_width(x, GH));
-  const py::object sa = checked<T>("state", state, with_width(x, H));
-  const py::object wra = P ? checked<T>("w_hr", w_hr, {P, H}) : py::object(py::none());
-  const py::object ma = P ? checked<T>("m", m, with_width(x, H)) : py::object(py::none());
-  py::object gya = checked_array<T>("grad_y", grad_y, ys);
-  rnnkern::Rows<T> gy;
-  if (!as_rows(py::reinterpret_borrow<py::array>(gya), gy)) {
-    gya = checked<T>("grad_y", gya, ys);
-    gy = rnnkern::Rows<T>{data<T>(gya), HP, 1};
-  }
-  const py::object ghna = checked<T>("grad_hn", grad_hn, {B, HP}, true);
-  const py::object gcna = lstm ? checked<T>("grad_cn", grad_cn, {B, H}, true)
-                               : py::object(py::none());
-  T *gxp = nullptr, *gh0p = nullptr, *gc0p = nullptr, *gwip = nullptr, *gwhp = nullptr;
-  T *gbip = nullptr, *gbhp = nullptr, *gwrp = nullptr;
-  py::object gx = new_output(want.x, shape_of(x), gxp, "grad x");
-  py::object gh0 = new_output(want.h0, {B, HP}, gh0p, "grad h0");
-  py::object gc0 = new_output(want.c0 && lstm, {B, H}, gc0p, "grad c0");
-  py::object gwi = new_output(want.w_ih, {GH, I}, gwip, "grad w_ih");
-  py::object gwh = new_output(want.w_hh, {GH, HP}, gwhp, "grad w_hh");
-  py::object gwr = new_output(P && want.w_hr, {P, H}, gwrp, "grad w_hr");
-  py::object gbi = new_output(want.bias, {GH}, gbip, "grad b_ih");
-  py::object gbh = new_output(want.bias, {GH}, gbhp, "grad b_hh");
-  double *nhp = nullptr, *ncp = nullptr;
-  py::object nh = new_output(want.grad_norms, {p.total_rows()}, nhp, "gradient norms");
-  py::object nc = new_output(want.grad_norms && lstm, {p.total_rows()}, ncp, "gradient norms (c)");
-  const rnnkern::cpu::Workspace workspace = new_workspace(
-      sizeof(T) * (P ? rnnkern::cpu::lstm_proj_backward_workspace_size<T>(p, P)
-                     : rnnkern::cpu::gated_backward_workspace_size<T>(cell, p)));
-  T* ws = static_cast<T*>(workspace.data());
-  {
-    py::gil_scoped_release release;
-    if (P)
-      rnnkern::cpu::lstm_proj_backward<T>(p, P, data<T>(xa), data<T>(h0a), data<T>(c0a),
-                                          data<T>(wia), data<T>(wha), data<T>(wra), data<T>(ya),
-                                          data<T>(ga), data<T>(sa), data<T>(ma), gy,
-                                          data<T>(ghna), data<T>(gcna), gxp, gh0p, gc0p, gwip,
-                                          gwhp, gbip, gbhp, gwrp, nhp, ncp, ws);
+// layer_backward on raw pointers, as layer_forward_pointers: x, h0, c0, w_ih, w_hh, y and saved
+// as given to and returned by it, grad_y (T, B, H) and grad_hn, grad_cn (B, H) or 0
+// C-contiguous; each gradient (norms: T·B float64) is computed where its pointer is not 0.
+void layer_backward_pointers(const std::string& cell, bool is_double, int64_t T, int64_t B,
+                             int64_t I, int64_t H, std::uintptr_t x, std::uintptr_t h0,
+                             std::uintptr_t c0, std::uintptr_t w_ih, std::uintptr_t w_hh,
+                             std::uintptr_t y, const py::sequence& saved_,
+                             std::uintptr_t grad_y, std::uintptr_t grad_hn,
+                             std::uintptr_t grad_cn, std::uintptr_t grad_x,
+                             std::uintptr_t grad_h0, std::uintptr_t grad_c0,
+                             std::uintptr_t grad_w_ih, std::uintptr_t grad_w_hh,
+                             std::uintptr_t grad_b_ih, std::uintptr_t grad_b_hh,
+                             std::uintptr_t norm_h, std::uintptr_t norm_c,
+                             const py::object& nonlinearity, bool reverse) {
+  with_cell<int>(cell, [&](auto c) {
+    using C = decltype(c);
+    const auto saved = saved_pointers<C>(saved_);
+    std::vector<std::uintptr_t> required{x, h0, w_ih, w_hh, y, grad_y};
+    if (C::kStates == 2) required.push_back(c0);
+    required.insert(required.end(), saved.begin(), saved.end());
+    const Problem p = pointer_problem<C>(T, B, I, H, nonlinearity, reverse, required);
+    auto run = [&](auto zero) {
+      using T_ = decltype(zero);
+      auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
+      rnnkern::Inputs<T_> in;
+      in.x = ptr(x), in.h0 = ptr(h0), in.c0 = ptr(c0), in.w_ih = ptr(w_ih), in.w_hh = ptr(w_hh);
+      rnnkern::Outputs<const T_> out;
+      out.y = ptr(y);
+      for (size_t i = 0; i < saved.size(); ++i) out.saved[i] = ptr(saved[i]);
+      rnnkern::Gradients<T_> g;
+      g.grad_y = rnnkern::Rows<T_>{ptr(grad_y), H, 1};
+      g.grad_hn = ptr(grad_hn), g.grad_cn = C::kStates == 2 ? ptr(grad_cn) : nullptr;
+      g.x = ptr(grad_x), g.h0 = ptr(grad_h0), g.c0 = C::kStates == 2 ? ptr(grad_c0) : nullptr;
+      g.w_ih = ptr(grad_w_ih), g.w_hh = ptr(grad_w_hh);
+      g.b_ih = ptr(grad_b_ih), g.b_hh = ptr(grad_b_hh);
+      g.norm_h = reinterpret_cast<double*>(norm_h);
+      g.norm_c = C::kStates == 2 ? reinterpret_cast<double*>(norm_c) : nullptr;
+      const rnnkern::cpu::Workspace workspace = new_workspace(
+          sizeof(T_) * rnnkern::cpu::backward_workspace_size<C, T_>(p, norm_h != 0));
+      T_* ws = static_cast<T_*>(workspace.data());
+      py::gil_scoped_release release;
+      rnnkern::cpu::backward<C, T_>(p, in, out, g, ws);
+    };
+    if (is_double)
+      run(double(0));
     else
-      rnnkern::cpu::gated_backward<T>(cell, p, data<T>(xa), data<T>(h0a), data<T>(c0a),
-                                      data<T>(wia), data<T>(wha), data<T>(ya), data<T>(ga),
-                                      data<T>(sa), gy, data<T>(ghna), data<T>(gcna), gxp, gh0p,
-                                      gc0p, gwip, gwhp, gbip, gbhp, nhp, ncp, ws);
-  }
-  return py::make_tuple(gx, gh0, gc0, gwi, gwh, gbi, gbh, nh, nc, gwr);
+      run(float(0));
+    return 0;
+  });
 }
 
-Cell parse_cell(const std::string& cell) {
-  if (cell == "lstm") return Cell::kLstm;
-  if (cell == "gru") return Cell::kGru;
-  throw py::value_error("cell must be 'lstm' or 'gru', got '" + cell + "'");
-}
-
-py::tuple gated_forward(const std::string& cell_, const py::object& x_, const py::object& h0,
-                        const py::object& c0, const py::object& w_ih_, const py::object& w_hh,
-                        const py::object& b_ih, const py::object& b_hh,
-                        const py::object& batch_sizes, bool reverse, const std::string& x_name,
-                        const std::string& h0_name, const std::string& c0_name,
-                        const py::object& w_hr) {
-  const Cell cell = parse_cell(cell_);
-  const Names names{x_name.c_str(), h0_name.c_str()};
-  const py::array x = as_array(names.x, x_);
-  const bool dbl = is_double(x, names.x);
-  const py::array w_ih = as_array("w_ih", w_ih_);
-  std::vector<int64_t> storage;
-  const Problem p = gated_problem(cell, x, w_ih, batch_sizes, reverse, storage);
-  return dbl ? gated_forward_impl<double>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, p,
-                                          names, c0_name.c_str())
-             : gated_forward_impl<float>(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, p,
-                                         names, c0_name.c_str());
-}
-
-py::tuple gated_backward(const std::string& cell_, const py::object& x_, const py::object& h0,
-                         const py::object& c0, const py::object& w_ih_,
-                         const py::object& w_hh, const py::object& y, const py::object& gates,
-                         const py::object& state, const py::object& grad_y,
-                         const py::object& grad_hn, const py::object& grad_cn,
-                         const py::object& batch_sizes, bool reverse, bool need_x,
-                         bool need_h0, bool need_c0, bool need_w_ih, bool need_w_hh,
-                         bool need_bias, bool grad_norms, const std::string& x_name,
-                         const std::string& h0_name, const std::string& c0_name,
-                         const py::object& w_hr, const py::object& m, bool need_w_hr) {
-  const Cell cell = parse_cell(cell_);
-  const GatedWanted want{need_x,    need_h0,   need_c0,    need_w_ih,
-                         need_w_hh, need_bias, grad_norms, need_w_hr};
-  const Names names{x_name.c_str(), h0_name.c_str()};
-  const py::array x = as_array(names.x, x_);
-  const bool dbl = is_double(x, names.x);
-  const py::array w_ih = as_array("w_ih", w_ih_);
-  std::vector<int64_t> storage;
-  const Problem p = gated_problem(cell, x, w_ih, batch_sizes, reverse, storage);
-  auto run = [&](auto zero) {
-    return gated_backward_impl<decltype(zero)>(cell, x, h0, c0, w_ih, w_hh, y, gates, state,
-                                               grad_y, grad_hn, grad_cn, w_hr, m, p, want,
-                                               names, c0_name.c_str());
-  };
-  return dbl ? run(double(0)) : run(float(0));
+// What the cell's policy says of itself (core/cells/).
+template <typename C>
+py::dict cell_info_of() {
+  py::dict d;
+  d["name"] = C::kName;
+  d["gates"] = C::kGates;
+  d["states"] = C::kStates;
+  d["takes_nonlinearity"] = C::kNonlinearity;
+  d["projection"] = C::kProjection;
+  py::list saved;
+  for (int i = 0; i < C::kSavedCount; ++i)
+    saved.append(py::make_tuple(C::kSaved[i].name, C::kSaved[i].width,
+                                C::kSaved[i].projection_only));
+  d["saved"] = saved;
+  const std::string rows = C::kGates == 1 ? "hidden_size"
+                                          : std::to_string(C::kGates) + " * hidden_size";
+  if (C::kWhhDims == 1)
+    d["w_hh_shape"] = py::make_tuple(rows);
+  else
+    d["w_hh_shape"] = py::make_tuple(rows, "hidden_size");
+  return d;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "rnnkern's compiled core. Use rnnkern.forward / rnnkern.backward instead.";
-  m.def("forward", &forward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
-        py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"), py::arg("batch_sizes"),
-        py::arg("reverse"), py::arg("x_name") = "x", py::arg("h0_name") = "h0");
-  m.def("forward_pointers", &forward_pointers, py::arg("is_double"), py::arg("T"), py::arg("B"),
-        py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h0"), py::arg("w_ih"),
-        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("y"),
+  m.doc() = "rnnkern's compiled core. Use rnnkern.numpy_api or rnnkern.functional instead.";
+  m.def("cells", [] {
+    py::list names;
+    rnnkern::for_each_cell([&](auto cell) { names.append(decltype(cell)::kName); });
+    return names;
+  }, "The names of the cells, in the order of csrc/core/cells/list.h.");
+  m.def("cell_info", [](const std::string& cell) {
+    return with_cell(cell, [](auto c) { return cell_info_of<decltype(c)>(); });
+  }, py::arg("cell"),
+        "A cell's facts: name, gates (G), states (1: h; 2: h and c), takes_nonlinearity, "
+        "projection (takes w_hr), saved ((name, width in units of H, with w_hr only) of each "
+        "array layer_forward saves), w_hh_shape (without w_hr; with it the last is proj_size).");
+  m.def("layer_forward", &layer_forward, py::arg("cell"), py::arg("x"), py::arg("h0"),
+        py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("w_hr"), py::arg("nonlinearity"), py::arg("batch_sizes"), py::arg("reverse"),
+        py::arg("x_name") = "x", py::arg("h0_name") = "h0", py::arg("c0_name") = "c0",
+        "One layer-direction of `cell` (see cells()) forward: (y, saved). y (T, B, H) or packed "
+        "(N, H) (width proj_size with w_hr) holds every h_t; saved is the tuple of arrays "
+        "backward reads, shaped like x with cell_info's widths: () for the rnn, (gates, c) or "
+        "(gates, c, m) with w_hr for the lstm, (gates, hidden_n) for the gru. c0 is None for "
+        "cells of one state, w_hr None but for the lstm's proj_size, nonlinearity 'tanh' or "
+        "'relu' (None or 'tanh' for cells that take none).");
+  m.def("layer_backward", &layer_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
+        py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"), py::arg("y"),
+        py::arg("saved"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("grad_cn"),
+        py::arg("nonlinearity"), py::arg("batch_sizes"), py::arg("reverse"),
+        py::arg("need_x") = true, py::arg("need_h0") = true, py::arg("need_c0") = true,
+        py::arg("need_w_ih") = true, py::arg("need_w_hh") = true, py::arg("need_bias") = true,
+        py::arg("need_w_hr") = true, py::arg("grad_norms") = false, py::arg("x_name") = "x",
+        py::arg("h0_name") = "h0", py::arg("c0_name") = "c0",
+        "Backward of layer_forward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, "
+        "grad_b_hh, grad_w_hr, norm_h, norm_c), None where not wanted or not the cell's. "
+        "grad_hn, grad_cn may be None (zero). norm_h / norm_c (unless grad_norms is False): "
+        "the (N,) float64 norms of the whole ∂L/∂h_t and ∂L/∂c_t per row.");
+  m.def("layer_forward_pointers", &layer_forward_pointers, py::arg("cell"),
+        py::arg("is_double"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
+        py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("y"), py::arg("saved"),
         py::arg("nonlinearity"), py::arg("reverse"),
-        "forward on data_ptr()s of checked C-contiguous arrays; see bindings.cpp.");
-  m.def("backward_pointers", &backward_pointers, py::arg("is_double"), py::arg("T"),
-        py::arg("B"), py::arg("I"), py::arg("H"), py::arg("x"), py::arg("h0"), py::arg("w_ih"),
-        py::arg("w_hh"), py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"),
-        py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_w_ih"), py::arg("grad_w_hh"),
-        py::arg("grad_b"), py::arg("norms"), py::arg("nonlinearity"), py::arg("reverse"),
-        "backward on data_ptr()s of checked C-contiguous arrays; see bindings.cpp.");
-  m.def("backward", &backward, py::arg("x"), py::arg("h0"), py::arg("w_ih"), py::arg("w_hh"),
-        py::arg("y"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("nonlinearity"),
-        py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,
-        py::arg("need_h0") = true, py::arg("need_w_ih") = true, py::arg("need_w_hh") = true,
-        py::arg("need_bias") = true, py::arg("grad_norms") = false,
-        py::arg("x_name") = "x", py::arg("h0_name") = "h0",
-        "Gradients (x, h0, w_ih, w_hh, bias), None where not needed, and the (N,) float64 "
-        "norms of the whole gradient reaching each row's h_t (None unless grad_norms).");
+        "layer_forward on data_ptr()s of checked C-contiguous arrays (no batch_sizes, no "
+        "w_hr): saved holds the pointers of the saved arrays; see bindings.cpp.");
+  m.def("layer_backward_pointers", &layer_backward_pointers, py::arg("cell"),
+        py::arg("is_double"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
+        py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("y"), py::arg("saved"), py::arg("grad_y"), py::arg("grad_hn"),
+        py::arg("grad_cn"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"),
+        py::arg("grad_w_ih"), py::arg("grad_w_hh"), py::arg("grad_b_ih"),
+        py::arg("grad_b_hh"), py::arg("norm_h"), py::arg("norm_c"), py::arg("nonlinearity"),
+        py::arg("reverse"),
+        "layer_backward on data_ptr()s of checked C-contiguous arrays; a gradient is computed "
+        "where its pointer is not 0; see bindings.cpp.");
   m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },
         "Frees every cached block (outputs, workspaces, idle scratch); returns the bytes freed.");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
-  // The gated cells: cell = "lstm" or "gru" (c0 and grad_cn are the LSTM's, None for the GRU).
-  m.def("gated_forward", &gated_forward, py::arg("cell"), py::arg("x"), py::arg("h0"),
-        py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
-        py::arg("batch_sizes"), py::arg("reverse"), py::arg("x_name") = "x",
-        py::arg("h0_name") = "h0", py::arg("c0_name") = "c0", py::arg("w_hr") = py::none(),
-        "(y, gates, state): every h_t, and what backward needs: the activated gates (width "
-        "G·H) and state (LSTM: c_t; GRU: h_{t-1} W_hnᵀ + b_hn), shaped like x. With w_hr "
-        "(the LSTM's proj_size): (y, gates, state, m), m = o ⊙ tanh(c_t), y of width P.");
-  m.def("gated_backward", &gated_backward, py::arg("cell"), py::arg("x"), py::arg("h0"),
-        py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("y"), py::arg("gates"),
-        py::arg("state"), py::arg("grad_y"), py::arg("grad_hn"), py::arg("grad_cn"),
-        py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_x") = true,
-        py::arg("need_h0") = true, py::arg("need_c0") = true, py::arg("need_w_ih") = true,
-        py::arg("need_w_hh") = true, py::arg("need_bias") = true,
-        py::arg("grad_norms") = false, py::arg("x_name") = "x", py::arg("h0_name") = "h0",
-        py::arg("c0_name") = "c0", py::arg("w_hr") = py::none(), py::arg("m") = py::none(),
-        py::arg("need_w_hr") = true,
-        "Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh), None where not needed (c0: GRU), "
-        "the (N,) float64 norms of ∂L/∂h_t and (LSTM) ∂L/∂c_t per row (None unless grad_norms) "
-        "and the gradient of w_hr (None without it).");
 }

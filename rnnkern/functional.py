@@ -112,11 +112,11 @@ def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Opti
     steps, batch, features, hidden = sizes
     dtype = x.dtype
     y = torch.empty(steps, batch, hidden, dtype=dtype)
-    _core.forward_pointers(dtype is torch.float64, steps, batch, features, hidden,
-                           x.data_ptr(), h0.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
-                           0 if b_ih is None else b_ih.data_ptr(),
-                           0 if b_hh is None else b_hh.data_ptr(), y.data_ptr(),
-                           nonlinearity, reverse)
+    _core.layer_forward_pointers("rnn", dtype is torch.float64, steps, batch, features, hidden,
+                                 x.data_ptr(), h0.data_ptr(), 0, w_ih.data_ptr(),
+                                 w_hh.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(),
+                                 0 if b_hh is None else b_hh.data_ptr(), y.data_ptr(), (),
+                                 nonlinearity, reverse)
     return y
 
 
@@ -134,10 +134,10 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse, 
         y = _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
         if y is not None:
             return y, _final_state(y, h0.shape[0], None, reverse, own)
-    y = torch.from_numpy(_core.forward(
-        _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
-        _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), nonlinearity,
-        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx"))
+    y = torch.from_numpy(_core.layer_forward(
+        "rnn", _numpy("input", x), _numpy("hx", h0), None, _numpy("w_ih", w_ih),
+        _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), None, nonlinearity,
+        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx")[0])
     return y, _final_state(y, h0.shape[0], batch_sizes, reverse, own)
 
 
@@ -161,12 +161,13 @@ def _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse
     grads = [torch.empty(shape, dtype=x.dtype) if wanted else None
              for shape, wanted in zip(shapes, output_mask)]
     norms = torch.empty(steps * batch, dtype=torch.float64) if grad_norms else None
-    _core.backward_pointers(x.dtype is torch.float64, steps, batch, features, hidden,
-                            x.data_ptr(), h0.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
-                            y.data_ptr(), grad_y.data_ptr(),
-                            0 if grad_hn is None else grad_hn.data_ptr(),
-                            *(0 if g is None else g.data_ptr() for g in grads),
-                            0 if norms is None else norms.data_ptr(), nonlinearity, reverse)
+    gx, gh0, gw_ih, gw_hh, gb = (0 if g is None else g.data_ptr() for g in grads)
+    _core.layer_backward_pointers("rnn", x.dtype is torch.float64, steps, batch, features,
+                                  hidden, x.data_ptr(), h0.data_ptr(), 0, w_ih.data_ptr(),
+                                  w_hh.data_ptr(), y.data_ptr(), (), grad_y.data_ptr(),
+                                  0 if grad_hn is None else grad_hn.data_ptr(), 0, gx, gh0, 0,
+                                  gw_ih, gw_hh, gb, 0, 0 if norms is None else norms.data_ptr(),
+                                  0, nonlinearity, reverse)
     return tuple(grads), norms
 
 
@@ -182,12 +183,16 @@ def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, 
                                 output_mask, grad_norms)
         if small is not None:
             return small
-    *grads, norms = _core.backward(
-        _numpy("input", x), _numpy("hx", h0), _numpy("w_ih", w_ih), _numpy("w_hh", w_hh),
-        _numpy("y", y), _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), nonlinearity,
-        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms,
+    need_x, need_h0, need_w_ih, need_w_hh, need_bias = output_mask
+    gx, gh0, _, gw_ih, gw_hh, gb, _, _, norms, _ = _core.layer_backward(
+        "rnn", _numpy("input", x), _numpy("hx", h0), None, _numpy("w_ih", w_ih),
+        _numpy("w_hh", w_hh), None, _numpy("y", y), (), _numpy("grad_y", grad_y),
+        _numpy("grad_hn", grad_hn), None, nonlinearity, _batch_sizes_numpy(batch_sizes),
+        reverse, need_x=need_x, need_h0=need_h0, need_c0=False, need_w_ih=need_w_ih,
+        need_w_hh=need_w_hh, need_bias=need_bias, need_w_hr=False, grad_norms=grad_norms,
         x_name="input", h0_name="hx")
-    grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
+    grads = tuple(None if g is None else torch.from_numpy(g)
+                  for g in (gx, gh0, gw_ih, gw_hh, gb))
     return grads, None if norms is None else torch.from_numpy(norms)
 
 
@@ -472,11 +477,13 @@ def _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, r
     """(y, h_n, c_n, state, gates, m): state, gates and m (the LSTM's o ⊙ tanh(c_t) with
     proj_size, else None) are what backward reads (see rnnkern.numpy_api); c_n is None for
     the GRU."""
-    y, gates, state, *m = (torch.from_numpy(a) for a in _core.gated_forward(
+    y, saved = _core.layer_forward(
         cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
-        _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
-        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx", c0_name="cx",
-        w_hr=_numpy("w_hr", w_hr)))
+        _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), _numpy("w_hr", w_hr),
+        None, _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx",
+        c0_name="cx")
+    y = torch.from_numpy(y)
+    gates, state, *m = (torch.from_numpy(a) for a in saved)
     batch = h0.shape[0]
     h_n = _final_state(y, batch, batch_sizes, reverse, own)
     c_n = _final_state(state, batch, batch_sizes, reverse) if cell == "lstm" else None
@@ -488,14 +495,16 @@ def _gated_backward(cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, grad_
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where output_mask (x, h0,
     c0, w_ih, w_hh, bias, w_hr) is False, and the (N,) float64 norms of ∂L/∂h_t and (LSTM)
     ∂L/∂c_t."""
-    *grads, norm_h, norm_c, grad_w_hr = _core.gated_backward(
+    saved = (_numpy("gates", gates), _numpy("state", state))
+    if w_hr is not None:
+        saved += (_numpy("m", m),)
+    *grads, norm_h, norm_c = _core.layer_backward(
         cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
-        _numpy("w_hh", w_hh), _numpy("y", y), _numpy("gates", gates), _numpy("state", state),
-        _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), _numpy("grad_cn", grad_cn),
-        _batch_sizes_numpy(batch_sizes), reverse, *output_mask[:6], grad_norms,
-        x_name="input", h0_name="hx", c0_name="cx", w_hr=_numpy("w_hr", w_hr),
-        m=_numpy("m", m), need_w_hr=output_mask[6])
-    grads = tuple(None if g is None else torch.from_numpy(g) for g in (*grads, grad_w_hr))
+        _numpy("w_hh", w_hh), _numpy("w_hr", w_hr), _numpy("y", y), saved,
+        _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), _numpy("grad_cn", grad_cn), None,
+        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms,
+        x_name="input", h0_name="hx", c0_name="cx")
+    grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
     norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c))
     return grads, norms
 

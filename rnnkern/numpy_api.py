@@ -5,6 +5,7 @@ No torch needed. See DESIGN.md section 1 for the math and the packed layout.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -77,6 +78,28 @@ def _zeros_h0(x, w_ih, batch_sizes):
                     else np.float64)
 
 
+@functools.lru_cache(maxsize=None)
+def _cell_info(cell: str) -> dict:
+    return _core.cell_info(cell)
+
+
+def _states(cell, x, w_ih, batch_sizes, h0, c0, w_hr=None):
+    """h0 and (for a cell of two states) c0, the zero states (B, H) that None stands for,
+    (B, P) for h0 with w_hr (P, H); c0 stays None for a cell of one state."""
+    info = _cell_info(cell)
+    if h0 is not None and (c0 is not None or info["states"] == 1):
+        return h0, c0
+    zeros = _zeros_h0(x, w_ih, batch_sizes)
+    batch, hidden = zeros.shape[0], zeros.shape[1] // info["gates"]
+    shape_hr = getattr(w_hr, "shape", ())
+    width = shape_hr[0] if w_hr is not None and len(shape_hr) == 2 else hidden
+    if h0 is None:
+        h0 = np.zeros((batch, width), dtype=zeros.dtype)
+    if c0 is None and info["states"] == 2:
+        c0 = np.zeros((batch, hidden), dtype=zeros.dtype)
+    return h0, c0
+
+
 ArrayOrNone = Optional[np.ndarray]
 BatchSizes = Optional[Union[np.ndarray, Sequence[int]]]
 
@@ -105,10 +128,10 @@ def forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
         y: (T, B, H), or (N, H) with ``batch_sizes``: the state of every row at every step.
     """
     batch_sizes = _batch_sizes(batch_sizes)
-    if h0 is None:
-        h0 = _zeros_h0(x, w_ih, batch_sizes)
-    return _core.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes,
-                         _flag("reverse", reverse))
+    h0, _ = _states("rnn", x, w_ih, batch_sizes, h0, None)
+    y, _ = _core.layer_forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+                               batch_sizes, _flag("reverse", reverse))
+    return y
 
 
 def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
@@ -135,12 +158,11 @@ def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
         forward pass used biases.
     """
     batch_sizes = _batch_sizes(batch_sizes)
-    if h0 is None:
-        h0 = _zeros_h0(x, w_ih, batch_sizes)
-    gx, gh0, gw_ih, gw_hh, gb, _ = _core.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn,
-                                               nonlinearity, batch_sizes,
-                                               _flag("reverse", reverse))
-    return Gradients(gx, gh0, gw_ih, gw_hh, gb, gb.copy())
+    h0, _ = _states("rnn", x, w_ih, batch_sizes, h0, None)
+    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _, _ = _core.layer_backward(
+        "rnn", x, h0, None, w_ih, w_hh, None, y, (), grad_y, grad_hn, None, nonlinearity,
+        batch_sizes, _flag("reverse", reverse))
+    return Gradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)
 
 
 # The gated cells (DESIGN.md section 1b). Weights in torch's layout: w_ih (G·H, I), w_hh (G·H, H),
@@ -189,16 +211,6 @@ class GRUGradients(NamedTuple):
     b_hh: np.ndarray
 
 
-def _gated_zeros(x, w_ih, batch_sizes, gates, width=None):
-    """The zero state (B, H) (or (B, width)) that None stands for (see _zeros_h0)."""
-    zeros = _zeros_h0(x, w_ih, batch_sizes)
-    return np.zeros((zeros.shape[0], zeros.shape[1] // gates if width is None else width),
-                    dtype=zeros.dtype)
-
-
-def _proj(w_hr):
-    shape = getattr(w_hr, "shape", ())
-    return shape[0] if w_hr is not None and len(shape) == 2 else None
 
 
 def lstm_forward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndarray,
@@ -212,12 +224,9 @@ def lstm_forward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndarr
     (then h0, w_hh and y have P columns). One dtype, float32 or float64.
     """
     batch_sizes = _batch_sizes(batch_sizes)
-    if h0 is None:
-        h0 = _gated_zeros(x, w_ih, batch_sizes, 4, _proj(w_hr))
-    if c0 is None:
-        c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
-    y, gates, c, *m = _core.gated_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                          batch_sizes, _flag("reverse", reverse), w_hr=w_hr)
+    h0, c0 = _states("lstm", x, w_ih, batch_sizes, h0, c0, w_hr)
+    y, (gates, c, *m) = _core.layer_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                            None, batch_sizes, _flag("reverse", reverse))
     return LSTMOutput(y, c, gates, m[0] if m else None)
 
 
@@ -233,14 +242,12 @@ def lstm_backward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndar
     gradient (separate arrays).
     """
     batch_sizes = _batch_sizes(batch_sizes)
-    if h0 is None:
-        h0 = _gated_zeros(x, w_ih, batch_sizes, 4, _proj(w_hr))
-    if c0 is None:
-        c0 = _gated_zeros(x, w_ih, batch_sizes, 4)
+    h0, c0 = _states("lstm", x, w_ih, batch_sizes, h0, c0, w_hr)
     y, c, gates, m = _output(output, LSTMOutput, "lstm_forward", (3, 4))
-    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, _, _, gw_hr = _core.gated_backward(
-        "lstm", x, h0, c0, w_ih, w_hh, y, gates, c, grad_y, grad_hn, grad_cn, batch_sizes,
-        _flag("reverse", reverse), w_hr=w_hr, m=m)
+    saved = (gates, c) if w_hr is None else (gates, c, m)
+    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, _, _ = _core.layer_backward(
+        "lstm", x, h0, c0, w_ih, w_hh, w_hr, y, saved, grad_y, grad_hn, grad_cn, None,
+        batch_sizes, _flag("reverse", reverse))
     return LSTMGradients(gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr)
 
 
@@ -250,10 +257,10 @@ def gru_forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarr
     """Run one GRU layer forward (torch.nn.GRU's math, gate order r, z, n); arguments as
     :func:`lstm_forward` with w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,)."""
     batch_sizes = _batch_sizes(batch_sizes)
-    if h0 is None:
-        h0 = _gated_zeros(x, w_ih, batch_sizes, 3)
-    y, gates, hidden_n = _core.gated_forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh,
-                                             batch_sizes, _flag("reverse", reverse))
+    h0, _ = _states("gru", x, w_ih, batch_sizes, h0, None)
+    y, (gates, hidden_n) = _core.layer_forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh,
+                                               None, None, batch_sizes,
+                                               _flag("reverse", reverse))
     return GRUOutput(y, gates, hidden_n)
 
 
@@ -262,10 +269,9 @@ def gru_backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndar
                  batch_sizes: BatchSizes = None, reverse: bool = False) -> GRUGradients:
     """Backpropagate through time for :func:`gru_forward` (see :func:`lstm_backward`)."""
     batch_sizes = _batch_sizes(batch_sizes)
-    if h0 is None:
-        h0 = _gated_zeros(x, w_ih, batch_sizes, 3)
+    h0, _ = _states("gru", x, w_ih, batch_sizes, h0, None)
     y, gates, hidden_n = _output(output, GRUOutput, "gru_forward", (3,))
-    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _, _ = _core.gated_backward(
-        "gru", x, h0, None, w_ih, w_hh, y, gates, hidden_n, grad_y, grad_hn, None, batch_sizes,
-        _flag("reverse", reverse))
+    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _, _ = _core.layer_backward(
+        "gru", x, h0, None, w_ih, w_hh, None, y, (gates, hidden_n), grad_y, grad_hn, None, None,
+        batch_sizes, _flag("reverse", reverse))
     return GRUGradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)

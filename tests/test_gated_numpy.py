@@ -180,10 +180,11 @@ def test_gradient_norms_match_autograd(cell, reverse, shape):
            na.gru_forward(p["x"], p["h0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
                           reverse=reverse))
     state = out.c if cell == "lstm" else out.hidden_n
-    result = rnnkern._core.gated_backward(
-        cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], out.y, out.gates, state,
-        grads["grad_y"], grads["grad_hn"], grads["grad_cn"], None, reverse, grad_norms=True)
-    norm_h, norm_c = result[7], result[8]
+    result = rnnkern._core.layer_backward(
+        cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], None, out.y, (out.gates, state),
+        grads["grad_y"], grads["grad_hn"], grads["grad_cn"], None, None, reverse,
+        grad_norms=True)
+    norm_h, norm_c = result[8], result[9]
     exact_h, exact_c = step_norms(cell, p, grads, reverse)
     assert_f64_close(norm_h, exact_h, "norm h")
     if cell == "lstm":
@@ -253,9 +254,9 @@ def test_bad_saved_arrays_and_cell_name():
     with pytest.raises(ValueError, match=r"gates must have shape \(4, 3, 15\), got \(4, 3, 5\)"):
         na.gru_backward(p["x"], p["h0"], p["w_ih"], p["w_hh"], out._replace(gates=out.y),
                         grads["grad_y"])
-    with pytest.raises(ValueError, match="cell must be 'lstm' or 'gru', got 'rnn'"):
-        rnnkern._core.gated_forward("rnn", p["x"], p["h0"], None, p["w_ih"], p["w_hh"], None,
-                                    None, None, False)
+    with pytest.raises(ValueError, match="cell must be one of 'rnn', 'lstm', 'gru', got 'cnn'"):
+        rnnkern._core.layer_forward("cnn", p["x"], p["h0"], None, p["w_ih"], p["w_hh"], None,
+                                    None, None, None, None, False)
     with pytest.raises(ValueError, match=r"w_ih must have shape \(3 \* hidden_size, 4\)"):
         na.gru_forward(p["x"], p["h0"], p["w_ih"][:14], p["w_hh"])
 
@@ -297,6 +298,6 @@ def test_proj_size_bad_input():
     with pytest.raises(ValueError, match=r"w_hh must have shape \(20, 2\), got \(20, 5\)"):
         na.lstm_forward(p["x"], None, None, p["w_ih"], p["w_hh"], w_hr=np.zeros((2, 5)))
     with pytest.raises(ValueError, match="w_hr \\(proj_size\\) is for the lstm only"):
-        rnnkern._core.gated_forward("gru", p["x"], np.zeros((2, 5)), None,
-                                    p["w_ih"][:15], p["w_hh"][:15], None, None, None, False,
-                                    w_hr=np.zeros((2, 5)))
+        rnnkern._core.layer_forward("gru", p["x"], np.zeros((2, 5)), None,
+                                    p["w_ih"][:15], p["w_hh"][:15], None, None,
+                                    np.zeros((2, 5)), None, None, False)

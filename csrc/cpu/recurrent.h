@@ -2,18 +2,37 @@
 //
 // step() computes C (rows × H) from acc = A (rows × H) · Bm (H × H), where Bm was packed by
 // pack() from W_hh (Bm = W_hhᵀ for the forward pass, Bm = W_hh for the backward pass), and
-// applies the epilogue (core/elman.h) in the same pass; h is the epilogue's Hs (for kForward
+// applies the epilogue (core/problem.h) in the same pass; h is the epilogue's Hs (for kForward
 // the bias row, or nullptr), d the norm slots of its first row (kBackwardRecord):
 // d[r · norm_slots(H) + panel]. Packed layout: ceil(H / lanes) panels, each H × lanes,
 // panel p holding columns [p·lanes, (p+1)·lanes) of Bm, zero-padded.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
-#include "../core/cell.h"
-#include "../core/elman.h"
+#include "../core/cells/list.h"
 
 namespace rnnkern::cpu {
+
+// The function pointers of cell C's passes, where it has any (ForwardPass, BackwardPass).
+template <typename T, typename C, typename = void>
+struct PassesOf {};
+template <typename T, typename C>
+struct PassesOf<T, C, std::void_t<typename C::template ForwardPass<T>>> {
+  void (*forward)(const typename C::template ForwardPass<T>&) = nullptr;
+  void (*backward)(const typename C::template BackwardPass<T>&) = nullptr;
+};
+
+template <typename T, typename List>
+struct CellPasses;
+template <typename T, typename... C>
+struct CellPasses<T, CellList<C...>> : PassesOf<T, C>... {
+  template <typename Cell>
+  PassesOf<T, Cell>& of() { return *this; }
+  template <typename Cell>
+  const PassesOf<T, Cell>& of() const { return *this; }
+};
 
 // Largest and smallest vector in bytes; buffers are sized so that any instruction set fits.
 constexpr int64_t kMaxVectorBytes = 64;
@@ -46,19 +65,8 @@ struct RecurrentKernels {
   void (*row_norms)(int64_t rows, int64_t H, const T* slots, double* out);
   // dst[i] += src[i] for i < n.
   void (*accumulate)(int64_t n, const T* src, T* dst);
-
-  // The gated cells' elementwise passes over `rows` rows (core/gated.h has the layouts):
-  // gates hold x W_ihᵀ on entry and the activated gates on exit; acc holds h_{t-1} W_hhᵀ, gate
-  // q's block at acc + q · acc_plane; delta gets δ's planes at delta + q · plane.
-  void (*lstm_forward)(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
-                       const T* bias, const T* c_prev, T* c, T* m);
-  void (*lstm_backward)(int64_t rows, int64_t H, const T* d, T* dc, const T* gates,
-                        const T* c, const T* c_prev, T* delta, int64_t plane, double* norm_h,
-                        double* norm_c);
-  void (*gru_forward)(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
-                      const T* b_ih, const T* b_hh, const T* h_prev, T* hn, T* h);
-  void (*gru_backward)(int64_t rows, int64_t H, T* d, const T* gates, const T* hn,
-                       const T* h_prev, T* delta, int64_t plane, double* norm_h);
+  // Each cell's pointwise passes (core/cells/), this instruction set's build of them.
+  CellPasses<T, Cells> passes;
 };
 
 #define RNNKERN_DECLARE_ISA(name)           \

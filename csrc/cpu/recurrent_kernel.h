@@ -415,178 +415,86 @@ void accumulate(int64_t n, const T* src, T* dst) {
   for (; i < n; ++i) dst[i] += src[i];
 }
 
-// The gated cells' elementwise passes (core/gated.h): cell.h's math on vectors.
-struct VectorMath {
-  Vec<float>::type tanh(Vec<float>::type a) const { return tanh_float(a); }
-  Vec<float>::type sigmoid(Vec<float>::type a) const { return sigmoid_float(a); }
-  Vec<double>::type tanh(Vec<double>::type a) const {
-    for (int64_t i = 0; i < Vec<double>::lanes; ++i) a[i] = std::tanh(a[i]);
-    return a;
+// What the cells' passes (core/cells/) are written against: this instruction set's vectors.
+struct Isa {
+  // sigmoid and tanh of vectors of float or double lanes, and of scalars (ScalarMath's).
+  struct Math {
+    Vec<float>::type tanh(Vec<float>::type a) const { return tanh_float(a); }
+    Vec<float>::type sigmoid(Vec<float>::type a) const { return sigmoid_float(a); }
+    Vec<double>::type tanh(Vec<double>::type a) const {
+      for (int64_t i = 0; i < Vec<double>::lanes; ++i) a[i] = std::tanh(a[i]);
+      return a;
+    }
+    Vec<double>::type sigmoid(Vec<double>::type a) const {
+      for (int64_t i = 0; i < Vec<double>::lanes; ++i) a[i] = 1.0 / (1.0 + std::exp(-a[i]));
+      return a;
+    }
+    float tanh(float a) const { return ScalarMath().tanh(a); }
+    double tanh(double a) const { return ScalarMath().tanh(a); }
+    float sigmoid(float a) const { return ScalarMath().sigmoid(a); }
+    double sigmoid(double a) const { return ScalarMath().sigmoid(a); }
+  };
+
+  // φ(a) and d ⊙ φ'(a) (from h = φ(a)) of a vector or a scalar.
+  template <typename V>
+  static V activation(Activation act, V a) {
+    if constexpr (std::is_arithmetic_v<V>)
+      return rnnkern::activation(act, a);
+    else
+      return activate(act, a);
   }
-  Vec<double>::type sigmoid(Vec<double>::type a) const {
-    for (int64_t i = 0; i < Vec<double>::lanes; ++i) a[i] = 1.0 / (1.0 + std::exp(-a[i]));
-    return a;
+  template <typename V>
+  static V activation_backward(Activation act, V d, V h) {
+    return act == Activation::kTanh ? tanh_backward(d, h) : relu_backward(d, h);
+  }
+
+  // f(j, tag) for every column j of a row: vector steps (tag true), then a scalar tail (false).
+  template <typename T, typename F>
+  static void columns(int64_t H, F&& f) {
+    constexpr int64_t L = Vec<T>::lanes;
+    int64_t j = 0;
+    for (; j + L <= H; j += L) f(j, std::integral_constant<bool, true>{});
+    for (; j < H; ++j) f(j, std::integral_constant<bool, false>{});
+  }
+
+  // Vector or scalar load / store by the tag that columns() passes.
+  template <typename T, bool kVector>
+  static auto get(const T* p) {
+    if constexpr (kVector) return load(p); else return load1(p);
+  }
+  template <typename T, typename V>
+  static void put(T* p, V v) {
+    __builtin_memcpy(p, &v, sizeof(v));
+  }
+
+  // The sum of a vector's lanes, or the scalar.
+  template <typename T, typename V>
+  static T lane_sum(V v) {
+    if constexpr (std::is_arithmetic_v<V>) {
+      return v;
+    } else {
+      T s = 0;
+      for (int64_t i = 0; i < Vec<T>::lanes; ++i) s += v[i];
+      return s;
+    }
   }
 };
 
-// f(j, lanes) for every column j of a row: vector steps, then a scalar tail; V is Vec<T>::type
-// or T. Returns the row's sum of squares of what f reports (for the gradient norms).
-template <typename T, typename F>
-inline void columns(int64_t H, F&& f) {
-  constexpr int64_t L = Vec<T>::lanes;
-  int64_t j = 0;
-  for (; j + L <= H; j += L) f(j, std::integral_constant<bool, true>{});
-  for (; j < H; ++j) f(j, std::integral_constant<bool, false>{});
-}
-
-// Vector or scalar load / store by the tag that columns() passes.
-template <typename T, bool kVector>
-inline auto get(const T* p) {
-  if constexpr (kVector) return load(p); else return load1(p);
-}
-template <typename T, typename V>
-inline void put(T* p, V v) {
-  __builtin_memcpy(p, &v, sizeof(v));
-}
-
-template <typename T>
-inline T lane_sum(typename Vec<T>::type v) {
-  T s = 0;
-  for (int64_t i = 0; i < Vec<T>::lanes; ++i) s += v[i];
-  return s;
-}
-template <typename T>
-inline T lane_sum(T v) {
-  return v;
-}
-
-template <typename T>
-void lstm_forward(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
-                  const T* bias, const T* c_prev, T* c, T* m) {
-  const VectorMath vm;
-  const ScalarMath sm;
-  for (int64_t r = 0; r < rows; ++r) {
-    T* gr = gates + r * 4 * H;
-    const T* ar = acc + r * H;
-    columns<T>(H, [&](int64_t j, auto vector) {
-      constexpr bool kV = decltype(vector)::value;
-      auto pre = [&](int q) {
-        return get<T, kV>(gr + q * H + j) + get<T, kV>(ar + q * acc_plane + j) +
-               get<T, kV>(bias + q * H + j);
-      };
-      decltype(pre(0)) i, f, g, o, cv, mv;
-      if constexpr (kV)
-        rnnkern::lstm_forward(vm, pre(0), pre(1), pre(2), pre(3),
-                              get<T, kV>(c_prev + r * H + j), i, f, g, o, cv, mv);
-      else
-        rnnkern::lstm_forward(sm, pre(0), pre(1), pre(2), pre(3),
-                              get<T, kV>(c_prev + r * H + j), i, f, g, o, cv, mv);
-      put(gr + j, i);
-      put(gr + H + j, f);
-      put(gr + 2 * H + j, g);
-      put(gr + 3 * H + j, o);
-      put(c + r * H + j, cv);
-      put(m + r * H + j, mv);
-    });
-  }
-}
-
-template <typename T>
-void lstm_backward(int64_t rows, int64_t H, const T* d, T* dc, const T* gates, const T* c,
-                   const T* c_prev, T* delta, int64_t plane, double* norm_h, double* norm_c) {
-  const VectorMath vm;
-  const ScalarMath sm;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* gr = gates + r * 4 * H;
-    T sum_h = 0, sum_c = 0;
-    columns<T>(H, [&](int64_t j, auto vector) {
-      constexpr bool kV = decltype(vector)::value;
-      const auto dv = get<T, kV>(d + r * H + j);
-      auto dcv = get<T, kV>(dc + r * H + j);
-      decltype(dcv) dc_prev, da_i, da_f, da_g, da_o;
-      const auto i = get<T, kV>(gr + j), f = get<T, kV>(gr + H + j);
-      const auto g = get<T, kV>(gr + 2 * H + j), o = get<T, kV>(gr + 3 * H + j);
-      const auto cv = get<T, kV>(c + r * H + j), cp = get<T, kV>(c_prev + r * H + j);
-      if constexpr (kV)
-        rnnkern::lstm_backward(vm, dv, i, f, g, o, cv, cp, dcv, dc_prev, da_i, da_f, da_g, da_o);
-      else
-        rnnkern::lstm_backward(sm, dv, i, f, g, o, cv, cp, dcv, dc_prev, da_i, da_f, da_g, da_o);
-      if (norm_h) sum_h += lane_sum<T>(dv * dv);
-      if (norm_c) sum_c += lane_sum<T>(dcv * dcv);
-      put(dc + r * H + j, dc_prev);
-      T* dr = delta + r * H + j;
-      put(dr, da_i);
-      put(dr + plane, da_f);
-      put(dr + 2 * plane, da_g);
-      put(dr + 3 * plane, da_o);
-    });
-    if (norm_h) norm_h[r] = std::sqrt(double(sum_h));
-    if (norm_c) norm_c[r] = std::sqrt(double(sum_c));
-  }
-}
-
-template <typename T>
-void gru_forward(int64_t rows, int64_t H, T* gates, const T* acc, int64_t acc_plane,
-                 const T* b_ih, const T* b_hh, const T* h_prev, T* hn, T* h) {
-  const VectorMath vm;
-  const ScalarMath sm;
-  for (int64_t r = 0; r < rows; ++r) {
-    T* gr = gates + r * 3 * H;
-    const T* ar = acc + r * H;
-    columns<T>(H, [&](int64_t j, auto vector) {
-      constexpr bool kV = decltype(vector)::value;
-      auto x = [&](int q) { return get<T, kV>(gr + q * H + j) + get<T, kV>(b_ih + q * H + j); };
-      auto hh = [&](int q) {
-        return get<T, kV>(ar + q * acc_plane + j) + get<T, kV>(b_hh + q * H + j);
-      };
-      const auto h_n = hh(2);
-      std::remove_const_t<decltype(h_n)> rv, zv, nv, hv;
-      if constexpr (kV)
-        rnnkern::gru_forward(vm, x(0), x(1), x(2), hh(0), hh(1), h_n,
-                             get<T, kV>(h_prev + r * H + j), rv, zv, nv, hv);
-      else
-        rnnkern::gru_forward(sm, x(0), x(1), x(2), hh(0), hh(1), h_n,
-                             get<T, kV>(h_prev + r * H + j), rv, zv, nv, hv);
-      put(gr + j, rv);
-      put(gr + H + j, zv);
-      put(gr + 2 * H + j, nv);
-      put(hn + r * H + j, h_n);
-      put(h + r * H + j, hv);
-    });
-  }
-}
-
-template <typename T>
-void gru_backward(int64_t rows, int64_t H, T* d, const T* gates, const T* hn,
-                  const T* h_prev, T* delta, int64_t plane, double* norm_h) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* gr = gates + r * 3 * H;
-    T sum_h = 0;
-    columns<T>(H, [&](int64_t j, auto vector) {
-      constexpr bool kV = decltype(vector)::value;
-      const auto dv = get<T, kV>(d + r * H + j);
-      decltype(dv + dv) da_r, da_z, da_n, dh_n, carry;
-      rnnkern::gru_backward(dv, get<T, kV>(gr + j), get<T, kV>(gr + H + j),
-                            get<T, kV>(gr + 2 * H + j), get<T, kV>(hn + r * H + j),
-                            get<T, kV>(h_prev + r * H + j), da_r, da_z, da_n, dh_n, carry);
-      if (norm_h) sum_h += lane_sum<T>(dv * dv);
-      put(d + r * H + j, carry);
-      T* dr = delta + r * H + j;
-      put(dr, da_r);
-      put(dr + plane, da_z);
-      put(dr + 2 * plane, da_n);
-      put(dr + 3 * plane, dh_n);
-    });
-    if (norm_h) norm_h[r] = std::sqrt(double(sum_h));
+// Cell C's passes as this instruction set builds them.
+template <typename T, typename C>
+void set_passes(RecurrentKernels<T>& k) {
+  if constexpr (!std::is_empty_v<PassesOf<T, C>>) {
+    k.passes.template of<C>().forward = &C::template forward_pass<T, Isa>;
+    k.passes.template of<C>().backward = &C::template backward_pass<T, Isa>;
   }
 }
 
 template <typename T>
 RecurrentKernels<T> make(const char* name) {
-  return RecurrentKernels<T>{name,          &pack<T>,           &step<T>,
-                            &scale_by_derivative<T>, &row_square_sums<T>, &row_norms<T>,
-                            &accumulate<T>, &lstm_forward<T>, &lstm_backward<T>,
-                            &gru_forward<T>, &gru_backward<T>};
+  RecurrentKernels<T> k{name,           &pack<T>,      &step<T>, &scale_by_derivative<T>,
+                        &row_square_sums<T>, &row_norms<T>, &accumulate<T>, {}};
+  for_each_cell([&](auto cell) { set_passes<T, decltype(cell)>(k); });
+  return k;
 }
 
 }  // namespace

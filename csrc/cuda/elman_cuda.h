@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "../core/cell.h"
+#include "../core/math.h"
 
 namespace rnnkern {
 namespace cuda {

@@ -1,6 +1,7 @@
-// The cells' math, written once for every backend: the Elman activation and its derivative,
-// and the gated cells' step (below).
-// The templates take scalars and GCC/Clang vector types alike (the CPU kernels pass vectors).
+// The math the cells share, written once for every backend (host and device): the
+// activations and their derivatives, and float tanh, sigmoid and exp. The cells' own step
+// formulas are in core/cells/. The templates take scalars and GCC/Clang vector types alike
+// (the CPU kernels pass vectors).
 #pragma once
 
 #include <cmath>
@@ -112,13 +113,6 @@ RNNKERN_HOST_DEVICE T activation_backward(Activation act, T d, T h) {
   return act == Activation::kTanh ? tanh_backward(d, h) : relu_backward(d, h);
 }
 
-}  // namespace rnnkern
-
-// The gated cells' step math (DESIGN.md section 1b), written once for every backend. V is a
-// scalar or a vector of lanes; M supplies sigmoid and tanh for V (ScalarMath below for
-// scalars, the CPU kernels their own for vectors).
-namespace rnnkern {
-
 // σ(a) = 1 / (1 + exp(-a)) for float, as torch computes it (torch.sigmoid: Sleef's expf),
 // tails included: exp(-a) overflows to +Inf from -a > 88.7228 (ln FLT_MAX) on, so σ is exactly
 // 0 there and for -Inf, and a denormal just above; 1 + exp(-a) rounds to 1 from a > 16.64 on.
@@ -137,6 +131,8 @@ RNNKERN_HOST_DEVICE V sigmoid_float(V a) {
   return a == a ? s : a;
 }
 
+// sigmoid and tanh of scalars for the cells' formulas (core/cells/), which take a math object:
+// this one, or the CPU kernels' own that adds vectors of lanes.
 struct ScalarMath {
   RNNKERN_HOST_DEVICE float tanh(float a) const { return activation(Activation::kTanh, a); }
   RNNKERN_HOST_DEVICE double tanh(double a) const { return ::tanh(a); }
@@ -147,63 +143,5 @@ struct ScalarMath {
 #endif
   RNNKERN_HOST_DEVICE double sigmoid(double a) const { return 1.0 / (1.0 + ::exp(-a)); }
 };
-
-// LSTM forward: pre-activations a_* (both biases included) and c_{t-1} give the gates
-// (stored for backward), c_t and m_t = o ⊙ tanh(c_t) (h_t without proj_size).
-template <typename V, typename M>
-RNNKERN_HOST_DEVICE void lstm_forward(const M& math, V a_i, V a_f, V a_g, V a_o, V c_prev,
-                                      V& i, V& f, V& g, V& o, V& c, V& m) {
-  i = math.sigmoid(a_i);
-  f = math.sigmoid(a_f);
-  g = math.tanh(a_g);
-  o = math.sigmoid(a_o);
-  c = f * c_prev + i * g;
-  m = o * math.tanh(c);
-}
-
-// LSTM backward: d = ∂L/∂m_t, dc = ∂L/∂c_t from step t+1 on entry, the whole ∂L/∂c_t on exit;
-// dc_prev = ∂L/∂c_{t-1}; da_* = ∂L/∂a_* (δ_t).
-// d = 0 contributes nothing, selected rather than multiplied: where no gradient reaches h_t
-// (a loss on c_n alone, at a sequence's last step) torch's autograd forms no product with o
-// or τ at all, while rnnkern is handed zeros, and 0 · NaN (τ or o NaN) would be NaN.
-template <typename V, typename M>
-RNNKERN_HOST_DEVICE void lstm_backward(const M& math, V d, V i, V f, V g, V o, V c, V c_prev,
-                                       V& dc, V& dc_prev, V& da_i, V& da_f, V& da_g,
-                                       V& da_o) {
-  const V zero{};
-  const V one = zero + 1;
-  const V tau = math.tanh(c);
-  const auto none = d == zero;
-  da_o = none ? zero : d * tau * o * (one - o);
-  dc = none ? dc : d * o * (one - tau * tau) + dc;
-  da_i = dc * g * i * (one - i);
-  da_g = dc * i * (one - g * g);
-  da_f = dc * c_prev * f * (one - f);
-  dc_prev = dc * f;
-}
-
-// GRU forward: x_* = x_t W_i*ᵀ + b_i*, h_* = h_{t-1} W_h*ᵀ + b_h*; the gates r, z, n and
-// h_t. h_n (the hidden part of n) is what backward needs besides the gates.
-template <typename V, typename M>
-RNNKERN_HOST_DEVICE void gru_forward(const M& math, V x_r, V x_z, V x_n, V h_r, V h_z, V h_n,
-                                     V h_prev, V& r, V& z, V& n, V& h) {
-  r = math.sigmoid(x_r + h_r);
-  z = math.sigmoid(x_z + h_z);
-  n = math.tanh(x_n + r * h_n);
-  h = ((V{} + 1) - z) * n + z * h_prev;
-}
-
-// GRU backward: d = the whole ∂L/∂h_t. da_* the input-side gradients, dh_n = da_n ⊙ r the
-// hidden side of n; carry = d ⊙ z, the part of ∂L/∂h_{t-1} that skips W_hh.
-template <typename V>
-RNNKERN_HOST_DEVICE void gru_backward(V d, V r, V z, V n, V h_n, V h_prev, V& da_r, V& da_z,
-                                      V& da_n, V& dh_n, V& carry) {
-  const V one = V{} + 1;
-  da_n = d * (one - z) * (one - n * n);
-  da_z = d * (h_prev - n) * z * (one - z);
-  da_r = da_n * h_n * r * (one - r);
-  dh_n = da_n * r;
-  carry = d * z;
-}
 
 }  // namespace rnnkern

@@ -1,0 +1,129 @@
+"""rnnkern._core's one binding pair for every cell: the cell list and its facts, the cell-name
+and nonlinearity checks, and the pointer variant against the array path for every cell."""
+
+import numpy as np
+import pytest
+
+from rnnkern import _core
+
+CELLS = _core.cells()
+
+
+def test_cells_and_their_facts():
+    assert CELLS == ["rnn", "lstm", "gru"]
+    facts = {name: _core.cell_info(name) for name in CELLS}
+    assert {n: (f["gates"], f["states"]) for n, f in facts.items()} == \
+        {"rnn": (1, 1), "lstm": (4, 2), "gru": (3, 1)}
+    assert [n for n, f in facts.items() if f["takes_nonlinearity"]] == ["rnn"]
+    assert [n for n, f in facts.items() if f["projection"]] == ["lstm"]
+    assert facts["rnn"]["saved"] == []
+    assert facts["lstm"]["saved"] == [("gates", 4, False), ("c", 1, False), ("m", 1, True)]
+    assert facts["gru"]["saved"] == [("gates", 3, False), ("hidden_n", 1, False)]
+    assert facts["gru"]["w_hh_shape"] == ("3 * hidden_size", "hidden_size")
+    assert facts["rnn"]["w_hh_shape"] == ("hidden_size", "hidden_size")
+
+
+def _problem(cell, T=4, B=3, I=5, H=6, seed=0, dtype=np.float64):
+    G = _core.cell_info(cell)["gates"]
+    rng = np.random.default_rng(seed)
+    a = {"x": rng.standard_normal((T, B, I)), "h0": rng.standard_normal((B, H)),
+         "c0": rng.standard_normal((B, H)) if cell == "lstm" else None,
+         "w_ih": rng.uniform(-0.4, 0.4, (G * H, I)), "w_hh": rng.uniform(-0.4, 0.4, (G * H, H)),
+         "b_ih": rng.uniform(-0.4, 0.4, G * H), "b_hh": rng.uniform(-0.4, 0.4, G * H),
+         "grad_y": rng.standard_normal((T, B, H)), "grad_hn": rng.standard_normal((B, H)),
+         "grad_cn": rng.standard_normal((B, H)) if cell == "lstm" else None}
+    return {k: None if v is None else np.ascontiguousarray(v, dtype) for k, v in a.items()}
+
+
+def _nonlinearity(cell):
+    return "tanh" if _core.cell_info(cell)["takes_nonlinearity"] else None
+
+
+def test_unknown_cell_names_the_known_ones():
+    p = _problem("rnn")
+    with pytest.raises(ValueError, match="cell must be one of 'rnn', 'lstm', 'gru', got 'cnn'"):
+        _core.layer_backward("cnn", p["x"], p["h0"], None, p["w_ih"], p["w_hh"], None, p["x"],
+                             (), p["grad_y"], None, None, "tanh", None, False)
+    with pytest.raises(ValueError, match="got 'LSTM'"):
+        _core.cell_info("LSTM")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_cell_without_nonlinearity_takes_only_tanh_or_none(cell):
+    p = _problem(cell)
+    args = (p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], None)
+    y_none, _ = _core.layer_forward(cell, *args, None, None, False)
+    y_tanh, _ = _core.layer_forward(cell, *args, "tanh", None, False)
+    assert np.array_equal(y_none, y_tanh)
+    with pytest.raises(ValueError, match=f"the {cell} takes no nonlinearity: it must be None "
+                                         "or 'tanh', got 'relu'"):
+        _core.layer_forward(cell, *args, "relu", None, False)
+
+
+def test_the_rnn_needs_its_nonlinearity():
+    p = _problem("rnn")
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got None"):
+        _core.layer_forward("rnn", p["x"], p["h0"], None, p["w_ih"], p["w_hh"], None, None,
+                            None, None, None, False)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_saved_must_be_what_forward_returned(cell):
+    p = _problem(cell)
+    nl = _nonlinearity(cell)
+    y, saved = _core.layer_forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"],
+                                   p["b_ih"], p["b_hh"], None, nl, None, False)
+    assert len(saved) == len(_core.cell_info(cell)["saved"]) - (cell == "lstm")
+    with pytest.raises(TypeError, match="saved must be the tuple of"):
+        _core.layer_backward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], None, y,
+                             (*saved, y), p["grad_y"], None, None, nl, None, False)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_pointer_variant_matches_the_array_path(cell, dtype, reverse):
+    p = _problem(cell, dtype=dtype, seed=3)
+    nl = _nonlinearity(cell)
+    T, B, I = p["x"].shape
+    H = p["h0"].shape[1]
+    y, saved = _core.layer_forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"],
+                                   p["b_ih"], p["b_hh"], None, nl, None, reverse)
+    grads = _core.layer_backward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], None, y,
+                                 saved, p["grad_y"], p["grad_hn"], p["grad_cn"], nl, None,
+                                 reverse, grad_norms=True)
+
+    def ptr(a):
+        return 0 if a is None else a.ctypes.data
+
+    y2 = np.empty_like(y)
+    saved2 = tuple(np.empty_like(s) for s in saved)
+    _core.layer_forward_pointers(cell, dtype is np.float64, T, B, I, H, ptr(p["x"]),
+                                 ptr(p["h0"]), ptr(p["c0"]), ptr(p["w_ih"]), ptr(p["w_hh"]),
+                                 ptr(p["b_ih"]), ptr(p["b_hh"]), ptr(y2),
+                                 [ptr(s) for s in saved2], nl, reverse)
+    assert np.array_equal(y, y2)
+    for s, s2 in zip(saved, saved2):
+        assert np.array_equal(s, s2)
+    out = [None if g is None else np.empty_like(g) for g in grads]
+    gx, gh0, gc0, gwi, gwh, gbi, gbh, _, nh, nc = out
+    _core.layer_backward_pointers(cell, dtype is np.float64, T, B, I, H, ptr(p["x"]),
+                                  ptr(p["h0"]), ptr(p["c0"]), ptr(p["w_ih"]), ptr(p["w_hh"]),
+                                  ptr(y2), [ptr(s) for s in saved2], ptr(p["grad_y"]),
+                                  ptr(p["grad_hn"]), ptr(p["grad_cn"]), ptr(gx), ptr(gh0),
+                                  ptr(gc0), ptr(gwi), ptr(gwh), ptr(gbi), ptr(gbh), ptr(nh),
+                                  ptr(nc), nl, reverse)
+    for name, want, got in zip(["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr",
+                                "norm_h", "norm_c"], grads, out):
+        assert (want is None) == (got is None), name
+        if want is not None:
+            assert np.array_equal(want, got), name
+
+
+def test_pointer_variant_checks_sizes_and_saved():
+    with pytest.raises(ValueError, match="sizes must be positive and pointers set"):
+        _core.layer_forward_pointers("gru", False, 2, 1, 1, 1, 8, 8, 0, 8, 8, 0, 0, 8, [0, 0],
+                                     None, False)
+    with pytest.raises(ValueError, match="saved must hold 2 pointers for the lstm, got 0"):
+        _core.layer_forward_pointers("lstm", False, 2, 1, 1, 1, 8, 8, 8, 8, 8, 0, 0, 8, [],
+                                     None, False)
