@@ -1,0 +1,674 @@
+"""torch-level API: one layer-direction of any cell of :mod:`rnnkern.cells` (:func:`layer`) and
+a stack of them (:func:`layers`), with today's per-cell forms as thin wrappers: :func:`rnn`,
+:func:`lstm`, :func:`gru` and :func:`rnn_layers`, :func:`lstm_layers`, :func:`gru_layers`.
+
+``rnnkern::layer_forward`` and ``rnnkern::layer_backward`` are ``torch.library.custom_op``s
+with fake (meta) implementations and a registered autograd formula, so every cell works under
+``torch.library.opcheck`` and inside ``torch.compile(fullgraph=True)``. In eager mode the same
+kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch. CPU
+tensors go to the C++ core (``rnnkern._core``), CUDA tensors to :mod:`rnnkern.gpu` (for the
+cells whose spec lists the cuda backend).
+
+What the kernels cannot do runs on the cell's autograd loop (its spec's reference, e.g.
+:mod:`rnnkern.reference`) instead, with the same results: second derivatives
+(``create_graph=True``), forward-mode AD, ``torch.func`` transforms, and tensors on the meta
+device.
+
+A layer's states are a tuple: ``(h0,)``, or the LSTM's ``(h0, c0)``; its weights are
+``w_ih, w_hh, b_ih, b_hh`` and, for a cell with a projection, ``w_hr`` (each bias and w_hr may
+be None).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.autograd.forward_ad
+from torch import Tensor
+
+from . import _core, cells, gpu
+from .numpy_api import _flag
+
+__all__ = ["layer", "layers", "layer_forward", "layer_backward", "rnn", "rnn_layers", "lstm",
+           "gru", "lstm_layers", "gru_layers"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+_STATE_NAMES = ("hx", "cx")  # what the torch classes call h0 and c0
+_GRAD_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+
+
+def _numpy(name: str, t: Optional[Tensor]):
+    """A NumPy view of t, with t's strides (the core copies only if they are not contiguous)."""
+    if t is None:
+        return None
+    if t.dtype in _FLOAT_DTYPES and t.is_cpu:
+        if t.is_neg():  # e.g. z.conj().imag: NumPy cannot view it, so resolve it (a copy)
+            t = t.resolve_neg()
+        return t.detach().numpy()
+    if t.device.type != "cpu":
+        raise RuntimeError(f"{name} must be on the CPU, got device {t.device}")
+    raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {t.dtype}")
+
+
+def _batch_sizes_numpy(batch_sizes: Optional[Tensor]):
+    if batch_sizes is None:
+        return None
+    if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise TypeError("batch_sizes must be an int64 CPU tensor, got "
+                        f"{batch_sizes.dtype} on {batch_sizes.device}")
+    return batch_sizes.contiguous().numpy()
+
+
+def _last_rows(batch_sizes: Tensor) -> Tensor:
+    """Packed row index of each sequence's last step (forward direction)."""
+    batch = int(batch_sizes[0])
+    rows = torch.arange(batch)
+    lengths = (batch_sizes.unsqueeze(0) > rows.unsqueeze(1)).sum(1)
+    offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+    return offsets[lengths - 1] + rows
+
+
+def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: bool,
+                 own: bool = True) -> Tensor:
+    """Each sequence's row of y at its own last step; a view of y unless ``own``."""
+    if batch_sizes is None:
+        h = y[0] if reverse else y[-1]
+        return h.clone() if own else h
+    if reverse:
+        return y[:batch].clone() if own else y[:batch]
+    return y[_last_rows(batch_sizes)]
+
+
+# ------------------------------------------------------------------------------ the kernels
+
+# Up to this many elements of y, a call passes data_ptr()s instead of NumPy views (see
+# _backward_small for the weight gradients' own limit).
+_SMALL_OUTPUT = 1 << 14
+
+
+def _small_sizes(x, h0, w_ih, w_hh, *others) -> Optional[Tuple[int, int, int, int]]:
+    """(T, B, I, H) when a time-major Elman call is small and all its tensors are C-contiguous
+    CPU tensors of x's kernel dtype with consistent shapes (``others``: (H,), (B, H) or
+    (T, B, H) tensors, or None), so that their data_ptr()s can go to the core; else None."""
+    if x.dim() != 3:
+        return None
+    steps, batch, features = x.shape
+    hidden = w_hh.shape[0]
+    dtype = x.dtype
+    if (not 0 < steps * batch * hidden <= _SMALL_OUTPUT or dtype not in _FLOAT_DTYPES
+            or w_hh.shape != (hidden, hidden) or w_ih.shape != (hidden, features)
+            or h0.shape != (batch, hidden)):
+        return None
+    others = [t for t in others if t is not None]
+    for t in (x, h0, w_ih, w_hh, *others):
+        if (t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()
+                or t.is_neg()):
+            return None
+    for t in others:
+        if t.shape not in ((hidden,), (batch, hidden), (steps, batch, hidden)):
+            return None
+    return steps, batch, features, hidden
+
+
+def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Optional[Tensor]:
+    """y of an Elman call that _small_sizes accepts, else None."""
+    if b_ih is not None and b_ih.dim() != 1 or b_hh is not None and b_hh.dim() != 1:
+        return None
+    sizes = _small_sizes(x, h0, w_ih, w_hh, b_ih, b_hh)
+    if sizes is None:
+        return None
+    steps, batch, features, hidden = sizes
+    dtype = x.dtype
+    y = torch.empty(steps, batch, hidden, dtype=dtype)
+    _core.layer_forward_pointers("rnn", dtype is torch.float64, steps, batch, features, hidden,
+                                 x.data_ptr(), h0.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(),
+                                 0 if b_ih is None else b_ih.data_ptr(),
+                                 0 if b_hh is None else b_hh.data_ptr(), y.data_ptr(),
+                                 nonlinearity, reverse)
+    return y
+
+
+def _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse, output_mask,
+                    grad_norms):
+    """The Elman backward for a call that _small_sizes accepts (grad_y and grad_hn made
+    contiguous), else None."""
+    if grad_y.shape != y.shape or grad_hn is not None and grad_hn.shape != h0.shape:
+        return None
+    grad_y = grad_y.contiguous()
+    grad_hn = None if grad_hn is None else grad_hn.contiguous()
+    if _small_sizes(x, h0, w_ih, w_hh, y, grad_y, grad_hn) is None or y.dim() != 3:
+        return None
+    steps, batch, features = x.shape
+    hidden = w_hh.shape[0]
+    # weight gradients of up to 256 KiB (float32) from torch's allocator, larger ones from the
+    # core's block cache (fresh large allocations are page-faulted in at every call)
+    if hidden * max(hidden, features) > 4 * _SMALL_OUTPUT:
+        return None
+    shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, (hidden,))
+    mask = (output_mask[0], output_mask[1], output_mask[3], output_mask[4], output_mask[5])
+    gx, gh0, gw_ih, gw_hh, gb = [torch.empty(shape, dtype=x.dtype) if wanted else None
+                                 for shape, wanted in zip(shapes, mask)]
+    norms = torch.empty(steps * batch, dtype=torch.float64) if grad_norms else None
+    _core.layer_backward_pointers(
+        "rnn", x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
+        h0.data_ptr(), w_ih.data_ptr(), w_hh.data_ptr(), y.data_ptr(), grad_y.data_ptr(),
+        0 if grad_hn is None else grad_hn.data_ptr(),
+        *(0 if g is None else g.data_ptr() for g in (gx, gh0, gw_ih, gw_hh, gb)),
+        0 if norms is None else norms.data_ptr(), nonlinearity, reverse)
+    grads = (gx, gh0, None, gw_ih, gw_hh, gb, None if gb is None else gb.clone(), None)
+    return grads, (norms, None)
+
+
+def _on_gpu(x: Tensor) -> bool:
+    """Whether a call goes to the CUDA loops of rnnkern.gpu (which check its arguments): x is
+    not a CPU tensor. (tests/test_cuda_on_cpu.py sends CPU tensors there too.)"""
+    return x.device.type != "cpu"
+
+
+def _state_rows(spec: cells.Cell, y: Tensor, saved: Sequence[Tensor]) -> List[Tensor]:
+    """The arrays whose rows are the states at every step: y, then (the LSTM) c_t."""
+    info = _core.cell_info(spec.name)
+    return [y] + [saved[info["saved"].index(s)] for s in spec.states[1:]]
+
+
+def _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
+             reverse, own=True):
+    """(y, final states, saved): every h_t, each sequence's last states (views of the rows
+    of y unless ``own``) and what the cell's backward reads."""
+    spec = cells.get(cell)
+    batch = states[0].shape[0]
+    if _on_gpu(x) and "cuda" in spec.backends:
+        y = gpu.forward(x, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes,
+                        reverse)
+        return y, (_final_state(y, batch, batch_sizes, reverse, own),), ()
+    if cell == "rnn" and batch_sizes is None:
+        y = _forward_small(x, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
+        if y is not None:
+            return y, (_final_state(y, batch, None, reverse, own),), ()
+    c0 = states[1] if len(states) > 1 else None
+    y, saved = _core.layer_forward(
+        cell, _numpy("input", x), _numpy("hx", states[0]), _numpy("cx", c0),
+        _numpy("w_ih", w_ih), _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
+        _numpy("w_hr", w_hr), nonlinearity, _batch_sizes_numpy(batch_sizes), reverse,
+        x_name="input", h0_name="hx", c0_name="cx")
+    y = torch.from_numpy(y)
+    saved = tuple(torch.from_numpy(a) for a in saved)
+    finals = tuple(_final_state(rows, batch, batch_sizes, reverse, own or i > 0)
+                   for i, rows in enumerate(_state_rows(spec, y, saved)))
+    return y, finals, saved
+
+
+def _backward(cell, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals, nonlinearity,
+              batch_sizes, reverse, output_mask, grad_norms=False):
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where output_mask (the same
+    eight) is False or the cell has no such input, and the (N,) float64 norms of ∂L/∂h_t
+    and (the LSTM) ∂L/∂c_t, (None, None) unless grad_norms."""
+    spec = cells.get(cell)
+    if _on_gpu(x) and "cuda" in spec.backends:
+        (gx, gh0, gw_ih, gw_hh, gb), norms = gpu.backward(
+            x, states[0], w_ih, w_hh, y, grad_y, grad_finals[0], nonlinearity, batch_sizes,
+            reverse, [output_mask[i] for i in (0, 1, 3, 4)] + [output_mask[5] or output_mask[6]],
+            grad_norms)
+        return (gx, gh0, None, gw_ih, gw_hh, gb, None if gb is None else gb.clone(), None), \
+            (norms, None)
+    if cell == "rnn" and batch_sizes is None and grad_y is not None:
+        small = _backward_small(x, states[0], w_ih, w_hh, y, grad_y, grad_finals[0],
+                                nonlinearity, reverse, output_mask, grad_norms)
+        if small is not None:
+            return small
+    c0 = states[1] if len(states) > 1 else None
+    grad_cn = grad_finals[1] if len(grad_finals) > 1 else None
+    *grads, norm_h, norm_c = _core.layer_backward(
+        cell, _numpy("input", x), _numpy("hx", states[0]), _numpy("cx", c0),
+        _numpy("w_ih", w_ih), _numpy("w_hh", w_hh), _numpy("w_hr", w_hr), _numpy("y", y),
+        [_numpy("saved", s) for s in saved], _numpy("grad_y", grad_y),
+        _numpy("grad_hn", grad_finals[0]), _numpy("grad_cn", grad_cn), nonlinearity,
+        _batch_sizes_numpy(batch_sizes), reverse, need_x=output_mask[0],
+        need_h0=output_mask[1], need_c0=output_mask[2], need_w_ih=output_mask[3],
+        need_w_hh=output_mask[4], need_bias=output_mask[5] or output_mask[6],
+        need_w_hr=output_mask[7], grad_norms=grad_norms, x_name="input", h0_name="hx",
+        c0_name="cx")
+    grads = [None if g is None else torch.from_numpy(g) for g in grads]
+    if grads[5] is not None and grads[6] is not None and grads[5] is grads[6]:
+        grads[6] = grads[6].clone()
+    norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c))
+    return tuple(grads), norms
+
+
+# ------------------------------------------------------------------------------ the custom ops
+# What torch.compile, opcheck and the dispatcher see. Absent tensors (c0 and c_n of a cell with
+# one state, an unwanted gradient) are empty tensors at the op boundary.
+
+def _empty_if_none(t, like):
+    return like.new_empty(0) if t is None else t
+
+
+def _none_if_empty(t):
+    return None if t is None or t.numel() == 0 else t
+
+
+def _saved_shapes(cell: str, lead, hidden: int, projection: bool) -> List[Tuple[int, ...]]:
+    info = _core.cell_info(cell)
+    widths = dict(info["saved_widths"])
+    names = [n for n in info["saved"] if projection or n not in info.get("projection_saved", ())]
+    return [(*lead, widths[n] * hidden) for n in names]
+
+
+@torch.library.custom_op("rnnkern::layer_forward", mutates_args=())
+def layer_forward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+                  w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                  w_hr: Optional[Tensor], nonlinearity: str, batch_sizes: Optional[Tensor],
+                  reverse: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+    """(y, h_n, c_n, saved) of one layer-direction of ``cell``: every h_t, each sequence's
+    last states (c_n empty for a cell without c), and what its backward reads."""
+    states = (h0,) if c0 is None else (h0, c0)
+    y, finals, saved = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                                batch_sizes, reverse)
+    return y, finals[0], finals[1] if len(finals) > 1 else x.new_empty(0), list(saved)
+
+
+@layer_forward.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse):
+    spec = cells.get(cell)
+    hidden = w_ih.shape[0] // spec.gate_count
+    lead = x.shape[:-1]
+    y = x.new_empty((*lead, h0.shape[-1]))
+    c_n = x.new_empty(0) if c0 is None else c0.new_empty(c0.shape)
+    saved = [x.new_empty(s) for s in _saved_shapes(cell, lead, hidden, w_hr is not None)]
+    return y, h0.new_empty(h0.shape), c_n, saved
+
+
+@torch.library.custom_op("rnnkern::layer_backward", mutates_args=())
+def layer_backward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+                   w_hh: Tensor, w_hr: Optional[Tensor], y: Tensor, saved: List[Tensor],
+                   grad_y: Tensor, grad_hn: Tensor, grad_cn: Optional[Tensor],
+                   nonlinearity: str, batch_sizes: Optional[Tensor], reverse: bool,
+                   output_mask: List[bool]) -> List[Tensor]:
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one layer-direction of ``cell``
+    given ∂L/∂y and ∂L/∂ of its last states; ``output_mask`` (the same eight) says which to
+    compute, the others come back empty."""
+    states = (h0,) if c0 is None else (h0, c0)
+    grad_finals = (grad_hn,) if c0 is None else (grad_hn, grad_cn)
+    grads, _ = _backward(cell, x, states, w_ih, w_hh, w_hr, y, tuple(saved), grad_y,
+                         grad_finals, nonlinearity, batch_sizes, reverse, output_mask)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@layer_backward.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, w_hr, y, saved, grad_y, grad_hn, grad_cn, nonlinearity,
+      batch_sizes, reverse, output_mask):
+    rows = (w_ih.shape[0],)
+    shapes = (x.shape, h0.shape, None if c0 is None else c0.shape, w_ih.shape, w_hh.shape,
+              rows, rows, None if w_hr is None else w_hr.shape)
+    return [x.new_empty(shape if want and shape is not None else (0,))
+            for shape, want in zip(shapes, output_mask)]
+
+
+def _output_mask(needs) -> List[bool]:
+    """layer_backward's output_mask from needs_input_grad of (cell, x, h0, c0, w_ih, w_hh,
+    b_ih, b_hh, w_hr, …)."""
+    return list(needs[1:9])
+
+
+def _input_grads(needs, grads):
+    """Gradients for layer_forward's twelve inputs."""
+    return (None, *(g if need else None for g, need in zip(grads, needs[1:9])), None, None,
+            None)
+
+
+def _setup_context(ctx, inputs, output):
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse = inputs
+    y, _, _, saved = output
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, batch_sizes, *saved)
+    ctx.cell, ctx.nonlinearity, ctx.reverse = cell, nonlinearity, reverse
+
+
+def _op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_saved):
+    x, h0, c0, w_ih, w_hh, w_hr, y, batch_sizes, *saved = ctx.saved_tensors
+    grads = layer_backward(ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, y, saved, grad_y, grad_hn,
+                           None if c0 is None else grad_cn, ctx.nonlinearity, batch_sizes,
+                           ctx.reverse, _output_mask(ctx.needs_input_grad))
+    return _input_grads(ctx.needs_input_grad, [_none_if_empty(g) for g in grads])
+
+
+layer_forward.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------ eager mode
+
+def _reference(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
+               reverse):
+    """(y, final states) on the cell's reference loop."""
+    return cells.get(cell).reference_layer(x, states, [w_ih, w_hh, b_ih, b_hh, w_hr],
+                                           nonlinearity, batch_sizes, reverse)
+
+
+class _EagerLayer(torch.autograd.Function):
+    """layer_forward without the custom-op dispatch, for eager mode, where the op machinery
+    would cost more than the kernel at small sizes. It can also hand the per-row gradient
+    norms of each backward to a callback (gradient-flow recording). A backward that must
+    itself be differentiable runs on the reference loop."""
+
+    @staticmethod
+    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
+                reverse, on_grad_norms):
+        states = (h0,) if c0 is None else (h0, c0)
+        y, finals, saved = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                    nonlinearity, batch_sizes, reverse)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, batch_sizes, *saved)
+        ctx.cell, ctx.nonlinearity, ctx.reverse = cell, nonlinearity, reverse
+        ctx.on_grad_norms = on_grad_norms
+        return y, finals[0], finals[1] if len(finals) > 1 else None
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn, grad_cn):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, batch_sizes, *saved = ctx.saved_tensors
+        states = (h0,) if c0 is None else (h0, c0)
+        grad_finals = (grad_hn,) if c0 is None else (grad_hn, grad_cn)
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            wanted = [i for i, need in enumerate(needs[1:9]) if need]
+            with torch.enable_grad():
+                y_ref, finals = _reference(ctx.cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                           ctx.nonlinearity, batch_sizes, ctx.reverse)
+                pairs = [(o, g) for o, g in zip((y_ref, *finals), (grad_y, *grad_finals))
+                         if g is not None]
+                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                            [g for _, g in pairs], create_graph=True,
+                                            allow_unused=True)
+            grads = [None] * 8
+            for i, g in zip(wanted, found):
+                grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+            return (None, *grads, None, None, None, None)
+        record = ctx.on_grad_norms is not None
+        grads, norms = _backward(ctx.cell, x, states, w_ih, w_hh, w_hr, y, tuple(saved),
+                                 grad_y, grad_finals, ctx.nonlinearity, batch_sizes,
+                                 ctx.reverse, _output_mask(needs), record)
+        if record:
+            ctx.on_grad_norms(*norms)
+        return _input_grads(needs, grads)[:12] + (None,)
+
+
+def _on_reference(x: Tensor) -> bool:
+    """Whether this call runs on the reference loop: forward-mode AD, a torch.func
+    transform, or the meta device, none of which the kernels can serve."""
+    return (torch.autograd.forward_ad._current_level >= 0
+            or torch._C._are_functorch_transforms_active() or x.device.type == "meta")
+
+
+def _traced(x: Tensor) -> bool:
+    """Whether a tracer or a dispatch mode sees this call (torch.jit.trace, make_fx,
+    FakeTensorMode, a tensor subclass): the kernels' eager path works on raw memory that
+    these cannot see, so the custom op (with its fake kernel) runs instead."""
+    return (torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
+            or (type(x) is not Tensor and type(x) is not torch.nn.Parameter))
+
+
+def _refuse_recording(on_grad_norms) -> None:
+    if on_grad_norms is not None:
+        raise RuntimeError("gradient-flow recording runs in eager mode only, not under "
+                           "torch.compile, a tracer or a dispatch mode")
+
+
+def _tracked(*tensors) -> bool:
+    """Whether autograd records an operation on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse,
+           on_grad_norms=None, own=True) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """(y, final states) of one layer-direction: the custom op under torch.compile or a
+    tracer, the reference loop where the kernels cannot serve, else eager. Without autograd,
+    h_n is a view of y unless ``own``."""
+    h0 = states[0]
+    c0 = states[1] if len(states) > 1 else None
+    if torch.compiler.is_compiling() or _traced(x):
+        _refuse_recording(on_grad_norms)
+        y, h_n, c_n, _ = layer_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                       nonlinearity, batch_sizes, reverse)
+        return y, (h_n,) if c0 is None else (h_n, c_n)
+    if _on_reference(x):
+        return _reference(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                          batch_sizes, reverse)
+    if _tracked(x, *states, w_ih, w_hh, b_ih, b_hh, w_hr):
+        y, h_n, c_n = _EagerLayer.apply(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                        nonlinearity, batch_sizes, reverse, on_grad_norms)
+        return y, (h_n,) if c0 is None else (h_n, c_n)
+    y, finals, _ = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                            batch_sizes, reverse, own)
+    return y, finals
+
+
+# ------------------------------------------------------------------------------ the public API
+
+def _check_tensors(**named):
+    for name, t in named.items():
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_layout(input: Tensor, batch_sizes: Optional[Tensor], reverse) -> None:
+    """input's dimensions for its layout, and reverse a real bool."""
+    dims = 3 if batch_sizes is None else 2
+    if input.dim() != dims:
+        layout = "(T, B, I)" if batch_sizes is None else "packed (N, I) with batch_sizes"
+        raise ValueError(f"input must have {dims} dimensions, {layout}; got shape "
+                         f"{tuple(input.shape)}")
+    _flag("reverse", reverse)
+
+
+def _initial_states(spec: cells.Cell, input, hx, w_ih, w_hh, w_hr, batch_sizes):
+    """hx as a tuple of the cell's states, zeros for None; a TypeError for a wrong kind."""
+    count = len(spec.states)
+    if hx is None:
+        batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
+        hidden = w_ih.shape[0] // spec.gate_count
+        width = w_hr.shape[0] if w_hr is not None else hidden
+        return (input.new_zeros(batch, width),) + tuple(
+            input.new_zeros(batch, hidden) for _ in spec.states[1:])
+    if count == 1:
+        _check_tensors(hx=hx)
+        return (hx,)
+    if (not isinstance(hx, (tuple, list)) or len(hx) != count
+            or not all(isinstance(h, Tensor) for h in hx)):
+        got = (f"({', '.join(type(h).__name__ for h in hx)})" if isinstance(hx, (tuple, list))
+               else type(hx).__name__)
+        names = ", ".join(f"{s}0" for s in spec.states)
+        raise TypeError(f"hx must be None or a tuple ({names}) of {count} torch.Tensors, "
+                        f"got {got}")
+    return tuple(hx)
+
+
+def layer(cell: str, input: Tensor, hx, w_ih: Tensor, w_hh: Tensor,
+          b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+          w_hr: Optional[Tensor] = None, nonlinearity: str = "tanh", *,
+          batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+          on_grad_norms: Optional[Callable[..., None]] = None):
+    """One layer-direction of ``cell`` (a name of :mod:`rnnkern.cells`), differentiable in
+    every tensor argument.
+
+    Args:
+        input: (T, B, I) time-major; with ``batch_sizes``, the packed (N, I) rows
+            (``PackedSequence.data``).
+        hx: the initial state (B, H), for a cell with two states the tuple (h0, c0), or None
+            for zeros.
+        w_ih, w_hh, b_ih, b_hh: the layer's weights as its torch class holds them (biases may
+            be None); w_hr: the projection of a cell that has one (the LSTM's proj_size).
+        nonlinearity: "tanh" or "relu", for the cells that take one.
+        batch_sizes: optional int64 CPU tensor (T,), non-increasing (``PackedSequence.batch_sizes``).
+        reverse: run from the last step to the first.
+        on_grad_norms: eager mode only; called at each backward with the (N,) float64 norms
+            ‖∂L/∂h_t‖₂ of every row, in the layout of output, and ‖∂L/∂c_t‖₂ (None for a cell
+            with one state) (see rnnkern.diagnostics).
+
+    Returns:
+        (output, h_n), or for a cell with two states (output, (h_n, c_n)): output (T, B, H)
+        or packed (N, H); the final states (B, H) hold each sequence's state at its own last
+        step.
+    """
+    spec = cells.get(cell)
+    _check_tensors(input=input, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
+                   batch_sizes=batch_sizes)
+    _check_layout(input, batch_sizes, reverse)
+    states = _initial_states(spec, input, hx, w_ih, w_hh, w_hr, batch_sizes)
+    y, finals = _layer(cell, input, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                       batch_sizes, reverse, on_grad_norms)
+    return y, finals[0] if len(finals) == 1 else tuple(finals)
+
+
+def layers(cell: str, input: Tensor, hx, weights: List[Tensor], num_layers: int,
+           bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0,
+           training: bool = False, batch_first: bool = False,
+           batch_sizes: Optional[Tensor] = None,
+           on_grad_norms: Optional[Callable[..., None]] = None):
+    """A stack of layers of ``cell``, as ``torch._VF.rnn_tanh``, ``lstm`` and ``gru`` compute
+    it: layer k+1 reads layer k's output, its directions concatenated, with dropout between
+    layers in training only (drawn from torch's generator in the same order as torch).
+
+    Args:
+        input: (T, B, I), (B, T, I) with ``batch_first``, or packed (N, I) with ``batch_sizes``.
+        hx: (num_layers · D, B, H), D = 2 if bidirectional else 1; for a cell with two states
+            the tuple (h0, c0) of such tensors (h0 with P columns with a projection).
+        weights: the torch class's ``_flat_weights`` order: per layer, per direction, w_ih,
+            w_hh and, if present, b_ih, b_hh and w_hr.
+        on_grad_norms: called as on_grad_norms(layer · D + direction, norm_h, norm_c) at
+            backward; see :func:`layer`. A layer-direction whose backward will not run
+            (autograd does not record it: frozen weights and an input that needs no gradient)
+            is reported at forward time as on_grad_norms(index, None, None).
+
+    Returns:
+        (output, h_n) or (output, (h_n, c_n)): output like input with H · D features; the
+        final states (num_layers · D, B, H).
+    """
+    spec = cells.get(cell)
+    hx = (hx,) if len(spec.states) == 1 else tuple(hx)
+    directions = 2 if bidirectional else 1
+    per_direction = len(weights) // (num_layers * directions)
+    has_bias = per_direction >= 4
+    has_proj = spec.projection and per_direction in (3, 5)
+    transpose = batch_first and batch_sizes is None
+    layer_input = input.transpose(0, 1) if transpose else input
+    if num_layers == 1 and directions == 1 and on_grad_norms is None:  # the shortest way
+        w = weights
+        output, finals = _layer(cell, layer_input, tuple(h[0] for h in hx), w[0], w[1],
+                                w[2] if has_bias else None, w[3] if has_bias else None,
+                                w[-1] if has_proj else None, nonlinearity, batch_sizes, False)
+        output = output.transpose(0, 1) if transpose else output
+        stacked = tuple(f.unsqueeze(0) for f in finals)
+        return output, stacked[0] if len(stacked) == 1 else stacked
+    finals = []
+    for layer_index in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer_index * directions + direction
+            w = weights[index * per_direction:(index + 1) * per_direction]
+            states = tuple(h[index] for h in hx)
+            record = None
+            if on_grad_norms is not None:
+                if _tracked(layer_input, *states, *w):
+                    record = functools.partial(on_grad_norms, index)
+                else:
+                    on_grad_norms(index, None, None)
+            out, final = _layer(cell, layer_input, states, w[0], w[1],
+                                w[2] if has_bias else None, w[3] if has_bias else None,
+                                w[-1] if has_proj else None, nonlinearity, batch_sizes,
+                                direction == 1, record, own=False)
+            outputs.append(out)
+            finals.append(final)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout > 0 and training and layer_index < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
+    output = layer_input.transpose(0, 1) if transpose else layer_input
+    stacked = tuple(torch.stack(column) for column in zip(*finals))
+    return output, stacked[0] if len(stacked) == 1 else stacked
+
+
+# The per-cell forms (today's signatures).
+
+def _norms_h(on_grad_norms):
+    """A callback for (norm_h, norm_c) that passes norm_h alone (the Elman forms)."""
+    return None if on_grad_norms is None else (lambda norm_h, norm_c=None: on_grad_norms(norm_h))
+
+
+def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+        nonlinearity: str = "tanh", *, batch_sizes: Optional[Tensor] = None,
+        reverse: bool = False, on_grad_norms: Optional[Callable[[Tensor], None]] = None
+        ) -> Tuple[Tensor, Tensor]:
+    """One Elman RNN layer in one direction: :func:`layer` with cell "rnn"; w_ih (H, I),
+    w_hh (H, H), b_ih, b_hh (H,) or None; on_grad_norms gets the (N,) norms ‖∂L/∂h_t‖₂.
+
+    Returns:
+        (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
+        at its own last step. float32 and float64; all tensors of one dtype, on the CPU or
+        on one CUDA device (batch_sizes always on the CPU).
+    """
+    return layer("rnn", input, hx, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+                 batch_sizes=batch_sizes, reverse=reverse, on_grad_norms=_norms_h(on_grad_norms))
+
+
+def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
+               bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0,
+               training: bool = False, batch_first: bool = False,
+               batch_sizes: Optional[Tensor] = None,
+               on_grad_norms: Optional[Callable[[int, Tensor], None]] = None
+               ) -> Tuple[Tensor, Tensor]:
+    """A stack of Elman layers, as ``torch._VF.rnn_tanh`` / ``rnn_relu`` compute it:
+    :func:`layers` with cell "rnn"; on_grad_norms(index, norms)."""
+    record = None if on_grad_norms is None else (
+        lambda index, norm_h, norm_c=None: on_grad_norms(index, norm_h))
+    return layers("rnn", input, hx, weights, num_layers, bidirectional, nonlinearity, dropout,
+                  training, batch_first, batch_sizes, record)
+
+
+def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,
+         b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+         w_hr: Optional[Tensor] = None, *, batch_sizes: Optional[Tensor] = None,
+         reverse: bool = False,
+         on_grad_norms: Optional[Callable[[Tensor, Tensor], None]] = None
+         ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """One LSTM layer in one direction (torch.nn.LSTM's math): :func:`layer` with cell
+    "lstm"; hx = (h0, c0) (B, H) each or None for zeros, w_ih (4H, I), w_hh (4H, H), b_ih,
+    b_hh (4H,); w_hr (P, H) for proj_size P (then h0, w_hh and the output have P columns).
+    on_grad_norms gets (‖∂L/∂h_t‖₂, ‖∂L/∂c_t‖₂) per row. Returns (output, (h_n, c_n))."""
+    return layer("lstm", input, hx, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes=batch_sizes,
+                 reverse=reverse, on_grad_norms=on_grad_norms)
+
+
+def gru(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+        batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+        on_grad_norms: Optional[Callable[[Tensor, None], None]] = None
+        ) -> Tuple[Tensor, Tensor]:
+    """One GRU layer in one direction (torch.nn.GRU's math): :func:`layer` with cell "gru";
+    w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,). on_grad_norms gets (‖∂L/∂h_t‖₂ per row,
+    None). Returns (output, h_n)."""
+    return layer("gru", input, hx, w_ih, w_hh, b_ih, b_hh, None, batch_sizes=batch_sizes,
+                 reverse=reverse, on_grad_norms=on_grad_norms)
+
+
+def lstm_layers(input: Tensor, hx: Tuple[Tensor, Tensor], weights: List[Tensor],
+                num_layers: int, bidirectional: bool, dropout: float = 0.0,
+                training: bool = False, batch_first: bool = False,
+                batch_sizes: Optional[Tensor] = None,
+                on_grad_norms: Optional[Callable[[int, Optional[Tensor], Optional[Tensor]],
+                                                 None]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """A stack of LSTM layers, as ``torch._VF.lstm`` computes it: :func:`layers` with cell
+    "lstm"; hx = (h0, c0), (num_layers · D, B, P) and (num_layers · D, B, H)."""
+    return layers("lstm", input, hx, weights, num_layers, bidirectional, "tanh", dropout,
+                  training, batch_first, batch_sizes, on_grad_norms)
+
+
+def gru_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
+               bidirectional: bool, dropout: float = 0.0, training: bool = False,
+               batch_first: bool = False, batch_sizes: Optional[Tensor] = None,
+               on_grad_norms: Optional[Callable[[int, Optional[Tensor], None], None]] = None
+               ) -> Tuple[Tensor, Tensor]:
+    """A stack of GRU layers, as ``torch._VF.gru`` computes it: :func:`layers` with cell
+    "gru"."""
+    return layers("gru", input, hx, weights, num_layers, bidirectional, "tanh", dropout,
+                  training, batch_first, batch_sizes, on_grad_norms)
