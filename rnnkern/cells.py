@@ -51,6 +51,9 @@ class Cell:
         hand_offs: per state, in the order of ``states``, what step t sends back to that
             state of step t - 1 (``{t}``), e.g. ``"it is δ_{t} W_hh: W_hh itself, not its
             transpose"``.
+        autocast_on_cpu: whether under CPU autocast the torch class returns the autocast
+            dtype for float32 input (torch's GRU returns float32 there); the module does
+            the same.
 
     Derived from these: ``gate_count``, ``state_keys`` (``hx``, ``cx``: the initial states'
     names), ``final_keys`` (``h_n``, ``c_n``), ``bptt_arguments`` (a NumPy bptt's arguments
@@ -92,6 +95,7 @@ class Cell:
     delta: str = "δ_{t}"
     error_inside: str = "in the step's derivative"
     hand_offs: Tuple[str, ...] = ()
+    autocast_on_cpu: bool = True
 
     def __post_init__(self) -> None:
         if self.recurrent not in ("dense", "diagonal"):
@@ -196,7 +200,7 @@ CELLS: Tuple[Cell, ...] = (
          summary="the GRU (reset, update and new gates)",
          delta="δ_{t} = [da_r da_z da_n]_{t}", error_inside="in a gate's derivative",
          hand_offs=("it is δ_{t} W_hh + ∂L/∂h_{t} ⊙ z_{t}, with the n block of δ_{t} "
-                    "times r_{t}",)),
+                    "times r_{t}",), autocast_on_cpu=False),
 )
 
 NAMES: Tuple[str, ...] = tuple(cell.name for cell in CELLS)

@@ -1,34 +1,42 @@
-"""torch-level API: one Elman RNN layer (:func:`rnn`) and a stack of them (:func:`rnn_layers`);
-the same for the LSTM and GRU (:func:`lstm`, :func:`gru`, :func:`lstm_layers`, :func:`gru_layers`,
-on the ops ``rnnkern::gated_forward`` / ``rnnkern::gated_backward``).
+"""torch-level API: one layer-direction of any cell of :mod:`rnnkern.cells` (:func:`layer`) and
+a stack of them (:func:`layers`), with today's per-cell forms as thin wrappers: :func:`rnn`,
+:func:`lstm`, :func:`gru` and :func:`rnn_layers`, :func:`lstm_layers`, :func:`gru_layers`.
 
-``rnnkern::rnn_forward`` and ``rnnkern::rnn_backward`` are ``torch.library.custom_op``s with
-fake (meta) implementations and a registered autograd formula, so :func:`rnn` works under
+``rnnkern::layer_forward`` and ``rnnkern::layer_backward`` are ``torch.library.custom_op``s
+with fake (meta) implementations and a registered autograd formula, so every cell works under
 ``torch.library.opcheck`` and inside ``torch.compile(fullgraph=True)``. In eager mode the same
 kernels run through a plain ``torch.autograd.Function``, which skips the op dispatch. CPU
-tensors go to the C++ core (``rnnkern._core``), CUDA tensors to :mod:`rnnkern.gpu`.
+tensors go to the C++ core (``rnnkern._core``), CUDA tensors to :mod:`rnnkern.gpu` (for the
+cells whose spec lists the cuda backend).
 
-What the kernels cannot do runs on the autograd loop of :mod:`rnnkern.reference` instead, with
-the same results: second derivatives (``create_graph=True``), forward-mode AD, ``torch.func``
-transforms, and tensors on the meta device.
+What the kernels cannot do runs on the cell's autograd loop (its spec's reference, e.g.
+:mod:`rnnkern.reference`) instead, with the same results: second derivatives
+(``create_graph=True``), forward-mode AD, ``torch.func`` transforms, and tensors on the meta
+device.
+
+A layer's states are a tuple: ``(h0,)``, or the LSTM's ``(h0, c0)``; its weights are
+``w_ih, w_hh, b_ih, b_hh`` and, for a cell with a projection, ``w_hr`` (each bias and w_hr may
+be None).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.autograd.forward_ad
 from torch import Tensor
 
-from . import _core, gpu, reference
+from . import _core, cells, gpu
 from .numpy_api import _flag
 
-__all__ = ["rnn", "rnn_layers", "rnn_forward", "rnn_backward", "lstm", "gru", "lstm_layers",
-           "gru_layers", "gated_forward", "gated_backward"]
+__all__ = ["layer", "layers", "layer_forward", "layer_backward", "rnn", "rnn_layers", "lstm",
+           "gru", "lstm_layers", "gru_layers"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_STATE_NAMES = ("hx", "cx")  # what the torch classes call h0 and c0
+_GRAD_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
 
 def _numpy(name: str, t: Optional[Tensor]):
@@ -64,7 +72,7 @@ def _last_rows(batch_sizes: Tensor) -> Tensor:
 
 def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: bool,
                  own: bool = True) -> Tensor:
-    """h_n: each sequence's state at its own last step; a view of y unless ``own``."""
+    """Each sequence's row of y at its own last step; a view of y unless ``own``."""
     if batch_sizes is None:
         h = y[0] if reverse else y[-1]
         return h.clone() if own else h
@@ -73,51 +81,101 @@ def _final_state(y: Tensor, batch: int, batch_sizes: Optional[Tensor], reverse: 
     return y[_last_rows(batch_sizes)]
 
 
-# Up to this many elements of y, _forward and _backward pass data_ptr()s instead of NumPy views
-# (see _backward_small for the weight gradients' own limit).
+# ------------------------------------------------------------------------------ the kernels
+
+# Up to this many elements of y times the gate count, a call passes data_ptr()s instead of
+# NumPy views (see _backward_small for the weight gradients' own limit).
 _SMALL_OUTPUT = 1 << 14
 
 
-def _small_sizes(x, h0, w_ih, w_hh, *others) -> Optional[Tuple[int, int, int, int]]:
-    """(T, B, I, H) when a time-major call is small and all its tensors are C-contiguous CPU
-    tensors of x's kernel dtype with consistent shapes (``others``: (H,), (B, H) or (T, B, H)
-    tensors, or None), so that their data_ptr()s can go to the core; else None."""
-    if x.dim() != 3:
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _raw(dtype: torch.dtype, *tensors: Optional[Tensor]) -> bool:
+    """Whether these tensors (None skipped) can go to the core as data_ptr()s: C-contiguous
+    CPU tensors of ``dtype``."""
+    for t in tensors:  # a loop, not all(...): this path is timed in microseconds
+        if t is not None and (t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()
+                              or t.is_neg()):
+            return False
+    return True
+
+
+def _small_sizes(spec: cells.Cell, x, states, w_ih, w_hh, w_hr
+                 ) -> Optional[Tuple[int, int, int, int]]:
+    """(T, B, I, H) when a time-major call without projection is small and its weights and
+    states have the cell's shapes, so that data_ptr()s can go to the core; else None."""
+    if x.dim() != 3 or w_hr is not None or x.dtype not in _FLOAT_DTYPES or w_ih.dim() != 2:
         return None
     steps, batch, features = x.shape
-    hidden = w_hh.shape[0]
-    dtype = x.dtype
-    if (not 0 < steps * batch * hidden <= _SMALL_OUTPUT or dtype not in _FLOAT_DTYPES
-            or w_hh.shape != (hidden, hidden) or w_ih.shape != (hidden, features)
-            or h0.shape != (batch, hidden)):
+    rows = w_ih.shape[0]
+    hidden = rows // spec.gate_count
+    if (not 0 < steps * batch * rows <= _SMALL_OUTPUT or rows != hidden * spec.gate_count
+            or w_ih.shape[1] != features
+            or w_hh.shape != ((rows, hidden) if spec.recurrent == "dense" else (rows,))):
         return None
-    others = [t for t in others if t is not None]
-    for t in (x, h0, w_ih, w_hh, *others):
-        if (t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()
-                or t.is_neg()):
-            return None
-    for t in others:
-        if t.shape not in ((hidden,), (batch, hidden), (steps, batch, hidden)):
+    for h in states:
+        if h.shape != (batch, hidden):
             return None
     return steps, batch, features, hidden
 
 
-def _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse) -> Optional[Tensor]:
-    """y for a call that _small_sizes accepts, else None."""
-    if b_ih is not None and b_ih.dim() != 1 or b_hh is not None and b_hh.dim() != 1:
+def _forward_small(spec, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, reverse
+                   ) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
+    """(y, saved) of a call that _small_sizes accepts with raw tensors, else None."""
+    sizes = _small_sizes(spec, x, states, w_ih, w_hh, w_hr)
+    if sizes is None or not _raw(x.dtype, x, *states, w_ih, w_hh, b_ih, b_hh):
         return None
-    sizes = _small_sizes(x, h0, w_ih, w_hh, b_ih, b_hh)
-    if sizes is None:
+    for b in (b_ih, b_hh):
+        if b is not None and b.shape != (w_ih.shape[0],):
+            return None
+    steps, batch, features, hidden = sizes
+    y = torch.empty(steps, batch, hidden, dtype=x.dtype)
+    saved = tuple(torch.empty(steps, batch, width * hidden, dtype=x.dtype)
+                  for _, width in _saved(spec.name, False))
+    _core.layer_forward_pointers(
+        spec.name, x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
+        states[0].data_ptr(), _ptr(states[1]) if len(states) > 1 else 0, w_ih.data_ptr(),
+        w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), y.data_ptr(), tuple(s.data_ptr() for s in saved),
+        nonlinearity, reverse)
+    return y, saved
+
+
+def _backward_small(spec, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals,
+                    nonlinearity, reverse, output_mask, grad_norms):
+    """_backward for a call that _small_sizes accepts (the incoming gradients made
+    contiguous), else None."""
+    sizes = _small_sizes(spec, x, states, w_ih, w_hh, w_hr)
+    if sizes is None or grad_y.shape != y.shape:
         return None
     steps, batch, features, hidden = sizes
-    dtype = x.dtype
-    y = torch.empty(steps, batch, hidden, dtype=dtype)
-    _core.layer_forward_pointers("rnn", dtype is torch.float64, steps, batch, features, hidden,
-                                 x.data_ptr(), h0.data_ptr(), 0, w_ih.data_ptr(),
-                                 w_hh.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(),
-                                 0 if b_hh is None else b_hh.data_ptr(), y.data_ptr(), (),
-                                 nonlinearity, reverse)
-    return y
+    rows = w_ih.shape[0]
+    # weight gradients of up to 256 KiB (float32) from torch's allocator, larger ones from the
+    # core's block cache (fresh large allocations are page-faulted in at every call)
+    if y.shape != (steps, batch, hidden) or rows * max(hidden, features) > 4 * _SMALL_OUTPUT:
+        return None
+    for g in grad_finals:
+        if g is not None and g.shape != (batch, hidden):
+            return None
+    grad_y = grad_y.contiguous()
+    grad_finals = tuple(None if g is None else g.contiguous() for g in grad_finals)
+    if not _raw(x.dtype, x, *states, w_ih, w_hh, y, *saved, grad_y, *grad_finals):
+        return None
+    two = len(states) > 1
+    shapes = (x.shape, (batch, hidden), (batch, hidden) if two else None, w_ih.shape,
+              w_hh.shape, (rows,), (rows,))
+    grads = [torch.empty(shape, dtype=x.dtype) if wanted and shape is not None else None
+             for shape, wanted in zip(shapes, output_mask)]
+    norms = tuple(torch.empty(steps * batch, dtype=torch.float64)
+                  if grad_norms and i < len(states) else None for i in range(2))
+    _core.layer_backward_pointers(
+        spec.name, x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
+        states[0].data_ptr(), _ptr(states[1]) if two else 0, w_ih.data_ptr(), w_hh.data_ptr(),
+        y.data_ptr(), tuple(s.data_ptr() for s in saved), grad_y.data_ptr(), _ptr(grad_finals[0]),
+        _ptr(grad_finals[1]) if two else 0, *(_ptr(g) for g in grads), *(_ptr(n) for n in norms),
+        nonlinearity, reverse)
+    return (*grads, None), norms
 
 
 def _on_gpu(x: Tensor) -> bool:
@@ -126,188 +184,237 @@ def _on_gpu(x: Tensor) -> bool:
     return x.device.type != "cpu"
 
 
-def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse, own=True):
-    if _on_gpu(x):
-        y = gpu.forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
-        return y, _final_state(y, h0.shape[0], batch_sizes, reverse, own)
-    if batch_sizes is None:
-        y = _forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
-        if y is not None:
-            return y, _final_state(y, h0.shape[0], None, reverse, own)
-    y = torch.from_numpy(_core.layer_forward(
-        "rnn", _numpy("input", x), _numpy("hx", h0), None, _numpy("w_ih", w_ih),
-        _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), None, nonlinearity,
-        _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx")[0])
-    return y, _final_state(y, h0.shape[0], batch_sizes, reverse, own)
+@functools.lru_cache(maxsize=None)
+def _saved(cell: str, projection: bool) -> Tuple[Tuple[str, int], ...]:
+    """The arrays a cell's forward saves for its backward: (name, width in units of H)."""
+    return tuple((name, width) for name, width, projection_only in
+                 _core.cell_info(cell)["saved"] if projection or not projection_only)
 
 
-def _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse, output_mask,
-                    grad_norms):
-    """_backward for a call that _small_sizes accepts (grad_y and grad_hn made contiguous),
-    else None."""
-    if grad_y.shape != y.shape or grad_hn is not None and grad_hn.shape != h0.shape:
-        return None
-    grad_y = grad_y.contiguous()
-    grad_hn = None if grad_hn is None else grad_hn.contiguous()
-    if _small_sizes(x, h0, w_ih, w_hh, y, grad_y, grad_hn) is None or y.dim() != 3:
-        return None
-    steps, batch, features = x.shape
-    hidden = w_hh.shape[0]
-    # weight gradients of up to 256 KiB (float32) from torch's allocator, larger ones from the
-    # core's block cache (fresh large allocations are page-faulted in at every call)
-    if hidden * max(hidden, features) > 4 * _SMALL_OUTPUT:
-        return None
-    shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, (hidden,))
-    grads = [torch.empty(shape, dtype=x.dtype) if wanted else None
-             for shape, wanted in zip(shapes, output_mask)]
-    norms = torch.empty(steps * batch, dtype=torch.float64) if grad_norms else None
-    gx, gh0, gw_ih, gw_hh, gb = (0 if g is None else g.data_ptr() for g in grads)
-    _core.layer_backward_pointers("rnn", x.dtype is torch.float64, steps, batch, features,
-                                  hidden, x.data_ptr(), h0.data_ptr(), 0, w_ih.data_ptr(),
-                                  w_hh.data_ptr(), y.data_ptr(), (), grad_y.data_ptr(),
-                                  0 if grad_hn is None else grad_hn.data_ptr(), 0, gx, gh0, 0,
-                                  gw_ih, gw_hh, gb, 0, 0 if norms is None else norms.data_ptr(),
-                                  0, nonlinearity, reverse)
+def _state_rows(spec: cells.Cell, y: Tensor, saved: Sequence[Tensor],
+                projection: bool) -> List[Tensor]:
+    """The arrays whose rows are the states at every step: y, then (the LSTM) c_t."""
+    names = [name for name, _ in _saved(spec.name, projection)]
+    return [y] + [saved[names.index(state)] for state in spec.states[1:]]
+
+
+def _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
+             reverse, own=True):
+    """(y, final states, saved): every h_t, each sequence's last states (views of the rows
+    of y unless ``own``) and what the cell's backward reads."""
+    spec = cells.get(cell)
+    batch = states[0].shape[0]
+    if _on_gpu(x) and "cuda" in spec.backends:
+        y = gpu.forward(x, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes,
+                        reverse)
+        return y, (_final_state(y, batch, batch_sizes, reverse, own),), ()
+    small = None if batch_sizes is not None else _forward_small(
+        spec, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, reverse)
+    if small is not None:
+        y, saved = small
+        finals = tuple(_final_state(rows, batch, None, reverse, own or i > 0)
+                       for i, rows in enumerate(_state_rows(spec, y, saved, False)))
+        return y, finals, saved
+    c0 = states[1] if len(states) > 1 else None
+    y, saved = _core.layer_forward(
+        cell, _numpy("input", x), _numpy("hx", states[0]), _numpy("cx", c0),
+        _numpy("w_ih", w_ih), _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh),
+        _numpy("w_hr", w_hr), nonlinearity, _batch_sizes_numpy(batch_sizes), reverse,
+        x_name="input", h0_name="hx", c0_name="cx")
+    y = torch.from_numpy(y)
+    saved = tuple(torch.from_numpy(a) for a in saved)
+    finals = tuple(_final_state(rows, batch, batch_sizes, reverse, own or i > 0)
+                   for i, rows in enumerate(_state_rows(spec, y, saved, w_hr is not None)))
+    return y, finals, saved
+
+
+def _backward(cell, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals, nonlinearity,
+              batch_sizes, reverse, output_mask, grad_norms=False):
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where output_mask (the same
+    eight) is False or the cell has no such input, and the (N,) float64 norms of ∂L/∂h_t
+    and (the LSTM) ∂L/∂c_t, (None, None) unless grad_norms."""
+    spec = cells.get(cell)
+    if _on_gpu(x) and "cuda" in spec.backends:
+        (gx, gh0, gw_ih, gw_hh, gb), norms = gpu.backward(
+            x, states[0], w_ih, w_hh, y, grad_y, grad_finals[0], nonlinearity, batch_sizes,
+            reverse, [output_mask[i] for i in (0, 1, 3, 4)] + [output_mask[5] or output_mask[6]],
+            grad_norms)
+        return (gx, gh0, None, gw_ih, gw_hh, gb, None if gb is None else gb.clone(), None), \
+            (norms, None)
+    if batch_sizes is None and grad_y is not None:
+        small = _backward_small(spec, x, states, w_ih, w_hh, w_hr, y, saved, grad_y,
+                                grad_finals, nonlinearity, reverse, output_mask, grad_norms)
+        if small is not None:
+            return small
+    c0 = states[1] if len(states) > 1 else None
+    grad_cn = grad_finals[1] if len(grad_finals) > 1 else None
+    *grads, norm_h, norm_c = _core.layer_backward(
+        cell, _numpy("input", x), _numpy("hx", states[0]), _numpy("cx", c0),
+        _numpy("w_ih", w_ih), _numpy("w_hh", w_hh), _numpy("w_hr", w_hr), _numpy("y", y),
+        tuple(_numpy("saved", s) for s in saved), _numpy("grad_y", grad_y),
+        _numpy("grad_hn", grad_finals[0]), _numpy("grad_cn", grad_cn), nonlinearity,
+        _batch_sizes_numpy(batch_sizes), reverse, need_x=output_mask[0],
+        need_h0=output_mask[1], need_c0=output_mask[2], need_w_ih=output_mask[3],
+        need_w_hh=output_mask[4], need_bias=output_mask[5] or output_mask[6],
+        need_w_hr=output_mask[7], grad_norms=grad_norms, x_name="input", h0_name="hx",
+        c0_name="cx")
+    grads = [torch.from_numpy(g) if g is not None and want else None
+             for g, want in zip(grads, output_mask)]
+    norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c))
     return tuple(grads), norms
 
 
-def _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, reverse,
-              output_mask, grad_norms=False):
-    """(x, h0, w_ih, w_hh, bias) gradients, None where output_mask is False, and the (N,)
-    float64 norms of the whole gradient reaching each row's h_t (None unless grad_norms)."""
-    if _on_gpu(x):
-        return gpu.backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes,
-                            reverse, output_mask, grad_norms)
-    if batch_sizes is None and grad_y is not None:
-        small = _backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, reverse,
-                                output_mask, grad_norms)
-        if small is not None:
-            return small
-    need_x, need_h0, need_w_ih, need_w_hh, need_bias = output_mask
-    gx, gh0, _, gw_ih, gw_hh, gb, _, _, norms, _ = _core.layer_backward(
-        "rnn", _numpy("input", x), _numpy("hx", h0), None, _numpy("w_ih", w_ih),
-        _numpy("w_hh", w_hh), None, _numpy("y", y), (), _numpy("grad_y", grad_y),
-        _numpy("grad_hn", grad_hn), None, nonlinearity, _batch_sizes_numpy(batch_sizes),
-        reverse, need_x=need_x, need_h0=need_h0, need_c0=False, need_w_ih=need_w_ih,
-        need_w_hh=need_w_hh, need_bias=need_bias, need_w_hr=False, grad_norms=grad_norms,
-        x_name="input", h0_name="hx")
-    grads = tuple(None if g is None else torch.from_numpy(g)
-                  for g in (gx, gh0, gw_ih, gw_hh, gb))
-    return grads, None if norms is None else torch.from_numpy(norms)
+# ------------------------------------------------------------------------------ the custom ops
+# What torch.compile, opcheck and the dispatcher see. Absent tensors (c0 and c_n of a cell with
+# one state, an unwanted gradient) are empty tensors at the op boundary.
+
+def _empty_if_none(t, like):
+    return like.new_empty(0) if t is None else t
 
 
-def _output_mask(needs_input_grad) -> List[bool]:
-    need = needs_input_grad
-    return [need[0], need[1], need[2], need[3], need[4] or need[5]]
+def _none_if_empty(t):
+    return None if t is None or t.numel() == 0 else t
 
 
-def _input_grads(needs_input_grad, grads):
-    """Gradients for the nine inputs of rnn_forward from the five backward results."""
-    need = needs_input_grad
-    gx, gh0, gw_ih, gw_hh, gb = grads
-    return (gx if need[0] else None, gh0 if need[1] else None, gw_ih if need[2] else None,
-            gw_hh if need[3] else None, gb if need[4] else None,
-            (gb.clone() if need[4] else gb) if need[5] else None, None, None, None)
+def _saved_shapes(cell: str, lead, hidden: int, projection: bool) -> List[Tuple[int, ...]]:
+    return [(*lead, width * hidden) for _, width in _saved(cell, projection)]
 
 
-# The custom ops: what torch.compile, opcheck and the dispatcher see.
-
-@torch.library.custom_op("rnnkern::rnn_forward", mutates_args=())
-def rnn_forward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                b_hh: Optional[Tensor], nonlinearity: str, batch_sizes: Optional[Tensor],
-                reverse: bool) -> Tuple[Tensor, Tensor]:
-    """(y, h_n) of one layer-direction: every hidden state, and each sequence's last one."""
-    return _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
-
-
-@rnn_forward.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse):
-    return x.new_empty((*x.shape[:-1], w_hh.shape[0])), h0.new_empty(h0.shape)
-
-
-@torch.library.custom_op("rnnkern::rnn_backward", mutates_args=())
-def rnn_backward(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor, grad_y: Tensor,
-                 grad_hn: Tensor, nonlinearity: str, batch_sizes: Optional[Tensor],
-                 reverse: bool, output_mask: List[bool]
-                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, h0, w_ih, w_hh, bias) of one layer-direction given ∂L/∂y and ∂L/∂h_n.
-
-    ``output_mask`` says which of the five to compute; the others come back empty.
-    """
-    grads, _ = _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes,
-                         reverse, output_mask)
-    return tuple(x.new_empty(0) if g is None else g for g in grads)
+@torch.library.custom_op("rnnkern::layer_forward", mutates_args=())
+def layer_forward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+                  w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                  w_hr: Optional[Tensor], nonlinearity: Optional[str],
+                  batch_sizes: Optional[Tensor],
+                  reverse: bool) -> Tuple[Tensor, Tensor, Tensor, List[Tensor]]:
+    """(y, h_n, c_n, saved) of one layer-direction of ``cell``: every h_t, each sequence's
+    last states (c_n empty for a cell without c), and what its backward reads."""
+    states = (h0,) if c0 is None else (h0, c0)
+    y, finals, saved = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                                batch_sizes, reverse)
+    return y, finals[0], finals[1] if len(finals) > 1 else x.new_empty(0), list(saved)
 
 
-@rnn_backward.register_fake
-def _(x, h0, w_ih, w_hh, y, grad_y, grad_hn, nonlinearity, batch_sizes, reverse, output_mask):
-    shapes = (x.shape, h0.shape, w_ih.shape, w_hh.shape, (w_hh.shape[0],))
-    return tuple(x.new_empty(shape if wanted else (0,))
-                 for shape, wanted in zip(shapes, output_mask))
+@layer_forward.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse):
+    spec = cells.get(cell)
+    hidden = w_ih.shape[0] // spec.gate_count
+    lead = x.shape[:-1]
+    y = x.new_empty((*lead, h0.shape[-1]))
+    c_n = x.new_empty(0) if c0 is None else c0.new_empty(c0.shape)
+    saved = [x.new_empty(s) for s in _saved_shapes(cell, lead, hidden, w_hr is not None)]
+    return y, h0.new_empty(h0.shape), c_n, saved
+
+
+@torch.library.custom_op("rnnkern::layer_backward", mutates_args=())
+def layer_backward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+                   w_hh: Tensor, w_hr: Optional[Tensor], y: Tensor, saved: List[Tensor],
+                   grad_y: Tensor, grad_hn: Tensor, grad_cn: Optional[Tensor],
+                   nonlinearity: Optional[str], batch_sizes: Optional[Tensor], reverse: bool,
+                   output_mask: List[bool]) -> List[Tensor]:
+    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one layer-direction of ``cell``
+    given ∂L/∂y and ∂L/∂ of its last states; ``output_mask`` (the same eight) says which to
+    compute, the others come back empty."""
+    states = (h0,) if c0 is None else (h0, c0)
+    grad_finals = (grad_hn,) if c0 is None else (grad_hn, grad_cn)
+    grads, _ = _backward(cell, x, states, w_ih, w_hh, w_hr, y, tuple(saved), grad_y,
+                         grad_finals, nonlinearity, batch_sizes, reverse, output_mask)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@layer_backward.register_fake
+def _(cell, x, h0, c0, w_ih, w_hh, w_hr, y, saved, grad_y, grad_hn, grad_cn, nonlinearity,
+      batch_sizes, reverse, output_mask):
+    rows = (w_ih.shape[0],)
+    shapes = (x.shape, h0.shape, None if c0 is None else c0.shape, w_ih.shape, w_hh.shape,
+              rows, rows, None if w_hr is None else w_hr.shape)
+    return [x.new_empty(shape if want and shape is not None else (0,))
+            for shape, want in zip(shapes, output_mask)]
+
+
+def _output_mask(needs) -> List[bool]:
+    """layer_backward's output_mask from needs_input_grad of (cell, x, h0, c0, w_ih, w_hh,
+    b_ih, b_hh, w_hr, …)."""
+    return list(needs[1:9])
+
+
+def _input_grads(needs, grads):
+    """Gradients for layer_forward's twelve inputs."""
+    return (None, *(g if need else None for g, need in zip(grads, needs[1:9])), None, None,
+            None)
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse = inputs
-    ctx.save_for_backward(x, h0, w_ih, w_hh, output[0], batch_sizes)
-    ctx.nonlinearity = nonlinearity
-    ctx.reverse = reverse
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse = inputs
+    y, _, _, saved = output
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, batch_sizes, *saved)
+    ctx.cell, ctx.nonlinearity, ctx.reverse = cell, nonlinearity, reverse
 
 
-def _op_backward(ctx, grad_y, grad_hn):
-    x, h0, w_ih, w_hh, y, batch_sizes = ctx.saved_tensors
-    grads = rnn_backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, ctx.nonlinearity, batch_sizes,
-                         ctx.reverse, _output_mask(ctx.needs_input_grad))
-    return _input_grads(ctx.needs_input_grad, grads)
+def _op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_saved):
+    x, h0, c0, w_ih, w_hh, w_hr, y, batch_sizes, *saved = ctx.saved_tensors
+    grads = layer_backward(ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, y, saved, grad_y, grad_hn,
+                           None if c0 is None else grad_cn, ctx.nonlinearity, batch_sizes,
+                           ctx.reverse, _output_mask(ctx.needs_input_grad))
+    return _input_grads(ctx.needs_input_grad, [_none_if_empty(g) for g in grads])
 
 
-rnn_forward.register_autograd(_op_backward, setup_context=_setup_context)
+layer_forward.register_autograd(_op_backward, setup_context=_setup_context)
 
 
-def _reference_grads(ctx, grad_y, grad_hn):
-    """The backward as autograd ops on the reference loop: differentiable again
-    (``create_graph=True``), at the reference's speed."""
-    x, h0, w_ih, w_hh, b_ih, b_hh, _, batch_sizes = ctx.saved_tensors
-    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
-    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
-    with torch.enable_grad():
-        y, h_n = reference.rnn(x, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity,
-                               batch_sizes=batch_sizes, reverse=ctx.reverse)
-        found = torch.autograd.grad((y, h_n), [inputs[i] for i in wanted], (grad_y, grad_hn),
-                                    create_graph=True, allow_unused=True)
-    grads = [None] * 6
-    for i, g in zip(wanted, found):
-        grads[i] = torch.zeros_like(inputs[i]) if g is None else g
-    return (*grads, None, None, None, None)
+# ------------------------------------------------------------------------------ eager mode
+
+def _reference(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
+               reverse):
+    """(y, final states) on the cell's reference loop."""
+    return cells.get(cell).reference_layer(x, states, [w_ih, w_hh, b_ih, b_hh, w_hr],
+                                           nonlinearity, batch_sizes, reverse)
 
 
-class _EagerRNN(torch.autograd.Function):
-    """The same forward and backward without the custom-op dispatch, for eager mode, where
-    the op machinery would cost more than the kernel at small sizes. It can also hand the
-    per-row gradient norms of each backward to a callback (gradient-flow recording).
-    A backward that must itself be differentiable runs on the reference loop."""
+class _EagerLayer(torch.autograd.Function):
+    """layer_forward without the custom-op dispatch, for eager mode, where the op machinery
+    would cost more than the kernel at small sizes. It can also hand the per-row gradient
+    norms of each backward to a callback (gradient-flow recording). A backward that must
+    itself be differentiable runs on the reference loop."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
-                on_grad_norms):
-        y, h_n = _forward(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, batch_sizes)
-        ctx.nonlinearity = nonlinearity
-        ctx.reverse = reverse
+    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
+                reverse, on_grad_norms):
+        states = (h0,) if c0 is None else (h0, c0)
+        y, finals, saved = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                    nonlinearity, batch_sizes, reverse)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, batch_sizes, *saved)
+        ctx.cell, ctx.nonlinearity, ctx.reverse = cell, nonlinearity, reverse
         ctx.on_grad_norms = on_grad_norms
-        return y, h_n
+        return y, finals[0], finals[1] if len(finals) > 1 else None
 
     @staticmethod
-    def backward(ctx, grad_y, grad_hn):
-        if torch.is_grad_enabled():  # create_graph=True
-            return _reference_grads(ctx, grad_y, grad_hn)
-        x, h0, w_ih, w_hh, _, _, y, batch_sizes = ctx.saved_tensors
+    def backward(ctx, grad_y, grad_hn, grad_cn):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, batch_sizes, *saved = ctx.saved_tensors
+        states = (h0,) if c0 is None else (h0, c0)
+        grad_finals = (grad_hn,) if c0 is None else (grad_hn, grad_cn)
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            wanted = [i for i, need in enumerate(needs[1:9]) if need]
+            with torch.enable_grad():
+                y_ref, finals = _reference(ctx.cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                           ctx.nonlinearity, batch_sizes, ctx.reverse)
+                pairs = [(o, g) for o, g in zip((y_ref, *finals), (grad_y, *grad_finals))
+                         if g is not None]
+                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                            [g for _, g in pairs], create_graph=True,
+                                            allow_unused=True)
+            grads = [None] * 8
+            for i, g in zip(wanted, found):
+                grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+            return (None, *grads, None, None, None, None)
         record = ctx.on_grad_norms is not None
-        grads, norms = _backward(x, h0, w_ih, w_hh, y, grad_y, grad_hn, ctx.nonlinearity,
-                                 batch_sizes, ctx.reverse, _output_mask(ctx.needs_input_grad),
-                                 record)
+        grads, norms = _backward(ctx.cell, x, states, w_ih, w_hh, w_hr, y, tuple(saved),
+                                 grad_y, grad_finals, ctx.nonlinearity, batch_sizes,
+                                 ctx.reverse, _output_mask(needs), record)
         if record:
-            ctx.on_grad_norms(norms)
-        return (*_input_grads(ctx.needs_input_grad, grads), None)
+            ctx.on_grad_norms(*norms)
+        return _input_grads(needs, grads)[:12] + (None,)
 
 
 def _on_reference(x: Tensor) -> bool:
@@ -336,333 +443,31 @@ def _tracked(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
-           on_grad_norms=None, own=True) -> Tuple[Tensor, Tensor]:
-    """(y, h_n) of one layer-direction: the custom op under torch.compile, the reference loop
-    where the kernels cannot serve, else eager. Without autograd, h_n is a view of y unless
-    ``own``."""
-    args = (x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse)
+def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse,
+           on_grad_norms=None, own=True) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """(y, final states) of one layer-direction: the custom op under torch.compile or a
+    tracer, the reference loop where the kernels cannot serve, else eager. Without autograd,
+    h_n is a view of y unless ``own``."""
+    h0 = states[0]
+    c0 = states[1] if len(states) > 1 else None
     if torch.compiler.is_compiling() or _traced(x):
         _refuse_recording(on_grad_norms)
-        return rnn_forward(*args)
+        y, h_n, c_n, _ = layer_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                       nonlinearity, batch_sizes, reverse)
+        return y, (h_n,) if c0 is None else (h_n, c_n)
     if _on_reference(x):
-        return reference.rnn(*args[:6], nonlinearity, batch_sizes=batch_sizes, reverse=reverse)
-    if _tracked(x, h0, w_ih, w_hh, b_ih, b_hh):
-        return _EagerRNN.apply(*args, on_grad_norms)
-    return _forward(*args, own=own)
+        return _reference(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                          batch_sizes, reverse)
+    if _tracked(x, *states, w_ih, w_hh, b_ih, b_hh, w_hr):
+        y, h_n, c_n = _EagerLayer.apply(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                        nonlinearity, batch_sizes, reverse, on_grad_norms)
+        return y, (h_n,) if c0 is None else (h_n, c_n)
+    y, finals, _ = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                            batch_sizes, reverse, own)
+    return y, finals
 
 
-def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-        nonlinearity: str = "tanh", *, batch_sizes: Optional[Tensor] = None,
-        reverse: bool = False, on_grad_norms: Optional[Callable[[Tensor], None]] = None
-        ) -> Tuple[Tensor, Tensor]:
-    """One Elman RNN layer in one direction, differentiable in every tensor argument.
-
-    Args:
-        input: (T, B, I) time-major; with ``batch_sizes``, the packed (N, I) rows
-            (``PackedSequence.data``).
-        hx: (B, H) initial state, or None for zeros.
-        w_ih: (H, I). w_hh: (H, H). b_ih, b_hh: (H,) or None.
-        nonlinearity: "tanh" or "relu".
-        batch_sizes: optional int64 CPU tensor (T,), non-increasing (``PackedSequence.batch_sizes``).
-        reverse: run from the last step to the first.
-        on_grad_norms: eager mode only; called at each backward with the (N,) float64 norms
-            ‖∂L/∂h_t‖₂ of every row, in the layout of output (see rnnkern.diagnostics).
-
-    Returns:
-        (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
-        at its own last step. float32 and float64; all tensors of one dtype, on the CPU or
-        on one CUDA device (batch_sizes always on the CPU).
-    """
-    _check_tensors(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                   batch_sizes=batch_sizes)
-    _check_layout(input, batch_sizes, reverse)
-    if hx is None:
-        batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
-        hx = input.new_zeros(batch, w_hh.shape[0])
-    return _layer(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes, reverse,
-                  on_grad_norms)
-
-
-def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
-               bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0,
-               training: bool = False, batch_first: bool = False,
-               batch_sizes: Optional[Tensor] = None,
-               on_grad_norms: Optional[Callable[[int, Tensor], None]] = None
-               ) -> Tuple[Tensor, Tensor]:
-    """A stack of Elman layers, as ``torch._VF.rnn_tanh`` / ``rnn_relu`` compute it.
-
-    Args:
-        input: (T, B, I), (B, T, I) with ``batch_first``, or packed (N, I) with ``batch_sizes``.
-        hx: (num_layers · D, B, H), D = 2 if bidirectional else 1.
-        weights: ``torch.nn.RNN._flat_weights`` order: per layer, per direction,
-            w_ih, w_hh and, if present, b_ih, b_hh.
-        dropout, training: dropout on each layer's output but the last, in training only,
-            drawn from torch's generator in the same order as torch.nn.RNN.
-        on_grad_norms: called as on_grad_norms(layer · D + direction, norms) at backward;
-            see :func:`rnn`. A layer-direction whose backward will not run (autograd does not
-            record it: frozen weights and an input that needs no gradient) is reported at
-            forward time as on_grad_norms(index, None).
-
-    Returns:
-        (output, h_n): output like input with H · D features; h_n (num_layers · D, B, H).
-    """
-    directions = 2 if bidirectional else 1
-    per_direction = len(weights) // (num_layers * directions)
-    if num_layers == 1 and directions == 1 and on_grad_norms is None:  # the shortest way
-        transpose = batch_first and batch_sizes is None
-        b_ih, b_hh = (weights[2], weights[3]) if per_direction == 4 else (None, None)
-        output, h = _layer(input.transpose(0, 1) if transpose else input, hx[0], weights[0],
-                           weights[1], b_ih, b_hh, nonlinearity, batch_sizes, False)
-        return output.transpose(0, 1) if transpose else output, h.unsqueeze(0)
-
-    def run(layer_input, index, w, reverse, record):
-        b_ih, b_hh = (w[2], w[3]) if per_direction == 4 else (None, None)
-        return _layer(layer_input, hx[index], w[0], w[1], b_ih, b_hh, nonlinearity,
-                      batch_sizes, reverse, record, own=False)
-
-    output, finals = _layer_stack(input, weights, num_layers, directions, dropout, training,
-                                  batch_first, batch_sizes, on_grad_norms, (None,),
-                                  lambda index: (hx[index],), run)
-    return output, torch.stack([h for h, in finals])
-
-
-def _layer_stack(input, weights, num_layers, directions, dropout, training, batch_first,
-                 batch_sizes, on_grad_norms, no_norms, initial, run):
-    """torch's stack of layer-directions (as _VF.rnn_tanh, _VF.lstm and _VF.gru compute it):
-    layer k+1 reads layer k's output, its directions concatenated, with dropout between layers
-    in training only.
-
-    ``run(layer_input, index, w, reverse, record)`` runs layer-direction ``index`` on its slice
-    ``w`` of ``weights`` and returns (output, *final states); ``record`` is its on_grad_norms
-    callback or None. ``initial(index)``: its initial states. A layer-direction whose backward
-    will not run is reported at once as on_grad_norms(index, *no_norms).
-
-    Returns (output, finals): finals[index] holds the final states of that layer-direction.
-    """
-    per_direction = len(weights) // (num_layers * directions)
-    transpose = batch_first and batch_sizes is None
-    layer_input = input.transpose(0, 1) if transpose else input
-    finals = []
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(directions):
-            index = layer * directions + direction
-            w = weights[index * per_direction:(index + 1) * per_direction]
-            record = None
-            if on_grad_norms is not None:
-                if _tracked(layer_input, *initial(index), *w):
-                    record = functools.partial(on_grad_norms, index)
-                else:
-                    on_grad_norms(index, *no_norms)
-            out, *states = run(layer_input, index, w, direction == 1, record)
-            outputs.append(out)
-            finals.append(states)
-        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
-        if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
-    return (layer_input.transpose(0, 1) if transpose else layer_input), finals
-
-
-
-# The gated cells (DESIGN.md section 1b): one op set parametrised by cell, "lstm" or "gru".
-# The LSTM's c0 / c_n / grad_cn are None (empty for the ops) for the GRU.
-
-_GATES = {"lstm": 4, "gru": 3}
-
-
-def _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                   own=True):
-    """(y, h_n, c_n, state, gates, m): state, gates and m (the LSTM's o ⊙ tanh(c_t) with
-    proj_size, else None) are what backward reads (see rnnkern.numpy_api); c_n is None for
-    the GRU."""
-    y, saved = _core.layer_forward(
-        cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
-        _numpy("w_hh", w_hh), _numpy("b_ih", b_ih), _numpy("b_hh", b_hh), _numpy("w_hr", w_hr),
-        None, _batch_sizes_numpy(batch_sizes), reverse, x_name="input", h0_name="hx",
-        c0_name="cx")
-    y = torch.from_numpy(y)
-    gates, state, *m = (torch.from_numpy(a) for a in saved)
-    batch = h0.shape[0]
-    h_n = _final_state(y, batch, batch_sizes, reverse, own)
-    c_n = _final_state(state, batch, batch_sizes, reverse) if cell == "lstm" else None
-    return y, h_n, c_n, state, gates, m[0] if m else None
-
-
-def _gated_backward(cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, grad_y, grad_hn,
-                    grad_cn, batch_sizes, reverse, output_mask, grad_norms=False):
-    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where output_mask (x, h0,
-    c0, w_ih, w_hh, bias, w_hr) is False, and the (N,) float64 norms of ∂L/∂h_t and (LSTM)
-    ∂L/∂c_t."""
-    saved = (_numpy("gates", gates), _numpy("state", state))
-    if w_hr is not None:
-        saved += (_numpy("m", m),)
-    *grads, norm_h, norm_c = _core.layer_backward(
-        cell, _numpy("input", x), _numpy("hx", h0), _numpy("cx", c0), _numpy("w_ih", w_ih),
-        _numpy("w_hh", w_hh), _numpy("w_hr", w_hr), _numpy("y", y), saved,
-        _numpy("grad_y", grad_y), _numpy("grad_hn", grad_hn), _numpy("grad_cn", grad_cn), None,
-        _batch_sizes_numpy(batch_sizes), reverse, *output_mask, grad_norms,
-        x_name="input", h0_name="hx", c0_name="cx")
-    grads = tuple(None if g is None else torch.from_numpy(g) for g in grads)
-    norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c))
-    return grads, norms
-
-
-def _gated_mask(needs):
-    """output_mask for the inputs (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, …)."""
-    return [needs[1], needs[2], needs[3], needs[4], needs[5], needs[6] or needs[7], needs[8]]
-
-
-def _gated_input_grads(needs, grads):
-    return (None, *(g if need else None for g, need in zip(grads, needs[1:9])), None, None)
-
-
-def _empty_if_none(t, like):
-    return like.new_empty(0) if t is None else t
-
-
-def _none_if_empty(t):
-    return None if t is None or t.numel() == 0 else t
-
-
-@torch.library.custom_op("rnnkern::gated_forward", mutates_args=())
-def gated_forward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
-                  w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-                  w_hr: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool
-                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, h_n, c_n, state, gates, m) of one LSTM or GRU layer-direction; c_n is empty for
-    the GRU, m without w_hr (the LSTM's proj_size); state, gates and m are saved for
-    backward."""
-    y, h_n, c_n, state, gates, m = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                                  w_hr, batch_sizes, reverse)
-    return y, h_n, _empty_if_none(c_n, x), state, gates, _empty_if_none(m, x)
-
-
-@gated_forward.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-    hidden = w_hh.shape[0] // _GATES[cell]
-    lead = x.shape[:-1]
-    y = x.new_empty((*lead, w_hh.shape[1]))
-    c_n = x.new_empty(0) if c0 is None else c0.new_empty(c0.shape)
-    m = x.new_empty(0) if w_hr is None else x.new_empty((*lead, hidden))
-    return (y, h0.new_empty(h0.shape), c_n, x.new_empty((*lead, hidden)),
-            x.new_empty((*lead, w_hh.shape[0])), m)
-
-
-@torch.library.custom_op("rnnkern::gated_backward", mutates_args=())
-def gated_backward(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
-                   w_hh: Tensor, w_hr: Optional[Tensor], y: Tensor, state: Tensor,
-                   gates: Tensor, m: Optional[Tensor], grad_y: Tensor, grad_hn: Tensor,
-                   grad_cn: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool,
-                   output_mask: List[bool]
-                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one layer-direction;
-    ``output_mask`` (x, h0, c0, w_ih, w_hh, bias, w_hr) says which to compute, the others
-    come back empty."""
-    grads, _ = _gated_backward(cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, grad_y,
-                               grad_hn, grad_cn, batch_sizes, reverse, output_mask)
-    return tuple(x.new_empty(0) if g is None else g for g in grads)
-
-
-@gated_backward.register_fake
-def _(cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, grad_y, grad_hn, grad_cn,
-      batch_sizes, reverse, output_mask):
-    wanted = [*output_mask[:5], output_mask[5], output_mask[5], output_mask[6]]
-    wanted[2] = wanted[2] and c0 is not None
-    wanted[7] = wanted[7] and w_hr is not None
-    shapes = (x.shape, h0.shape, () if c0 is None else c0.shape, w_ih.shape, w_hh.shape,
-              (w_hh.shape[0],), (w_hh.shape[0],), () if w_hr is None else w_hr.shape)
-    return tuple(x.new_empty(shape if want else (0,)) for shape, want in zip(shapes, wanted))
-
-
-def _gated_setup_context(ctx, inputs, output):
-    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = inputs
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, output[0], output[3], output[4],
-                          output[5], batch_sizes)
-    ctx.cell = cell
-    ctx.reverse = reverse
-
-
-def _gated_op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_state, _grad_gates, _grad_m):
-    x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m, batch_sizes = ctx.saved_tensors
-    grads = gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates,
-                           None if w_hr is None else m, grad_y, grad_hn,
-                           grad_cn if ctx.cell == "lstm" else None, batch_sizes, ctx.reverse,
-                           _gated_mask(ctx.needs_input_grad))
-    return _gated_input_grads(ctx.needs_input_grad, grads)
-
-
-gated_forward.register_autograd(_gated_op_backward, setup_context=_gated_setup_context)
-
-
-def _gated_reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-    """(y, h_n, c_n) on the reference loop (c_n None for the GRU)."""
-    if cell == "lstm":
-        y, (h_n, c_n) = reference.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr,
-                                       batch_sizes=batch_sizes, reverse=reverse)
-        return y, h_n, c_n
-    y, h_n = reference.gru(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes=batch_sizes,
-                           reverse=reverse)
-    return y, h_n, None
-
-
-class _EagerGated(torch.autograd.Function):
-    """The gated op without the custom-op dispatch, for eager mode (see _EagerRNN). The
-    GRU's c0 and c_n are None. on_grad_norms gets (norm_h, norm_c) at each backward."""
-
-    @staticmethod
-    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                on_grad_norms):
-        y, h_n, c_n, state, gates, m = _gated_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                                      w_hr, batch_sizes, reverse)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, state, gates, m,
-                              batch_sizes)
-        ctx.cell, ctx.reverse, ctx.on_grad_norms = cell, reverse, on_grad_norms
-        return y, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_hn, grad_cn):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, state, gates, m, batch_sizes = \
-            ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-            wanted = [i for i, need in enumerate(ctx.needs_input_grad[1:9]) if need]
-            with torch.enable_grad():
-                out = _gated_reference(ctx.cell, *inputs, batch_sizes, ctx.reverse)
-                pairs = [(o, g) for o, g in zip(out, (grad_y, grad_hn, grad_cn)) if o is not None]
-                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
-                                            [g for _, g in pairs], create_graph=True,
-                                            allow_unused=True)
-            grads = [None] * 8
-            for i, g in zip(wanted, found):
-                grads[i] = torch.zeros_like(inputs[i]) if g is None else g
-            return (None, *grads, None, None, None)
-        record = ctx.on_grad_norms is not None
-        grads, norms = _gated_backward(ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates,
-                                       m, grad_y, grad_hn, grad_cn, batch_sizes, ctx.reverse,
-                                       _gated_mask(ctx.needs_input_grad), record)
-        if record:
-            ctx.on_grad_norms(*norms)
-        return (*_gated_input_grads(ctx.needs_input_grad, grads), None)
-
-
-def _gated_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse,
-                 on_grad_norms=None, own=True):
-    """(y, h_n, c_n) of one layer-direction, chosen as _layer chooses (c_n None for the GRU;
-    w_hr: the LSTM's proj_size, or None)."""
-    args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-    if torch.compiler.is_compiling() or _traced(x):
-        _refuse_recording(on_grad_norms)
-        y, h_n, c_n, _, _, _ = gated_forward(*args)
-        return y, h_n, c_n if cell == "lstm" else None
-    if _on_reference(x):
-        return _gated_reference(*args[:9], batch_sizes, reverse)
-    if _tracked(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-        return _EagerGated.apply(*args, on_grad_norms)
-    y, h_n, c_n, _, _, _ = _gated_forward(*args, own=own)
-    return y, h_n, c_n
-
+# ------------------------------------------------------------------------------ the public API
 
 def _check_tensors(**named):
     for name, t in named.items():
@@ -680,35 +485,206 @@ def _check_layout(input: Tensor, batch_sizes: Optional[Tensor], reverse) -> None
     _flag("reverse", reverse)
 
 
+_WORDS = {2: "two", 3: "three"}
+
+
+def _initial_states(spec: cells.Cell, input, hx, w_ih, w_hh, w_hr, batch_sizes):
+    """hx as a tuple of the cell's states, zeros for None; a TypeError for a wrong kind."""
+    count = len(spec.states)
+    if hx is None:
+        batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
+        hidden = w_ih.shape[0] // spec.gate_count
+        width = w_hr.shape[0] if w_hr is not None else hidden
+        return (input.new_zeros(batch, width),) + tuple(
+            input.new_zeros(batch, hidden) for _ in spec.states[1:])
+    if count == 1:
+        _check_tensors(hx=hx)
+        return (hx,)
+    if (not isinstance(hx, (tuple, list)) or len(hx) != count
+            or not all(isinstance(h, Tensor) for h in hx)):
+        got = (f"({', '.join(type(h).__name__ for h in hx)})" if isinstance(hx, (tuple, list))
+               else type(hx).__name__)
+        names = ", ".join(f"{s}0" for s in spec.states)
+        raise TypeError(f"hx must be None or a tuple ({names}) of {_WORDS.get(count, count)} "
+                        f"torch.Tensors, got {got}")
+    return tuple(hx)
+
+
+def _nonlinearity(spec: cells.Cell, nonlinearity: Optional[str]) -> Optional[str]:
+    """The core's nonlinearity argument: "tanh" by default for a cell that takes one (the core
+    checks the name), None for the others."""
+    if spec.nonlinearity:
+        return "tanh" if nonlinearity is None else nonlinearity
+    if nonlinearity is not None:
+        raise ValueError(f"nonlinearity must be None for cell {spec.name!r}, which takes none, "
+                         f"got {nonlinearity!r}")
+    return None
+
+
+# A cell's states: one tensor, or a tuple of them for a cell with several (the LSTM's (h, c)).
+States = Union[Tensor, Tuple[Tensor, ...]]
+
+
+def layer(cell: str, input: Tensor, hx: Optional[States], w_ih: Tensor, w_hh: Tensor,
+          b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+          w_hr: Optional[Tensor] = None, nonlinearity: Optional[str] = None, *,
+          batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+          on_grad_norms: Optional[Callable[..., None]] = None) -> Tuple[Tensor, States]:
+    """One layer-direction of ``cell`` (a name of :mod:`rnnkern.cells`), differentiable in
+    every tensor argument.
+
+    Args:
+        input: (T, B, I) time-major; with ``batch_sizes``, the packed (N, I) rows
+            (``PackedSequence.data``).
+        hx: the initial state (B, H), for a cell with two states the tuple (h0, c0), or None
+            for zeros.
+        w_ih, w_hh, b_ih, b_hh: the layer's weights as its torch class holds them (biases may
+            be None); w_hr: the projection of a cell that has one (the LSTM's proj_size).
+        nonlinearity: "tanh" (None: the default) or "relu", for the cells that take one;
+            None for the others.
+        batch_sizes: optional int64 CPU tensor (T,), non-increasing (``PackedSequence.batch_sizes``).
+        reverse: run from the last step to the first.
+        on_grad_norms: eager mode only; called at each backward with the (N,) float64 norms
+            ‖∂L/∂h_t‖₂ of every row, in the layout of output, and ‖∂L/∂c_t‖₂ (None for a cell
+            with one state) (see rnnkern.diagnostics).
+
+    Returns:
+        (output, h_n), or for a cell with two states (output, (h_n, c_n)): output (T, B, H)
+        or packed (N, H); the final states (B, H) hold each sequence's state at its own last
+        step.
+    """
+    spec = cells.get(cell)
+    _check_tensors(input=input, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
+                   batch_sizes=batch_sizes)
+    _check_layout(input, batch_sizes, reverse)
+    if w_hr is not None and not spec.projection:
+        raise ValueError(f"w_hr must be None for cell {spec.name!r}, which has no projection, "
+                         f"got a tensor of shape {tuple(w_hr.shape)}")
+    nonlinearity = _nonlinearity(spec, nonlinearity)
+    states = _initial_states(spec, input, hx, w_ih, w_hh, w_hr, batch_sizes)
+    y, finals = _layer(cell, input, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                       batch_sizes, reverse, on_grad_norms)
+    return y, finals[0] if len(finals) == 1 else tuple(finals)
+
+
+def layers(cell: str, input: Tensor, hx: States, weights: List[Tensor], num_layers: int,
+           bidirectional: bool, nonlinearity: Optional[str] = None, dropout: float = 0.0,
+           training: bool = False, batch_first: bool = False,
+           batch_sizes: Optional[Tensor] = None,
+           on_grad_norms: Optional[Callable[..., None]] = None) -> Tuple[Tensor, States]:
+    """A stack of layers of ``cell``, as ``torch._VF.rnn_tanh``, ``lstm`` and ``gru`` compute
+    it: layer k+1 reads layer k's output, its directions concatenated, with dropout between
+    layers in training only (drawn from torch's generator in the same order as torch).
+
+    Args:
+        input: (T, B, I), (B, T, I) with ``batch_first``, or packed (N, I) with ``batch_sizes``.
+        hx: (num_layers · D, B, H), D = 2 if bidirectional else 1; for a cell with two states
+            the tuple (h0, c0) of such tensors (h0 with P columns with a projection).
+        weights: the torch class's ``_flat_weights`` order: per layer, per direction, w_ih,
+            w_hh and, if present, b_ih, b_hh and w_hr.
+        on_grad_norms: called as on_grad_norms(layer · D + direction, norm_h, norm_c) at
+            backward; see :func:`layer`. A layer-direction whose backward will not run
+            (autograd does not record it: frozen weights and an input that needs no gradient)
+            is reported at forward time as on_grad_norms(index, None, None).
+
+    Returns:
+        (output, h_n) or (output, (h_n, c_n)): output like input with H · D features; the
+        final states (num_layers · D, B, H).
+    """
+    spec = cells.get(cell)
+    nonlinearity = _nonlinearity(spec, nonlinearity)
+    hx = (hx,) if len(spec.states) == 1 else tuple(hx)
+    directions = 2 if bidirectional else 1
+    per_direction = len(weights) // (num_layers * directions)
+    has_bias = per_direction >= 4
+    has_proj = spec.projection and per_direction in (3, 5)
+    transpose = batch_first and batch_sizes is None
+    layer_input = input.transpose(0, 1) if transpose else input
+    if num_layers == 1 and directions == 1 and on_grad_norms is None:  # the shortest way
+        w = weights
+        output, finals = _layer(cell, layer_input, tuple(h[0] for h in hx), w[0], w[1],
+                                w[2] if has_bias else None, w[3] if has_bias else None,
+                                w[-1] if has_proj else None, nonlinearity, batch_sizes, False)
+        output = output.transpose(0, 1) if transpose else output
+        stacked = tuple(f.unsqueeze(0) for f in finals)
+        return output, stacked[0] if len(stacked) == 1 else stacked
+    finals = []
+    for layer_index in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer_index * directions + direction
+            w = weights[index * per_direction:(index + 1) * per_direction]
+            states = tuple(h[index] for h in hx)
+            record = None
+            if on_grad_norms is not None:
+                if _tracked(layer_input, *states, *w):
+                    record = functools.partial(on_grad_norms, index)
+                else:
+                    on_grad_norms(index, None, None)
+            out, final = _layer(cell, layer_input, states, w[0], w[1],
+                                w[2] if has_bias else None, w[3] if has_bias else None,
+                                w[-1] if has_proj else None, nonlinearity, batch_sizes,
+                                direction == 1, record, own=False)
+            outputs.append(out)
+            finals.append(final)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout > 0 and training and layer_index < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
+    output = layer_input.transpose(0, 1) if transpose else layer_input
+    stacked = tuple(torch.stack(column) for column in zip(*finals))
+    return output, stacked[0] if len(stacked) == 1 else stacked
+
+
+# The per-cell forms (today's signatures).
+
+def _norms_h(on_grad_norms):
+    """A callback for (norm_h, norm_c) that passes norm_h alone (the Elman forms)."""
+    return None if on_grad_norms is None else (lambda norm_h, norm_c=None: on_grad_norms(norm_h))
+
+
+def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+        nonlinearity: str = "tanh", *, batch_sizes: Optional[Tensor] = None,
+        reverse: bool = False, on_grad_norms: Optional[Callable[[Tensor], None]] = None
+        ) -> Tuple[Tensor, Tensor]:
+    """One Elman RNN layer in one direction: :func:`layer` with cell "rnn"; w_ih (H, I),
+    w_hh (H, H), b_ih, b_hh (H,) or None; on_grad_norms gets the (N,) norms ‖∂L/∂h_t‖₂.
+
+    Returns:
+        (output, h_n): output (T, B, H), or (N, H) packed; h_n (B, H), each sequence's state
+        at its own last step. float32 and float64; all tensors of one dtype, on the CPU or
+        on one CUDA device (batch_sizes always on the CPU).
+    """
+    return layer("rnn", input, hx, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+                 batch_sizes=batch_sizes, reverse=reverse, on_grad_norms=_norms_h(on_grad_norms))
+
+
+def rnn_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
+               bidirectional: bool, nonlinearity: Optional[str] = None, dropout: float = 0.0,
+               training: bool = False, batch_first: bool = False,
+               batch_sizes: Optional[Tensor] = None,
+               on_grad_norms: Optional[Callable[[int, Tensor], None]] = None
+               ) -> Tuple[Tensor, Tensor]:
+    """A stack of Elman layers, as ``torch._VF.rnn_tanh`` / ``rnn_relu`` compute it:
+    :func:`layers` with cell "rnn"; on_grad_norms(index, norms)."""
+    record = None if on_grad_norms is None else (
+        lambda index, norm_h, norm_c=None: on_grad_norms(index, norm_h))
+    return layers("rnn", input, hx, weights, num_layers, bidirectional, nonlinearity, dropout,
+                  training, batch_first, batch_sizes, record)
+
+
 def lstm(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,
          b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
          w_hr: Optional[Tensor] = None, *, batch_sizes: Optional[Tensor] = None,
          reverse: bool = False,
          on_grad_norms: Optional[Callable[[Tensor, Tensor], None]] = None
          ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-    """One LSTM layer in one direction (torch.nn.LSTM's math), differentiable in every tensor.
-
-    Arguments as :func:`rnn`, with hx = (h0, c0) (B, H) each or None for zeros, w_ih (4H, I),
-    w_hh (4H, H), b_ih, b_hh (4H,); w_hr (P, H) for proj_size P (then h0, w_hh and the output
-    have P columns). on_grad_norms gets (‖∂L/∂h_t‖₂, ‖∂L/∂c_t‖₂) per row.
-
-    Returns:
-        (output, (h_n, c_n)), output (T, B, H) or packed (N, H).
-    """
-    _check_tensors(input=input, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr,
-                   batch_sizes=batch_sizes)
-    _check_layout(input, batch_sizes, reverse)
-    batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
-    if hx is None:
-        hx = (input.new_zeros(batch, w_hh.shape[1]), input.new_zeros(batch, w_hh.shape[0] // 4))
-    elif (not isinstance(hx, (tuple, list)) or len(hx) != 2
-          or not all(isinstance(h, Tensor) for h in hx)):
-        got = (f"({', '.join(type(h).__name__ for h in hx)})" if isinstance(hx, (tuple, list))
-               else type(hx).__name__)
-        raise TypeError(f"hx must be None or a tuple (h0, c0) of two torch.Tensors, got {got}")
-    y, h_n, c_n = _gated_layer("lstm", input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, w_hr,
-                               batch_sizes, reverse, on_grad_norms)
-    return y, (h_n, c_n)
+    """One LSTM layer in one direction (torch.nn.LSTM's math): :func:`layer` with cell
+    "lstm"; hx = (h0, c0) (B, H) each or None for zeros, w_ih (4H, I), w_hh (4H, H), b_ih,
+    b_hh (4H,); w_hr (P, H) for proj_size P (then h0, w_hh and the output have P columns).
+    on_grad_norms gets (‖∂L/∂h_t‖₂, ‖∂L/∂c_t‖₂) per row. Returns (output, (h_n, c_n))."""
+    return layer("lstm", input, hx, w_ih, w_hh, b_ih, b_hh, w_hr, None,
+                 batch_sizes=batch_sizes, reverse=reverse, on_grad_norms=on_grad_norms)
 
 
 def gru(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -716,49 +692,11 @@ def gru(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
         batch_sizes: Optional[Tensor] = None, reverse: bool = False,
         on_grad_norms: Optional[Callable[[Tensor, None], None]] = None
         ) -> Tuple[Tensor, Tensor]:
-    """One GRU layer in one direction (torch.nn.GRU's math), differentiable in every tensor.
-
-    Arguments as :func:`rnn`, with w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,).
-    on_grad_norms gets (‖∂L/∂h_t‖₂ per row, None).
-
-    Returns:
-        (output, h_n), output (T, B, H) or packed (N, H).
-    """
-    _check_tensors(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                   batch_sizes=batch_sizes)
-    _check_layout(input, batch_sizes, reverse)
-    if hx is None:
-        batch = input.shape[1] if batch_sizes is None else int(batch_sizes[0])
-        hx = input.new_zeros(batch, w_hh.shape[1])
-    y, h_n, _ = _gated_layer("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, None, batch_sizes,
-                             reverse, on_grad_norms)
-    return y, h_n
-
-
-def _gated_layers(cell, input, h0, c0, weights, num_layers, bidirectional, dropout, training,
-                  batch_first, batch_sizes, on_grad_norms):
-    """The stack of _gated_layer as torch's _VF.lstm / _VF.gru compute it; (output, h_n,
-    c_n) with c_n None for the GRU."""
-    directions = 2 if bidirectional else 1
-    per_direction = len(weights) // (num_layers * directions)
-    # LSTM weights per direction: w_ih, w_hh, [b_ih, b_hh], [w_hr]
-    has_bias = per_direction >= 4
-    has_proj = cell == "lstm" and per_direction in (3, 5)
-
-    def initial(index):
-        return h0[index], (c0[index] if c0 is not None else None)
-
-    def run(layer_input, index, w, reverse, record):
-        b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
-        w_hr = w[-1] if has_proj else None
-        return _gated_layer(cell, layer_input, *initial(index), w[0], w[1], b_ih, b_hh, w_hr,
-                            batch_sizes, reverse, record, own=False)
-
-    output, finals = _layer_stack(input, weights, num_layers, directions, dropout, training,
-                                  batch_first, batch_sizes, on_grad_norms, (None, None),
-                                  initial, run)
-    h_n = torch.stack([h for h, _ in finals])
-    return output, h_n, torch.stack([c for _, c in finals]) if cell == "lstm" else None
+    """One GRU layer in one direction (torch.nn.GRU's math): :func:`layer` with cell "gru";
+    w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,). on_grad_norms gets (‖∂L/∂h_t‖₂ per row,
+    None). Returns (output, h_n)."""
+    return layer("gru", input, hx, w_ih, w_hh, b_ih, b_hh, None, batch_sizes=batch_sizes,
+                 reverse=reverse, on_grad_norms=on_grad_norms)
 
 
 def lstm_layers(input: Tensor, hx: Tuple[Tensor, Tensor], weights: List[Tensor],
@@ -768,17 +706,10 @@ def lstm_layers(input: Tensor, hx: Tuple[Tensor, Tensor], weights: List[Tensor],
                 on_grad_norms: Optional[Callable[[int, Optional[Tensor], Optional[Tensor]],
                                                  None]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-    """A stack of LSTM layers, as ``torch._VF.lstm`` computes it; see :func:`rnn_layers`.
-
-    hx = (h0, c0), (num_layers · D, B, P) and (num_layers · D, B, H); weights in
-    ``torch.nn.LSTM._flat_weights`` order (w_ih, w_hh, [b_ih, b_hh], [w_hr] per layer and
-    direction). on_grad_norms(index, norm_h, norm_c) as in :func:`rnn_layers`.
-    Returns (output, (h_n, c_n)).
-    """
-    output, h_n, c_n = _gated_layers("lstm", input, hx[0], hx[1], weights, num_layers,
-                                     bidirectional, dropout, training, batch_first,
-                                     batch_sizes, on_grad_norms)
-    return output, (h_n, c_n)
+    """A stack of LSTM layers, as ``torch._VF.lstm`` computes it: :func:`layers` with cell
+    "lstm"; hx = (h0, c0), (num_layers · D, B, P) and (num_layers · D, B, H)."""
+    return layers("lstm", input, hx, weights, num_layers, bidirectional, None, dropout,
+                  training, batch_first, batch_sizes, on_grad_norms)
 
 
 def gru_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int,
@@ -786,7 +717,7 @@ def gru_layers(input: Tensor, hx: Tensor, weights: List[Tensor], num_layers: int
                batch_first: bool = False, batch_sizes: Optional[Tensor] = None,
                on_grad_norms: Optional[Callable[[int, Optional[Tensor], None], None]] = None
                ) -> Tuple[Tensor, Tensor]:
-    """A stack of GRU layers, as ``torch._VF.gru`` computes it; see :func:`lstm_layers`."""
-    output, h_n, _ = _gated_layers("gru", input, hx, None, weights, num_layers, bidirectional,
-                                   dropout, training, batch_first, batch_sizes, on_grad_norms)
-    return output, h_n
+    """A stack of GRU layers, as ``torch._VF.gru`` computes it: :func:`layers` with cell
+    "gru"."""
+    return layers("gru", input, hx, weights, num_layers, bidirectional, None, dropout,
+                  training, batch_first, batch_sizes, on_grad_norms)

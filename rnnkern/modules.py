@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from . import cells
 from .cells import CELLS
-from .functional import gru_layers, lstm_layers, rnn_layers
+from .functional import layers as _layers
 
 __all__ = ["RNN", "LSTM", "GRU", "convert", "revert"]
 
@@ -200,6 +201,7 @@ class RNN(_DropIn, torch.nn.RNN):
     """
 
     _gradient_flow = None  # set by rnnkern.diagnostics.record_gradient_flow
+    _cell = "rnn"  # its spec in rnnkern.cells
 
     def __init__(self, *args, **kwargs) -> None:
         # Arguments as torch.nn.RNN takes them (its parsing, its errors); the signature that
@@ -261,9 +263,9 @@ class RNN(_DropIn, torch.nn.RNN):
         elif (type(hx) is not Tensor or hx.shape != (layers, batch, self.hidden_size)
               or hx.dtype is not dtype or not hx.is_cpu):
             return None
-        output, hidden = rnn_layers(input, hx, flat, self.num_layers, self.bidirectional,
-                                    "tanh" if self.mode == "RNN_TANH" else "relu",
-                                    self.dropout, self.training, self.batch_first)
+        output, hidden = _layers("rnn", input, hx, flat, self.num_layers, self.bidirectional,
+                                 "tanh" if self.mode == "RNN_TANH" else "relu", self.dropout,
+                                 self.training, self.batch_first)
         if not batched:
             return output.squeeze(0 if self.batch_first else 1), hidden.squeeze(1)
         return output, hidden
@@ -281,7 +283,7 @@ class RNN(_DropIn, torch.nn.RNN):
                     else batch_sizes.numel()
                 on_grad_norms = self._gradient_flow.callback(self, batch_sizes, steps,
                                                              max_batch_size, unsorted_indices)
-            return self._compute(input, hx, batch_sizes, on_grad_norms)
+            return _compute(self, input, hx, batch_sizes, on_grad_norms)
 
         return _one_state_forward(self, input, hx, "RNN: Expected input to be 2D or 3D, got {}D "
                                   "tensor instead", compute)
@@ -297,26 +299,6 @@ class RNN(_DropIn, torch.nn.RNN):
                                f"({input.dtype}); convert hx: hx.to({input.dtype})")
         if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-
-    def _compute(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor],
-                 on_grad_norms=None) -> Tuple[Tensor, Tensor]:
-        result_dtype = input.dtype
-        device_type = input.device.type
-        if input.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
-            result_dtype = torch.get_autocast_dtype(device_type)  # as torch.nn.RNN does
-        compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype
-        _check_weight_dtypes(self, input)
-        weights = self._flat_weights
-        if input.dtype != compute_dtype or any(w.dtype != compute_dtype for w in weights):
-            input, hx = input.to(compute_dtype), hx.to(compute_dtype)
-            weights = [w.to(compute_dtype) for w in weights]
-        nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
-        output, hidden = rnn_layers(input, hx, weights, self.num_layers, self.bidirectional,
-                                    nonlinearity, self.dropout, self.training, self.batch_first,
-                                    batch_sizes, on_grad_norms)
-        if output.dtype != result_dtype:
-            output, hidden = output.to(result_dtype), hidden.to(result_dtype)
-        return output, hidden
 
 
 def _init_signature(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -377,36 +359,37 @@ torch.serialization.add_safe_globals([RNN])
 # The gated cells. Their forward follows torch.nn.LSTM.forward / torch.nn.GRU.forward line by
 # line; only the _VF call is replaced.
 
-def _gated_compute(module, cell: str, input: Tensor, hx, batch_sizes: Optional[Tensor],
-                   on_grad_norms=None):
-    """(output, hidden) of an LSTM (hx, hidden: (h, c)) or a GRU, computed in float32 for
-    float16/bfloat16 and under autocast, as RNN._compute."""
+def _compute(module, input: Tensor, hx, batch_sizes: Optional[Tensor], on_grad_norms=None):
+    """(output, hidden) of the module's cell (``module._cell``) on its flat weights: hx and
+    hidden a tensor, or a tuple for a cell with several states. float16 and bfloat16 (also
+    under autocast) are computed in float32 and returned in the dtype torch's class returns."""
+    spec = cells.get(module._cell)
     result_dtype = input.dtype
     device_type = input.device.type
-    # Under CPU autocast torch returns the LSTM in the autocast dtype and the GRU in float32.
     if (input.dtype == torch.float32 and torch.is_autocast_enabled(device_type)
-            and (cell == "lstm" or device_type != "cpu")):
+            and (spec.autocast_on_cpu or device_type != "cpu")):
         result_dtype = torch.get_autocast_dtype(device_type)
     compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype
     _check_weight_dtypes(module, input)
     weights = module._flat_weights
-    states = hx if cell == "lstm" else (hx,)
+    several = len(spec.states) > 1
+    states = tuple(hx) if several else (hx,)
     if input.dtype != compute_dtype or any(w.dtype != compute_dtype for w in weights):
         input = input.to(compute_dtype)
         states = tuple(h.to(compute_dtype) for h in states)
         weights = [w.to(compute_dtype) for w in weights]
-    args = (input, states if cell == "lstm" else states[0], weights, module.num_layers,
-            module.bidirectional, module.dropout, module.training, module.batch_first,
-            batch_sizes, on_grad_norms)
-    if cell == "lstm":
-        output, hidden = lstm_layers(*args)
-        if output.dtype != result_dtype:
-            output, hidden = output.to(result_dtype), tuple(h.to(result_dtype) for h in hidden)
-        return output, tuple(hidden)
-    output, hidden = gru_layers(*args)
+    nonlinearity = None
+    if spec.nonlinearity:
+        nonlinearity = "tanh" if module.mode == "RNN_TANH" else "relu"
+    output, hidden = _layers(spec.name, input, states if several else states[0], weights,
+                             module.num_layers, module.bidirectional, nonlinearity,
+                             module.dropout, module.training, module.batch_first, batch_sizes,
+                             on_grad_norms)
+    hidden = tuple(hidden) if several else (hidden,)
     if output.dtype != result_dtype:
-        output, hidden = output.to(result_dtype), hidden.to(result_dtype)
-    return output, hidden
+        output = output.to(result_dtype)
+        hidden = tuple(h.to(result_dtype) for h in hidden)
+    return output, hidden if several else hidden[0]
 
 
 def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
@@ -451,6 +434,8 @@ class LSTM(_GatedCell, torch.nn.LSTM):
     Use it exactly like ``torch.nn.LSTM`` (``proj_size`` included); dtypes, fallbacks, compile
     and saving as for :class:`RNN`.
     """
+
+    _cell = "lstm"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -504,8 +489,8 @@ class LSTM(_GatedCell, torch.nn.LSTM):
         self.check_forward_args(input, hx, batch_sizes)
         for h in hx:
             RNN._check_hidden_matches_input(self, input, h, batch_sizes)
-        output, hidden = _gated_compute(
-            self, "lstm", input, hx, batch_sizes,
+        output, hidden = _compute(
+            self, input, hx, batch_sizes,
             _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
@@ -524,6 +509,8 @@ class GRU(_GatedCell, torch.nn.GRU):
     :class:`RNN`.
     """
 
+    _cell = "gru"
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         _let_dynamo_trace_rnn_modules()
@@ -536,8 +523,8 @@ class GRU(_GatedCell, torch.nn.GRU):
             return super().forward(input, hx)
 
         def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
-            return _gated_compute(
-                self, "gru", input, hx, batch_sizes,
+            return _compute(
+                self, input, hx, batch_sizes,
                 _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
 
         return _one_state_forward(self, input, hx, "GRU: Expected input to be 2D or 3D, got {}D "

@@ -63,8 +63,9 @@ def check_layer(device, dtype, case):
         assert value.shape == expected[name].shape, name
 
     # the norms: against the CPU kernel's, which tests/test_diagnostics.py checks by autograd
-    _, cpu_norms = functional._backward(*exact[:4], expected["y"], exact[6], exact[7],
-                                        nonlinearity, bs, reverse, [False] * 5, True)
+    _, (cpu_norms, _) = functional._backward(
+        "rnn", exact[0], (exact[1],), exact[2], exact[3], None, expected["y"], (), exact[6],
+        (exact[7],), nonlinearity, bs, reverse, [False] * 8, True)
     assert norms.dtype == torch.float64 and norms.shape == cpu_norms.shape
     if dtype == torch.float64:
         for name, value in ours.items():

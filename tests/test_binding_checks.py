@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rnnkern
+from rnnkern import cells
 from rnnkern import functional
 
 from conftest import F64_TOL, rel_err
@@ -101,44 +102,70 @@ def test_torch_level_errors_name_input_and_hx():
         functional.rnn(x.long(), None, w_ih, w_hh)
 
 
-def test_small_calls_on_pointers_match_the_array_path():
+def _small_problem(cell, seed, T=4, B=3, I=5, H=6):
+    """A small time-major problem of ``cell``: (x, states, w_ih, w_hh, b_ih, b_hh)."""
+    spec = cells.get(cell)
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, dtype=torch.float64, generator=gen)  # noqa: E731
+    rows = spec.gate_count * H
+    w_hh = r(*spec.parameter_shape("weight_hh", I, H)) * 0.4
+    states = tuple(r(B, H) for _ in spec.states)
+    return r(T, B, I), states, r(rows, I) * 0.4, w_hh, r(rows) * 0.4, r(rows) * 0.4
+
+
+def _nonlinearity(cell):
+    return "tanh" if cells.get(cell).nonlinearity else None
+
+
+@pytest.mark.parametrize("cell", cells.NAMES)
+def test_small_calls_on_pointers_match_the_array_path(cell):
     # calls with small outputs pass data_ptr()s; views and odd strides take the array path
-    torch.manual_seed(0)
-    x = torch.randn(4, 3, 5, dtype=torch.float64)
-    w_ih, w_hh = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 6, dtype=torch.float64)
-    b_ih, b_hh = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
-    h0 = torch.randn(3, 6, dtype=torch.float64)
-    small = functional._forward_small(x, h0, w_ih, w_hh, b_ih, b_hh, "tanh", False)
+    spec = cells.get(cell)
+    x, states, w_ih, w_hh, b_ih, b_hh = _small_problem(cell, 0)
+    nl = _nonlinearity(cell)
+    small = functional._forward_small(spec, x, states, w_ih, w_hh, b_ih, b_hh, None, nl, False)
     assert small is not None
-    y = rnnkern.forward(x.numpy(), h0.numpy(), w_ih.numpy(), w_hh.numpy(), b_ih.numpy(),
-                        b_hh.numpy())
-    assert rel_err(small.numpy(), y) <= F64_TOL
-    strided = torch.randn(6, 10, dtype=torch.float64)[:, ::2]
-    assert functional._forward_small(x, h0, strided, w_hh, b_ih, b_hh, "tanh", False) is None
-    out, _ = functional.rnn(x, h0, strided, w_hh, b_ih, b_hh)
-    y2 = rnnkern.forward(x.numpy(), h0.numpy(), strided.numpy(), w_hh.numpy(), b_ih.numpy(),
-                         b_hh.numpy())
+    c0 = states[1].numpy() if len(states) > 1 else None
+    y, saved = rnnkern._core.layer_forward(cell, x.numpy(), states[0].numpy(), c0, w_ih.numpy(),
+                                           w_hh.numpy(), b_ih.numpy(), b_hh.numpy(), None, nl,
+                                           None, False)
+    assert rel_err(small[0].numpy(), y) <= F64_TOL
+    assert len(small[1]) == len(saved)
+    for got, want in zip(small[1], saved):
+        assert rel_err(got.numpy(), want) <= F64_TOL
+    strided = torch.randn(w_ih.shape[0], 10, dtype=torch.float64)[:, ::2]
+    assert functional._forward_small(spec, x, states, strided, w_hh, b_ih, b_hh, None, nl,
+                                     False) is None
+    out, _ = functional.layer(cell, x, states if len(states) > 1 else states[0], strided, w_hh,
+                              b_ih, b_hh, None, nl)
+    y2, _ = rnnkern._core.layer_forward(cell, x.numpy(), states[0].numpy(), c0,
+                                        strided.numpy(), w_hh.numpy(), b_ih.numpy(),
+                                        b_hh.numpy(), None, nl, None, False)
     assert rel_err(out.numpy(), y2) <= F64_TOL
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_small_backward_on_pointers_matches_the_array_path(reverse):
-    torch.manual_seed(1)
-    T, B, I, H = 4, 3, 5, 6
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    h0 = torch.randn(B, H, dtype=torch.float64)
-    w_ih, w_hh = torch.randn(H, I, dtype=torch.float64), torch.randn(H, H, dtype=torch.float64)
-    y, _ = functional._forward(x, h0, w_ih, w_hh, None, None, "tanh", None, reverse)
+@pytest.mark.parametrize("cell", cells.NAMES)
+def test_small_backward_on_pointers_matches_the_array_path(cell, reverse):
+    spec = cells.get(cell)
+    x, states, w_ih, w_hh, b_ih, b_hh = _small_problem(cell, 1)
+    nl = _nonlinearity(cell)
+    y, _, saved = functional._forward(cell, x, states, w_ih, w_hh, None, None, None, nl, None,
+                                      reverse)
+    T, B, H = y.shape
     grad_y = torch.ones(1, 1, 1, dtype=torch.float64).expand(T, B, H)  # as from y.sum()
-    grad_hn = torch.randn(B, H, dtype=torch.float64)
-    mask = [True] * 5
-    small = functional._backward_small(x, h0, w_ih, w_hh, y, grad_y, grad_hn, "tanh", reverse,
-                                       mask, True)
+    grad_finals = tuple(torch.randn(B, H, dtype=torch.float64) for _ in states)
+    mask = [True, True, len(states) > 1, True, True, True, True, False]
+    small = functional._backward_small(spec, x, states, w_ih, w_hh, None, y, saved, grad_y,
+                                       grad_finals, nl, reverse, mask, True)
     assert small is not None
-    result = rnnkern._core.layer_backward("rnn", x.numpy(), h0.numpy(), None, w_ih.numpy(),
-                                          w_hh.numpy(), None, y.numpy(), (), grad_y.numpy(),
-                                          grad_hn.numpy(), None, "tanh", None, reverse,
-                                          grad_norms=True)
-    gx, gh0, _, gw_ih, gw_hh, gb, _, _, norms, _ = result
-    for got, want in zip((*small[0], small[1]), (gx, gh0, gw_ih, gw_hh, gb, norms)):
-        assert rel_err(got.numpy(), want) <= F64_TOL
+    two = len(states) > 1
+    result = rnnkern._core.layer_backward(
+        cell, x.numpy(), states[0].numpy(), states[1].numpy() if two else None, w_ih.numpy(),
+        w_hh.numpy(), None, y.numpy(), tuple(s.numpy() for s in saved), grad_y.numpy(),
+        grad_finals[0].numpy(), grad_finals[1].numpy() if two else None, nl, None, reverse,
+        need_c0=two, grad_norms=True)
+    for got, want in zip((*small[0], *small[1]), result):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert rel_err(got.numpy(), want) <= F64_TOL

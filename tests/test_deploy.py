@@ -95,7 +95,7 @@ def test_jit_trace_of_functional_records_the_op():
     xa, xb = torch.randn(5, 3, 4, generator=gen), torch.randn(5, 3, 4, generator=gen)
     with torch.no_grad():
         traced = torch.jit.trace(f, xa)
-        assert "rnnkern::rnn_forward" in {n.kind() for n in traced.graph.nodes()}
+        assert "rnnkern::layer_forward" in {n.kind() for n in traced.graph.nodes()}
         torch.testing.assert_close(traced(xb), f(xb), rtol=0, atol=0)
 
 

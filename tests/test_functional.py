@@ -118,12 +118,15 @@ def opcheck_samples():
         bs_t = None if sizes is None else torch.as_tensor(sizes)
         for nl, reverse, bias in (("tanh", False, True), ("relu", True, False)):
             b_ih, b_hh = (t["b_ih"], t["b_hh"]) if bias else (None, None)
-            fwd = (t["x"], t["h0"], t["w_ih"], t["w_hh"], b_ih, b_hh, nl, bs_t, reverse)
-            y, _ = torch.ops.rnnkern.rnn_forward(*fwd)
-            mask = [True] * 5 if bias else [False, True, True, False, True]
-            bwd = (t["x"].detach(), t["h0"].detach(), t["w_ih"].detach(), t["w_hh"].detach(),
-                   y.detach(), torch.tensor(grads["grad_y"]), torch.tensor(grads["grad_hn"]), nl,
-                   bs_t, reverse, mask)
+            fwd = ("rnn", t["x"], t["h0"], None, t["w_ih"], t["w_hh"], b_ih, b_hh, None, nl,
+                   bs_t, reverse)
+            y, _, _, saved = torch.ops.rnnkern.layer_forward(*fwd)
+            # (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            mask = ([True, True, False, True, True, True, True, False] if bias
+                    else [False, True, False, True, False, True, False, False])
+            bwd = ("rnn", t["x"].detach(), t["h0"].detach(), None, t["w_ih"].detach(),
+                   t["w_hh"].detach(), None, y.detach(), saved, torch.tensor(grads["grad_y"]),
+                   torch.tensor(grads["grad_hn"]), None, nl, bs_t, reverse, mask)
             samples.append((fwd, bwd))
     return samples
 
@@ -131,8 +134,8 @@ def opcheck_samples():
 @pytest.mark.parametrize("index", range(4))
 def test_opcheck(index):
     fwd, bwd = opcheck_samples()[index]
-    torch.library.opcheck(torch.ops.rnnkern.rnn_forward.default, fwd)
-    torch.library.opcheck(torch.ops.rnnkern.rnn_backward.default, bwd)
+    torch.library.opcheck(torch.ops.rnnkern.layer_forward.default, fwd)
+    torch.library.opcheck(torch.ops.rnnkern.layer_backward.default, bwd)
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
@@ -183,7 +186,8 @@ def test_gradcheck_through_the_custom_op(packed):
     t = tensors(p)
     bs_t = None if bs is None else torch.as_tensor(bs)
 
-    def fn(*args):
-        return torch.ops.rnnkern.rnn_forward(*args, "tanh", bs_t, packed)
+    def fn(x, h0, w_ih, w_hh, b_ih, b_hh):
+        return torch.ops.rnnkern.layer_forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None,
+                                               "tanh", bs_t, packed)[:2]
 
     assert torch.autograd.gradcheck(fn, [t[n] for n in ARGS])

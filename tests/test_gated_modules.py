@@ -387,7 +387,7 @@ def test_seeded_training_with_dropout_gives_the_same_losses(cell):
 # The functional level: the ops themselves.
 
 def gated_args(cell, packed, reverse, bias, seed=0, sizes=(4, 3, 5, 6), proj=0):
-    """The arguments of rnnkern::gated_forward (w_hr (proj, H) with proj > 0)."""
+    """The arguments of rnnkern::layer_forward (w_hr (proj, H) with proj > 0)."""
     g = torch.Generator().manual_seed(seed)
     T, B, I, H = sizes
     G = 4 if cell == "lstm" else 3
@@ -398,7 +398,8 @@ def gated_args(cell, packed, reverse, bias, seed=0, sizes=(4, 3, 5, 6), proj=0):
     c0 = r(B, H) if cell == "lstm" else None
     b = (r(G * H) * 0.3, r(G * H) * 0.3) if bias else (None, None)
     w_hr = r(P, H) * 0.3 if proj else None
-    return (cell, x, r(B, P), c0, r(G * H, I) * 0.3, r(G * H, P) * 0.3, *b, w_hr, bs, reverse)
+    return (cell, x, r(B, P), c0, r(G * H, I) * 0.3, r(G * H, P) * 0.3, *b, w_hr, None, bs,
+            reverse)
 
 
 OPCHECK = [(c, p, r, b, 0) for c in ("lstm", "gru") for p, r, b in
@@ -409,17 +410,18 @@ OPCHECK += [("lstm", False, True, True, 4), ("lstm", True, False, False, 2)]
 @pytest.mark.parametrize("cell,packed,reverse,bias,proj", OPCHECK)
 def test_opcheck(cell, packed, reverse, bias, proj):
     fwd = gated_args(cell, packed, reverse, bias, proj=proj)
-    torch.library.opcheck(torch.ops.rnnkern.gated_forward.default, fwd)
-    y, h_n, c_n, state, gates, m = torch.ops.rnnkern.gated_forward(*fwd)
-    _, x, h0, c0, w_ih, w_hh, _, _, w_hr, bs, _ = fwd
+    torch.library.opcheck(torch.ops.rnnkern.layer_forward.default, fwd)
+    y, h_n, c_n, saved = torch.ops.rnnkern.layer_forward(*fwd)
+    _, x, h0, c0, w_ih, w_hh, _, _, w_hr, _, bs, _ = fwd
     gen = torch.Generator().manual_seed(9)
     gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
     ghn = torch.randn(h_n.shape, dtype=y.dtype, generator=gen)
     gcn = torch.randn(c_n.shape, dtype=y.dtype, generator=gen) if cell == "lstm" else None
-    mask = [True] * 7 if bias else [False, True, cell == "lstm", True, False, True, False]
-    bwd = (cell, x, h0, c0, w_ih, w_hh, w_hr, y, state, gates, m if proj else None, gy, ghn,
-           gcn, bs, reverse, mask)
-    torch.library.opcheck(torch.ops.rnnkern.gated_backward.default, bwd)
+    # (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    mask = ([True, True, cell == "lstm", True, True, True, True, bool(proj)] if bias
+            else [False, True, cell == "lstm", True, False, True, False, False])
+    bwd = (cell, x, h0, c0, w_ih, w_hh, w_hr, y, saved, gy, ghn, gcn, None, bs, reverse, mask)
+    torch.library.opcheck(torch.ops.rnnkern.layer_backward.default, bwd)
 
 
 @pytest.mark.parametrize("cell,packed,reverse,bias,proj", OPCHECK)
@@ -433,7 +435,7 @@ def test_gradcheck_through_the_custom_op(cell, packed, reverse, bias, proj):
         a = list(args)
         for i, t in zip(index, tensors):
             a[i] = t
-        y, h_n, c_n, _, _, _ = torch.ops.rnnkern.gated_forward(*a)
+        y, h_n, c_n, _ = torch.ops.rnnkern.layer_forward(*a)
         return (y, h_n, c_n) if cell == "lstm" else (y, h_n)
 
     assert torch.autograd.gradcheck(fn, [args[i] for i in index])
@@ -442,7 +444,7 @@ def test_gradcheck_through_the_custom_op(cell, packed, reverse, bias, proj):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_functional_gradcheck_and_second_derivatives(cell):
     def check(sizes, second):
-        _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, bs, _ = gated_args(cell, True, True, True,
+        _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _, bs, _ = gated_args(cell, True, True, True,
                                                                     seed=2, sizes=sizes)
         inputs = [t.requires_grad_() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
                   if t is not None]
@@ -465,7 +467,7 @@ def test_functional_gradcheck_and_second_derivatives(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_functional_compile_fullgraph(cell):
     torch._dynamo.reset()
-    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _, _ = gated_args(cell, False, False, True, seed=3)
+    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *_ = gated_args(cell, False, False, True, seed=3)
 
     def loss_fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         if cell == "lstm":
@@ -488,7 +490,7 @@ def test_functional_compile_fullgraph(cell):
 
 
 def test_functional_errors_name_the_argument():
-    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _, _ = gated_args("lstm", False, False, True)
+    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *_ = gated_args("lstm", False, False, True)
     with pytest.raises(TypeError, match="cx must have dtype float64"):
         functional.lstm(x, (h0, c0.float()), w_ih, w_hh, b_ih, b_hh)
     with pytest.raises(ValueError, match=r"w_hh must have shape \(24, 6\), got \(24, 5\)"):
