@@ -1,4 +1,6 @@
-"""NumPy-level forward and backward of one Elman RNN, LSTM or GRU layer in one direction.
+"""NumPy-level forward and backward of one layer in one direction: of any cell of
+:mod:`rnnkern.cells` (:func:`layer_forward`, :func:`layer_backward`), and in today's per-cell
+forms for the Elman RNN (:func:`forward`), the LSTM and the GRU.
 
 No torch needed. See DESIGN.md section 1 for the math and the packed layout.
 """
@@ -12,7 +14,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["Gradients", "forward", "backward", "LSTMOutput", "LSTMGradients", "lstm_forward",
+__all__ = ["layer_forward", "layer_backward", "Gradients", "forward", "backward", "LSTMOutput", "LSTMGradients", "lstm_forward",
            "lstm_backward", "GRUOutput", "GRUGradients", "gru_forward", "gru_backward"]
 
 
@@ -102,6 +104,75 @@ def _states(cell, x, w_ih, batch_sizes, h0, c0, w_hr=None):
 
 ArrayOrNone = Optional[np.ndarray]
 BatchSizes = Optional[Union[np.ndarray, Sequence[int]]]
+
+
+def _cell_states(cell: str, x, w_ih, batch_sizes, hx, w_hr) -> tuple:
+    """hx (None, an array, or a tuple of the cell's states) as a tuple (h0, c0), c0 None for a
+    cell of one state, zeros for None."""
+    count = _cell_info(cell)["states"]
+    if hx is None:
+        return _states(cell, x, w_ih, batch_sizes, None, None, w_hr)
+    if count == 1:
+        return _states(cell, x, w_ih, batch_sizes, hx, None, w_hr)
+    if not isinstance(hx, (tuple, list)) or len(hx) != count:
+        raise TypeError(f"hx must be None or a tuple of {count} arrays for cell {cell!r}, got "
+                        f"{type(hx).__name__}")
+    return _states(cell, x, w_ih, batch_sizes, *hx, w_hr)
+
+
+def layer_forward(cell: str, x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray,
+                  b_ih: ArrayOrNone = None, b_hh: ArrayOrNone = None, w_hr: ArrayOrNone = None,
+                  nonlinearity: Optional[str] = None, batch_sizes: BatchSizes = None,
+                  reverse: bool = False) -> tuple:
+    """One layer-direction of ``cell`` (a name of ``rnnkern._core.cells()``) forward.
+
+    Args:
+        x: (T, B, I), or packed (N, I) rows with ``batch_sizes``.
+        hx: the initial state (B, H), for a cell with two states the tuple (h0, c0), or None
+            for zeros.
+        w_ih, w_hh, b_ih, b_hh, w_hr: the weights as the cell's torch class holds them
+            (biases None for none; w_hr the LSTM's proj_size, else None).
+        nonlinearity: "tanh" (None: the default) or "relu", for the cells that take one.
+        batch_sizes, reverse: as for :func:`forward`.
+
+    Returns:
+        (y, saved): y (T, B, H) or (N, H), every h_t; saved the tuple of arrays
+        :func:`layer_backward` reads (``rnnkern._core.cell_info(cell)["saved"]``).
+    """
+    batch_sizes = _batch_sizes(batch_sizes)
+    h0, c0 = _cell_states(cell, x, w_ih, batch_sizes, hx, w_hr)
+    return _core.layer_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
+                               batch_sizes, _flag("reverse", reverse))
+
+
+def layer_backward(cell: str, x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray,
+                   y: np.ndarray, saved: tuple, grad_y: np.ndarray, grad_finals=None,
+                   w_hr: ArrayOrNone = None, nonlinearity: Optional[str] = None,
+                   batch_sizes: BatchSizes = None, reverse: bool = False) -> dict:
+    """Backpropagate through time for :func:`layer_forward`.
+
+    ``y, saved`` are what :func:`layer_forward` returned, grad_y = ∂L/∂y, grad_finals ∂L/∂ of
+    the final states (like hx; None, or None entries, for zero); the rest as given to it.
+
+    Returns:
+        A dict of the gradients with respect to x, h0, [c0,] w_ih, w_hh, b_ih, b_hh, [w_hr]
+        (c0 for a cell with two states, w_hr when given).
+    """
+    batch_sizes = _batch_sizes(batch_sizes)
+    h0, c0 = _cell_states(cell, x, w_ih, batch_sizes, hx, w_hr)
+    two = c0 is not None
+    grads = tuple(grad_finals) if isinstance(grad_finals, (tuple, list)) else (grad_finals,)
+    if len(grads) > (2 if two else 1):
+        raise TypeError(f"grad_finals must be None, an array or a tuple of one per state of "
+                        f"cell {cell!r}, got a tuple of {len(grads)}")
+    grads += (None,) * (2 - len(grads))
+    result = _core.layer_backward(cell, x, h0, c0, w_ih, w_hh, w_hr, y, tuple(saved), grad_y,
+                                  grads[0], grads[1], nonlinearity, batch_sizes,
+                                  _flag("reverse", reverse), need_c0=two,
+                                  need_w_hr=w_hr is not None)
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+    return {name: g for name, g in zip(names, result[:8])
+            if g is not None or name not in ("c0", "w_hr")}
 
 
 def forward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
