@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from . import cells
 from .functional import rnn_layers
 from .modules import GRU, LSTM, RNN
 
@@ -86,7 +87,7 @@ class GradientFlow:
 
         return receive
 
-    def callback(self, rnn: Union[RNN, LSTM, GRU], batch_sizes: Optional[Tensor], T: int,
+    def callback(self, rnn: torch.nn.RNNBase, batch_sizes: Optional[Tensor], T: int,
                  B: int, unsorted_indices: Optional[Tensor]):
         """The on_grad_norms(index, norm_h, norm_c=None) callback of rnnkern.functional's
         layers for one forward pass of the recorded ``rnn`` (T steps, B rows)."""
@@ -95,7 +96,7 @@ class GradientFlow:
         to_steps = _steps_by_batch(T, B, batch_sizes, unsorted_indices)
         receive_h = self._expect(directions, count, T, B, to_steps)
         receive_c = self._expect(directions, count, T, B, to_steps, self.cell_history) \
-            if isinstance(rnn, LSTM) else None
+            if len(cells.get(rnn._cell).states) > 1 else None
 
         def receive(index: int, norm_h: Optional[Tensor],
                     norm_c: Optional[Tensor] = None) -> None:
@@ -125,8 +126,14 @@ def _steps_by_batch(T: int, B: int, batch_sizes: Optional[Tensor],
     return to_steps
 
 
+def _one_of(titles) -> str:
+    """"rnnkern.RNN, LSTM or GRU" for those titles."""
+    *first, last = titles
+    return f"rnnkern.{', '.join(first)} or {last}"
+
+
 @contextlib.contextmanager
-def record_gradient_flow(rnn: Union[RNN, LSTM, GRU]) -> Iterator[GradientFlow]:
+def record_gradient_flow(rnn: torch.nn.RNNBase) -> Iterator[GradientFlow]:
     """Record ‖∂L/∂h_t‖₂ (and, for an LSTM, ‖∂L/∂c_t‖₂) during the backward passes of ``rnn``
     inside the block.
 
@@ -136,10 +143,10 @@ def record_gradient_flow(rnn: Union[RNN, LSTM, GRU]) -> Iterator[GradientFlow]:
     ...     loss(rnn(x)).backward()
     >>> flow.norms.shape            # (num_layers * num_directions, T, B)
     """
-    if not isinstance(rnn, (RNN, LSTM, GRU)):
-        wanted = next((f"rnnkern.{c.__name__}" for c in (torch.nn.RNN, torch.nn.LSTM,
-                                                         torch.nn.GRU) if isinstance(rnn, c)),
-                      "rnnkern.RNN, LSTM or GRU")
+    if not isinstance(rnn, tuple(spec.module_type() for spec in cells.CELLS)):
+        wanted = next((f"rnnkern.{spec.title}" for spec in cells.CELLS
+                       if spec.drop_in and isinstance(rnn, spec.torch_type())),
+                      _one_of(c.title for c in cells.CELLS))
         raise TypeError(f"rnn must be an {wanted}, got {type(rnn).__name__}")
     if rnn._gradient_flow is not None:
         raise RuntimeError(f"this rnnkern.{type(rnn).__name__} is already recording its "

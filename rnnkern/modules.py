@@ -392,7 +392,7 @@ def _compute(module, input: Tensor, hx, batch_sizes: Optional[Tensor], on_grad_n
     return output, hidden if several else hidden[0]
 
 
-def _gated_flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
+def _flow(module, batch_sizes, input, max_batch_size, unsorted_indices):
     if module._gradient_flow is None:
         return None
     steps = input.size(1 if module.batch_first else 0) if batch_sizes is None \
@@ -491,7 +491,7 @@ class LSTM(_GatedCell, torch.nn.LSTM):
             RNN._check_hidden_matches_input(self, input, h, batch_sizes)
         output, hidden = _compute(
             self, input, hx, batch_sizes,
-            _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
+            _flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return output_packed, self.permute_hidden(hidden, unsorted_indices)
@@ -525,7 +525,7 @@ class GRU(_GatedCell, torch.nn.GRU):
         def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
             return _compute(
                 self, input, hx, batch_sizes,
-                _gated_flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
+                _flow(self, batch_sizes, input, max_batch_size, unsorted_indices))
 
         return _one_state_forward(self, input, hx, "GRU: Expected input to be 2D or 3D, got {}D "
                                   "instead", compute)

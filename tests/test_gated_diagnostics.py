@@ -2,6 +2,7 @@
 kernel against autograd, layouts of layered, bidirectional and packed input."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkern
+from rnnkern import cells
 from rnnkern.diagnostics import record_gradient_flow
 
 from conftest import assert_f64_close
@@ -118,6 +120,8 @@ def test_record_rejects_other_modules():
     with pytest.raises(TypeError, match="rnn must be an rnnkern.LSTM, got LSTM"):
         with record_gradient_flow(torch.nn.LSTM(3, 4)):
             pass
-    with pytest.raises(TypeError, match="rnn must be an rnnkern.RNN, LSTM or GRU, got Linear"):
+    *first, last = [c.title for c in cells.CELLS]
+    wanted = f"rnn must be an rnnkern.{', '.join(first)} or {last}, got Linear"
+    with pytest.raises(TypeError, match=re.escape(wanted)):
         with record_gradient_flow(torch.nn.Linear(3, 4)):
             pass
