@@ -185,18 +185,19 @@ void check_blas_size(const char* what, int64_t n) {
                           std::to_string(rnnkern::cpu::kMaxBlasInt));
 }
 
-// rows × I, rows × H, H × I and H × H each within the 32-bit BLAS interface (and int64).
-void check_sizes(int64_t rows, int64_t I, int64_t H) {
+// rows × I, rows × H, H × I and, for a matrix w_hh (kWhhDims 2), H × H each within the 32-bit
+// BLAS interface (and int64). A vector w_hh (kWhhDims 1) never goes through BLAS.
+void check_sizes(int64_t rows, int64_t I, int64_t H, bool matrix_w_hh = true) {
   check_blas_size("x", checked_product("x", rows, I));
   check_blas_size("the output", checked_product("the output", rows, H));
   check_blas_size("w_ih", checked_product("w_ih", H, I));
-  check_blas_size("w_hh", checked_product("w_hh", H, H));
+  if (matrix_w_hh) check_blas_size("w_hh", checked_product("w_hh", H, H));
 }
 
 // Sizes from x, w_ih and batch_sizes, checked. batch_sizes_storage keeps the counts alive.
 Problem make_problem(const py::array& x, const py::array& w_ih, const py::object& batch_sizes,
                      bool reverse, const py::object& nonlinearity,
-                     std::vector<int64_t>& batch_sizes_storage) {
+                     std::vector<int64_t>& batch_sizes_storage, bool matrix_w_hh = true) {
   Problem p;
   p.act = parse_nonlinearity(nonlinearity);
   p.reverse = reverse;
@@ -252,7 +253,7 @@ Problem make_problem(const py::array& x, const py::array& w_ih, const py::object
     throw py::value_error("w_ih must have shape (hidden_size, " + std::to_string(p.input_size) +
                           "), got " + shape_str(ws));
   p.hidden_size = ws[0];
-  check_sizes(p.total_rows(), p.input_size, p.hidden_size);
+  check_sizes(p.total_rows(), p.input_size, p.hidden_size, matrix_w_hh);
   return p;
 }
 
@@ -344,9 +345,11 @@ Problem cell_problem(const py::array& x, const py::array& w_ih, const py::object
                      bool reverse, const py::object& nonlinearity, const py::object& w_hr,
                      std::vector<int64_t>& storage) {
   constexpr int64_t G = C::kGates;
+  constexpr bool matrix_w_hh = C::kWhhDims == 2;
   const Activation act = cell_activation<C>(nonlinearity);
   if (G == 1) {
-    Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity_name(act), storage);
+    Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity_name(act), storage,
+                             matrix_w_hh);
     p.proj_size = proj_size<C>(w_hr, p);
     return p;
   }
@@ -356,9 +359,10 @@ Problem cell_problem(const py::array& x, const py::array& w_ih, const py::object
     throw py::value_error("w_ih must have shape (" + std::to_string(G) + " * hidden_size, " +
                           std::to_string(xs.back()) + ") for the " + C::kName + ", got " +
                           shape_str(ws));
-  Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity_name(act), storage);
+  Problem p = make_problem(x, w_ih, batch_sizes, reverse, nonlinearity_name(act), storage,
+                           matrix_w_hh);
   p.hidden_size = ws[0] / G;
-  check_sizes(p.total_rows(), p.input_size, ws[0]);
+  check_sizes(p.total_rows(), p.input_size, ws[0], matrix_w_hh);
   p.proj_size = proj_size<C>(w_hr, p);
   return p;
 }
@@ -554,7 +558,8 @@ Problem pointer_problem(int64_t T, int64_t B, int64_t I, int64_t H,
   for (const std::uintptr_t ptr : required) set = set && ptr;
   if (T < 1 || B < 1 || I < 1 || H < 1 || !set)
     throw py::value_error("sizes must be positive and pointers set");
-  check_sizes(checked_product("x", T, B), I, checked_product("w_ih", C::kGates, H));
+  check_sizes(checked_product("x", T, B), I, checked_product("w_ih", C::kGates, H),
+              C::kWhhDims == 2);
   return p;
 }
 
@@ -573,7 +578,8 @@ std::vector<std::uintptr_t> saved_pointers(const py::sequence& saved) {
 
 // layer_forward on raw pointers (torch's data_ptr()) to C-contiguous, aligned arrays of one
 // dtype whose shapes the caller has checked: x (T, B, I), h0, c0 (B, H), w_ih (G·H, I), w_hh
-// (G·H, H), b_ih, b_hh (G·H) or 0, y (T, B, H), saved (T, B, width). No batch_sizes, no w_hr.
+// (G·H, H), or (G·H,) for a cell whose kWhhDims is 1 (cell_info's w_hh_shape), b_ih, b_hh
+// (G·H) or 0, y (T, B, H), saved (T, B, width). No batch_sizes, no w_hr.
 // For rnnkern.functional's small calls, where converting tensors to arrays costs more than
 // the kernel. Sizes are checked here, pointers cannot be.
 void layer_forward_pointers(const std::string& cell, bool is_double, int64_t T, int64_t B,

@@ -6,10 +6,11 @@
 
 #include "elman.h"
 #include "gru.h"
+#include "indrnn.h"
 #include "lstm.h"
 
 // X(Cell) for every cell, in the order rnnkern._core.cells() lists them.
-#define RNNKERN_CELLS(X) X(Elman) X(Lstm) X(Gru)
+#define RNNKERN_CELLS(X) X(Elman) X(Lstm) X(Gru) X(IndRnn)
 
 namespace rnnkern {
 
