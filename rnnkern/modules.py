@@ -55,9 +55,14 @@ def _input_data(input) -> Tensor:
     return input
 
 
+def _autocast(device_type: str) -> bool:
+    """Whether autocast is on for this device type (never for meta, which has none)."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
+
+
 def _check_weight_dtypes(module, input: Tensor) -> None:
     """torch.nn's rule: every weight has the input's dtype (autocast casts them itself)."""
-    if torch.is_autocast_enabled(input.device.type):
+    if _autocast(input.device.type):
         return
     for name, w in zip(module._flat_weights_names, module._flat_weights):
         if w is not None and w.dtype != input.dtype:
@@ -366,7 +371,7 @@ def _compute(module, input: Tensor, hx, batch_sizes: Optional[Tensor], on_grad_n
     spec = cells.get(module._cell)
     result_dtype = input.dtype
     device_type = input.device.type
-    if (input.dtype == torch.float32 and torch.is_autocast_enabled(device_type)
+    if (input.dtype == torch.float32 and _autocast(device_type)
             and (spec.autocast_on_cpu or device_type != "cpu")):
         result_dtype = torch.get_autocast_dtype(device_type)
     compute_dtype = torch.float32 if result_dtype in _UPCAST else result_dtype

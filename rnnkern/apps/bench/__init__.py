@@ -102,7 +102,8 @@ def _cases(args: argparse.Namespace, cases) -> list:
 
 
 def _title(args: argparse.Namespace) -> str:
-    return ", ".join(f"rnnkern.{get(c).title} vs torch.nn.{get(c).title}" for c in _cells(args))
+    return ", ".join(f"rnnkern.{get(c).title} vs {get(c).torch_class.replace(':', '.')}"
+                     for c in _cells(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from ... import reference
 from ...cells import get as cell_spec
 from ...modules import RNN
 
@@ -111,12 +110,15 @@ class Result:
 
 def train_flop(case: Case, rows: int) -> float:
     """FLOPs of a train step: per layer-direction 2·N·(I·H + H·H) forward and twice that
-    backward (recurrent product, ∂W_hh, ∂W_ih, ∂x), times 4 (LSTM) or 3 (GRU) gate blocks."""
+    backward (recurrent product, ∂W_hh, ∂W_ih, ∂x), times the gate blocks (4 LSTM, 3 GRU);
+    H·H is H for a diagonal W_hh."""
+    spec = cell_spec(case.cell)
+    recurrent = case.H * case.H if spec.recurrent == "dense" else case.H
     D = 2 if case.bidirectional else 1
     total = 0.0
     for layer in range(case.layers):
         inputs = case.I if layer == 0 else D * case.H
-        total += D * 6.0 * rows * (inputs * case.H + case.H * case.H) * cell_spec(case.cell).gate_count
+        total += D * 6.0 * rows * (inputs * case.H + recurrent) * spec.gate_count
     return total
 
 
@@ -193,11 +195,15 @@ def _input(case: Case, dtype: torch.dtype, generator: torch.Generator, device: s
     return packed
 
 
-def _reference_loop(module: torch.nn.RNN):
-    """The autograd loop for a one-layer, one-direction module on tensor input."""
+def _reference_loop(module: torch.nn.RNNBase, cell: str):
+    """The cell's autograd loop for a one-layer, one-direction module on tensor input."""
+    spec = cell_spec(cell)
+
     def run(x):
-        w = module._flat_weights
-        return reference.rnn(x, None, *w, module.nonlinearity)
+        states = tuple(x.new_zeros(x.shape[1], module.hidden_size) for _ in spec.states)
+        output, finals = spec.reference_layer(x, states, module._flat_weights,
+                                              getattr(module, "nonlinearity", "tanh"))
+        return output, finals if len(finals) > 1 else finals[0]
     return run
 
 
@@ -224,17 +230,19 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
     theirs_class, ours_class = classes(case.cell)
     theirs = theirs_class(case.I, case.H, **kwargs).to(device)
     ours = ours_class(case.I, case.H, **kwargs).to(device)
-    ours.load_state_dict(theirs.state_dict())
+    spec = cell_spec(case.cell)
+    if spec.drop_in:
+        ours.load_state_dict(theirs.state_dict())
+    # (a cell that is no drop-in races torch's class of the same sizes, its loop its own weights)
     x = _input(case, dtype, torch.Generator().manual_seed(seed), device)
     leaf = x if isinstance(x, torch.Tensor) else x.data
-    simple = (case.layers == 1 and not case.bidirectional and not case.packed
-              and case.cell == "rnn")
+    simple = case.layers == 1 and not case.bidirectional and not case.packed
     calls: Dict[str, Callable] = {"torch": theirs, "rnnkern": ours}
     if simple and "reference" in impls:
-        calls["reference"] = _reference_loop(theirs)
+        calls["reference"] = _reference_loop(ours, case.cell)
     if simple and "compiled" in impls and case.T <= COMPILE_MAX_STEPS:
         torch._dynamo.reset()
-        calls["compiled"] = torch.compile(_reference_loop(theirs))
+        calls["compiled"] = torch.compile(_reference_loop(ours, case.cell))
     calls = {k: v for k, v in calls.items() if k in impls or k == "torch"}
 
     def forward(fn):
