@@ -201,6 +201,12 @@ CELLS: Tuple[Cell, ...] = (
          delta="δ_{t} = [da_r da_z da_n]_{t}", error_inside="in a gate's derivative",
          hand_offs=("it is δ_{t} W_hh + ∂L/∂h_{t} ⊙ z_{t}, with the n block of δ_{t} "
                     "times r_{t}",), autocast_on_cpu=False),
+    Cell("indrnn", "IndRNN", ("h",), ("h",), nonlinearity=True, projection=False,
+         torch_class="torch.nn:RNN", module="rnnkern.indrnn:IndRNN", drop_in=False,
+         reference="rnnkern.indrnn:reference", backends=("cpu",),
+         summary="the IndRNN, h_t = φ(x_t W_ihᵀ + b_ih + u ⊙ h_{t-1} + b_hh), u = W_hh (H,)",
+         recurrent="diagonal", delta="δ_{t}", error_inside="in the φ'(a_{t}) factor",
+         hand_offs=("it is δ_{t} ⊙ u, u = W_hh the vector",)),
 )
 
 NAMES: Tuple[str, ...] = tuple(cell.name for cell in CELLS)

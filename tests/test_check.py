@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rnnkern import apps as cli
+from rnnkern import cells
 from rnnkern.apps.check import runner as check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,9 +305,9 @@ BAD_ARGUMENTS = [
     (["--nonlinearity", "sigmoid"], "argument --nonlinearity: invalid choice"),
     (["--cell", "cnn"], "argument --cell: invalid choice: 'cnn'"),
     (["--cell", "all", "--impl", f"{GATED}:HandGRU"],
-     "argument --cell: all checks rnnkern's three drop-ins; with --impl give the cell"),
+     "argument --cell: all checks rnnkern's four cells; with --impl give the cell"),
     (["--cell", "lstm", "--nonlinearity", "relu"],
-     "argument --nonlinearity: applies to --cell rnn only, got --cell lstm"),
+     "argument --nonlinearity: applies to --cell rnn or indrnn only, got --cell lstm"),
     (["--cell", "gru", "--proj-size", "2"],
      "argument --proj-size: applies to --cell lstm only, got --cell gru"),
     (["--cell", "lstm", "--proj-size", "6"],
@@ -361,7 +362,7 @@ def test_help_lists_the_options(capsys):
                   "--bidirectional", "--packed", "--nonlinearity", "--dtype", "--atol", "--rtol",
                   "--reference", "finite-differences", "default: 0", "default: rnnkern-results",
                   "exit status", "bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y)", "--cell",
-                  "{rnn,lstm,gru,all}", "--proj-size P",
+                  "{rnn,lstm,gru,indrnn,all}", "--proj-size P",
                   "bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y)", "--timeout SECONDS",
                   "default: 300", "timed out", "SIGALRM"):
         assert piece.lower() in text.lower(), piece
@@ -386,33 +387,37 @@ def tables(lines):
     return [table_cells(lines[a:b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
 
 
-def test_cell_all_checks_the_three_drop_ins_on_their_grids(tmp_path, capsys):
+def test_cell_all_checks_every_cell_on_its_grids(tmp_path, capsys):
     status, lines = run_check(["--cell", "all"], tmp_path, capsys)
     assert status == 0
     heads = [l for l in lines if l.startswith("rnnkern check: ")]
     assert [h.split(" against ")[0] for h in heads] == [
-        "rnnkern check: rnnkern.RNN", "rnnkern check: rnnkern.LSTM", "rnnkern check: rnnkern.GRU"]
+        "rnnkern check: rnnkern.RNN", "rnnkern check: rnnkern.LSTM", "rnnkern check: rnnkern.GRU",
+        "rnnkern check: rnnkern.IndRNN"]
     assert "torch.nn.LSTM, finite differences, and torch.autograd.gradcheck" in heads[1]
     counts = []
-    for cell, rows in zip(("rnn", "lstm", "gru"), tables(lines)):
-        expected = (2 * len(check.GRIDS[cell]) + len(check.FINITE_DIFFERENCES_GRIDS[cell])
+    for cell, rows in zip(("rnn", "lstm", "gru", "indrnn"), tables(lines)):
+        oracles = 2 if cells.get(cell).drop_in else 1  # torch's class: the drop-ins only
+        expected = (oracles * len(check.GRIDS[cell]) + len(check.FINITE_DIFFERENCES_GRIDS[cell])
                     + len(check.GRADCHECK_GRIDS[cell]))
         assert len(rows) == expected and all(r["result"] == "ok" for r in rows)
         counts.append(expected)
         described = " ".join(r["configuration"] for r in rows)
         assert (cell in described) == (cell != "rnn")
         references = {r["reference"] for r in rows}
-        torch_class = {"rnn": "torch.nn.RNN", "lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
-        assert references == {"rnnkern.reference", torch_class[cell], "finite differences",
+        torch_class = {"rnn": {"torch.nn.RNN"}, "lstm": {"torch.nn.LSTM"},
+                       "gru": {"torch.nn.GRU"}, "indrnn": set()}
+        assert references == {"rnnkern.reference", *torch_class[cell], "finite differences",
                               "autograd.gradcheck"}
     assert "L2 bi packed proj2 lstm" in " ".join(r["configuration"] for r in tables(lines)[1])
     assert {"float32"} < {r["dtype"] for r in tables(lines)[2]}
-    assert lines[-2] == (f"rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU: all {sum(counts)} checks "
-                         "agree")
+    assert lines[-2] == (f"rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU, rnnkern.IndRNN: all "
+                         f"{sum(counts)} checks agree")
     data = json.loads((tmp_path / "out" / "check.json").read_text())
-    assert data["passed"] and data["candidate"] == "rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU"
-    assert [sum(c["cell"] == cell for c in data["checks"]) for cell in ("rnn", "lstm", "gru")] \
-        == counts
+    assert data["passed"]
+    assert data["candidate"] == "rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU, rnnkern.IndRNN"
+    assert [sum(c["cell"] == cell for c in data["checks"])
+            for cell in ("rnn", "lstm", "gru", "indrnn")] == counts
     assert any(c["proj_size"] == 2 for c in data["checks"])
 
 

@@ -26,9 +26,10 @@ def test_bench_cell_all_times_the_three_layers(tmp_path):
                     "--out", "b"], tmp_path)
     assert "rnnkern.LSTM vs torch.nn.LSTM" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if line.lstrip().startswith("3 ")]
-    assert [r[4] for r in rows] == ["-", "lstm", "gru"]
+    assert [r[4] for r in rows] == ["-", "lstm", "gru", "indrnn"]
+    assert "rnnkern.IndRNN vs torch.nn.RNN" in proc.stdout
     data = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert len(data["results"]) == 3
+    assert len(data["results"]) == 4
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

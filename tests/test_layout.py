@@ -96,7 +96,8 @@ def test_every_cell_of_the_registry_resolves(cell):
     module = cell.module_type()
     assert issubclass(module, torch.nn.Module) and module.__name__ == cell.title
     assert getattr(rnnkern, cell.title) is module
-    assert issubclass(module, cell.torch_type()) == cell.drop_in
+    # a drop-in subclasses its torch class (a cell that is none may, for its constructor)
+    assert issubclass(module, cell.torch_type()) or not cell.drop_in
     assert callable(cell.reference_loop())
     assert cell.gate_count == len(cell.gates) >= 1 and cell.states[0] == "h"
     assert cells.get(cell.name) is cell
