@@ -128,3 +128,19 @@ def test_identity_init_is_the_irnn():
     model = adding.Model(4, "relu", "identity", "rnnkern")
     torch.testing.assert_close(model.rnn.weight_hh_l0.detach(), torch.eye(4))
     assert torch.all(model.rnn.bias_hh_l0 == 0)
+
+
+def test_vanish_indrnn_curves_stay_under_the_per_unit_bound(tmp_path):
+    curves = vanish.compute(T=20, B=3, H=8, I=3, gains=(0.5, 1.5), cell="indrnn")
+    assert sorted(curves.rnn) == [("relu", 0.5), ("relu", 1.5), ("tanh", 0.5), ("tanh", 1.5)]
+    assert vanish.within_bound(curves) and not curves.mlp
+    # gain 0.5 contracts by at least 2 per step; relu with gain 1.5 lets some unit grow
+    shrink = curves.rnn["tanh", 0.5]
+    assert float(shrink[-1] / shrink[0]) <= 0.5 ** 19
+    grow = curves.rnn["relu", 1.5]
+    assert float(grow.max()) > float(grow[0])
+    table = vanish.table(curves)
+    assert table.splitlines()[0].split()[:2] == ["nonlinearity", "gain"] and "bound" in table
+    path = str(tmp_path / "v.png")
+    vanish.plot(curves, path)
+    assert os.path.getsize(path) > 10_000

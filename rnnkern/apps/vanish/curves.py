@@ -118,6 +118,25 @@ def gated_norms(cell: str, gain: float, T: int, B: int, H: int, I: int,
     return _flow_by_distance(module, T, B, I, H, seed, 0.1)[0]
 
 
+def indrnn_norms(nonlinearity: str, gain: float, T: int, B: int, H: int, I: int,
+                 seed: int = 0) -> torch.Tensor:
+    """As :func:`rnn_norms` for the IndRNN, u = W_hh drawn from gain · U(-1, 1) with one unit
+    at u = gain: each unit j's gradient shrinks or grows by |u_j| · φ' per step, so the bound
+    is per unit, |u_j|^k, and the norm's is gain^k = max |u_j|^k."""
+    w_hh, w_ih = _setup(H, I, gain, seed)
+    module = cell_spec("indrnn").module_type()(I, H, nonlinearity=nonlinearity,
+                                               dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed + 2)
+    u = gain * (2 * torch.rand(H, generator=g, dtype=torch.float64) - 1)
+    u[0] = gain
+    with torch.no_grad():
+        module.weight_hh_l0.copy_(u)
+        module.weight_ih_l0.copy_(w_ih)
+        module.bias_ih_l0.zero_()
+        module.bias_hh_l0.zero_()
+    return _flow_by_distance(module, T, B, I, H, seed, 0.1)[0]
+
+
 # The gated cells' gate bias in the side-by-side panel: the LSTM's forget gate and the GRU's
 # update gate (rows H to 2H of b_ih) start at +1, the LSTM's usual initialisation (Gers et al.
 # 2000, Jozefowicz et al. 2015); at torch's 0 both forget half of the state every step.
@@ -145,7 +164,10 @@ def compute(T: int = 100, B: int = 16, H: int = 64, I: int = 8,
             gains: Sequence[float] = GAINS, seed: int = 0, cell: str = "rnn") -> Curves:
     rnn, mlp, bound = {}, {}, {}
     for gain in gains:
-        if cell != "rnn":
+        if cell == "indrnn":
+            for nl in NONLINEARITIES:
+                rnn[nl, gain] = indrnn_norms(nl, gain, T, B, H, I, seed)
+        elif cell != "rnn":
             rnn[cell, gain] = gated_norms(cell, gain, T, B, H, I, seed)
         for nl in NONLINEARITIES if cell == "rnn" else ():
             rnn[nl, gain] = rnn_norms(nl, gain, T, B, H, I, seed)
@@ -193,6 +215,12 @@ def cells_table(curves: Curves, distances: Sequence[int] = (0, 10, 25, 50, 99)) 
 
 def table(curves: Curves, distances: Sequence[int] = (0, 10, 25, 50, 99)) -> str:
     ks = [k for k in distances if k < curves.T]
+    if curves.cell == "indrnn":  # no tied-weight MLP; the bound max |u_j|^k = gain^k
+        rows = [["nonlinearity", "gain"] + [f"k={k}" for k in ks] + ["bound k=%d" % ks[-1]]]
+        for (nl, gain), norms in curves.rnn.items():
+            rows.append([nl, f"{gain:g}"] + [f"{float(norms[k]):.3e}" for k in ks] +
+                        [f"{float(curves.bound[gain][ks[-1]] * norms[0]):.3e}"])
+        return _format(rows)
     if curves.cell != "rnn":  # the gated cells: no tied-weight MLP, no gain^k bound
         rows = [["cell", "gain"] + [f"k={k}" for k in ks]]
         for (cell, gain), norms in curves.rnn.items():
@@ -222,7 +250,7 @@ def _plot_cells(ax, curves: Curves) -> None:
         label, color, style = styles[name]
         ax.semilogy(k, norms.clamp_min(1e-300), color=color, linestyle=style, linewidth=2,
                     label=label)
-    ax.set_title(f"the three cells at the same T = {curves.T}, torch's initialisation (LSTM "
+    ax.set_title(f"the three cells at the same T = {curves.T}, torch's initialisation\n(LSTM "
                  f"forget and GRU update gate bias +{GATE_BIAS:g}): the gated cells keep the "
                  "gradient", fontsize=10)
     ax.set_xlabel("distance from the loss k = T-1-t (steps)")
@@ -239,10 +267,22 @@ def _plot_gated(curves: Curves, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     k = torch.arange(curves.T)
-    for (cell, gain), norms in curves.rnn.items():
-        axes[0].semilogy(k, norms.clamp_min(1e-300), linewidth=2, label=f"gain {gain:g}")
-    axes[0].set_title(f"{cell.upper()}: ‖∂L/∂h_t‖ recorded by the kernel, each gate's W_hh "
-                      "block = gain · orthogonal", fontsize=10)
+    indrnn = curves.cell == "indrnn"
+    for i, ((name, gain), norms) in enumerate(curves.rnn.items()):
+        color = f"C{i // 2 if indrnn else i}"
+        # a relu unit that is off passes nothing back: its curve ends there (no log of 0)
+        shown = torch.where(norms > 0, norms, torch.nan) if indrnn else norms.clamp_min(1e-300)
+        line = axes[0].semilogy(k, shown, linewidth=2, color=color,
+                                linestyle=":" if indrnn and name == "relu" else "-",
+                                label=f"{name} gain {gain:g}" if indrnn else f"gain {gain:g}")
+        if indrnn and name == "tanh":
+            axes[0].semilogy(k, curves.bound[gain] * norms[0], color=line[0].get_color(),
+                             linestyle=(0, (4, 3)), linewidth=1, alpha=0.8)
+    axes[0].set_title("IndRNN, u = W_hh ~ gain · U(-1, 1): ‖∂L/∂h_t‖ recorded by the kernel\n"
+                      "dashed: the bound gain^k = max |u_j|^k (each unit's is |u_j|^k)"
+                      if indrnn else
+                      f"{curves.cell.upper()}: ‖∂L/∂h_t‖ recorded by the kernel, each gate's "
+                      "W_hh block = gain · orthogonal", fontsize=10)
     axes[0].set_xlabel("distance from the loss k = T-1-t (steps)")
     axes[0].grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=8)
