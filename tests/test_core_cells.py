@@ -1,37 +1,59 @@
 """rnnkern._core's one binding pair for every cell: the cell list and its facts, the cell-name
 and nonlinearity checks, and the pointer variant against the array path for every cell."""
 
+import re
+
 import numpy as np
 import pytest
 
 from rnnkern import _core
 
 CELLS = _core.cells()
+WITH_NONLINEARITY = [c for c in CELLS if _core.cell_info(c)["takes_nonlinearity"]]
+WITHOUT_NONLINEARITY = [c for c in CELLS if not _core.cell_info(c)["takes_nonlinearity"]]
 
 
 def test_cells_and_their_facts():
-    assert CELLS == ["rnn", "lstm", "gru"]
+    assert CELLS == ["rnn", "lstm", "gru", "indrnn"]
     facts = {name: _core.cell_info(name) for name in CELLS}
     assert {n: (f["gates"], f["states"]) for n, f in facts.items()} == \
-        {"rnn": (1, 1), "lstm": (4, 2), "gru": (3, 1)}
-    assert [n for n, f in facts.items() if f["takes_nonlinearity"]] == ["rnn"]
+        {"rnn": (1, 1), "lstm": (4, 2), "gru": (3, 1), "indrnn": (1, 1)}
+    assert [n for n, f in facts.items() if f["takes_nonlinearity"]] == ["rnn", "indrnn"]
     assert [n for n, f in facts.items() if f["projection"]] == ["lstm"]
     assert facts["rnn"]["saved"] == []
     assert facts["lstm"]["saved"] == [("gates", 4, False), ("c", 1, False), ("m", 1, True)]
     assert facts["gru"]["saved"] == [("gates", 3, False), ("hidden_n", 1, False)]
+    assert facts["indrnn"]["saved"] == []
     assert facts["gru"]["w_hh_shape"] == ("3 * hidden_size", "hidden_size")
     assert facts["rnn"]["w_hh_shape"] == ("hidden_size", "hidden_size")
+    assert facts["lstm"]["w_hh_shape"] == ("4 * hidden_size", "hidden_size")
+    assert facts["indrnn"]["w_hh_shape"] == ("hidden_size",)
+    assert all(f["name"] == n for n, f in facts.items())
+
+
+def _size(expr, H):
+    """A cell_info size ("hidden_size", "3 * hidden_size") for this hidden size."""
+    n = 1
+    for factor in expr.split(" * "):
+        n *= H if factor == "hidden_size" else int(factor)
+    return n
+
+
+def _w_hh_shape(cell, H):
+    return tuple(_size(e, H) for e in _core.cell_info(cell)["w_hh_shape"])
 
 
 def _problem(cell, T=4, B=3, I=5, H=6, seed=0, dtype=np.float64):
-    G = _core.cell_info(cell)["gates"]
+    info = _core.cell_info(cell)
+    G, two = info["gates"], info["states"] == 2
     rng = np.random.default_rng(seed)
     a = {"x": rng.standard_normal((T, B, I)), "h0": rng.standard_normal((B, H)),
-         "c0": rng.standard_normal((B, H)) if cell == "lstm" else None,
-         "w_ih": rng.uniform(-0.4, 0.4, (G * H, I)), "w_hh": rng.uniform(-0.4, 0.4, (G * H, H)),
+         "c0": rng.standard_normal((B, H)) if two else None,
+         "w_ih": rng.uniform(-0.4, 0.4, (G * H, I)),
+         "w_hh": rng.uniform(-0.4, 0.4, _w_hh_shape(cell, H)),
          "b_ih": rng.uniform(-0.4, 0.4, G * H), "b_hh": rng.uniform(-0.4, 0.4, G * H),
          "grad_y": rng.standard_normal((T, B, H)), "grad_hn": rng.standard_normal((B, H)),
-         "grad_cn": rng.standard_normal((B, H)) if cell == "lstm" else None}
+         "grad_cn": rng.standard_normal((B, H)) if two else None}
     return {k: None if v is None else np.ascontiguousarray(v, dtype) for k, v in a.items()}
 
 
@@ -41,14 +63,14 @@ def _nonlinearity(cell):
 
 def test_unknown_cell_names_the_known_ones():
     p = _problem("rnn")
-    with pytest.raises(ValueError, match="cell must be one of 'rnn', 'lstm', 'gru', got 'cnn'"):
+    with pytest.raises(ValueError, match="cell must be one of 'rnn', 'lstm', 'gru', 'indrnn', got 'cnn'"):
         _core.layer_backward("cnn", p["x"], p["h0"], None, p["w_ih"], p["w_hh"], None, p["x"],
                              (), p["grad_y"], None, None, "tanh", None, False)
     with pytest.raises(ValueError, match="got 'LSTM'"):
         _core.cell_info("LSTM")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", WITHOUT_NONLINEARITY)
 def test_a_cell_without_nonlinearity_takes_only_tanh_or_none(cell):
     p = _problem(cell)
     args = (p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], None)
@@ -60,11 +82,35 @@ def test_a_cell_without_nonlinearity_takes_only_tanh_or_none(cell):
         _core.layer_forward(cell, *args, "relu", None, False)
 
 
-def test_the_rnn_needs_its_nonlinearity():
-    p = _problem("rnn")
+@pytest.mark.parametrize("cell", WITH_NONLINEARITY)
+def test_a_cell_with_a_nonlinearity_needs_it(cell):
+    p = _problem(cell)
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got None"):
-        _core.layer_forward("rnn", p["x"], p["h0"], None, p["w_ih"], p["w_hh"], None, None,
+        _core.layer_forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], None, None,
                             None, None, None, False)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_w_hh_must_have_the_shape_of_cell_info(cell):
+    """w_hh of the other number of dimensions (a matrix for a vector cell, a vector for a
+    matrix cell) is a ValueError naming w_hh, the shape wanted and the shape given."""
+    p = _problem(cell)
+    want = _w_hh_shape(cell, 6)
+    wrong = (want[0], 6) if len(want) == 1 else (want[0],)
+
+    def text(shape):
+        return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+    msg = re.escape(f"w_hh must have shape {text(want)}, got {text(wrong)}")
+    nl = _nonlinearity(cell)
+    with pytest.raises(ValueError, match=msg):
+        _core.layer_forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], np.zeros(wrong), None,
+                            None, None, nl, None, False)
+    y, saved = _core.layer_forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], None,
+                                   None, None, nl, None, False)
+    with pytest.raises(ValueError, match=msg):
+        _core.layer_backward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], np.zeros(wrong), None,
+                             y, saved, p["grad_y"], None, None, nl, None, False)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -73,7 +119,7 @@ def test_saved_must_be_what_forward_returned(cell):
     nl = _nonlinearity(cell)
     y, saved = _core.layer_forward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"],
                                    p["b_ih"], p["b_hh"], None, nl, None, False)
-    assert len(saved) == len(_core.cell_info(cell)["saved"]) - (cell == "lstm")
+    assert len(saved) == sum(1 for s in _core.cell_info(cell)["saved"] if not s[2])
     with pytest.raises(TypeError, match="saved must be the tuple of"):
         _core.layer_backward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], None, y,
                              (*saved, y), p["grad_y"], None, None, nl, None, False)
