@@ -1,14 +1,14 @@
-"""A fourth cell for the tests of rnnkern.testing and rnnkern check, registered by a test only:
-an IndRNN (h_t = φ(x_t W_ihᵀ + b_ih + u ⊙ h_{t-1} + b_hh), u = weight_hh of shape (H,)), a
-cell that is not a drop-in for its torch class (torch.nn.RNN, whose W_hh is (H, H)). It has
-what a spec names: a module class, a reference loop after rnnkern.cells' convention, and
-NumPy bptt functions (one right, one with the hand-off to h_{t-1} missing u)."""
+"""A stand-in for the registry's IndRNN, put in its place by a test only: a spec whose
+module computes on the reference loop (through rnnkern.testing's input handling) instead of
+rnnkern's kernels, a cell that is not a drop-in for its torch class (torch.nn.RNN, whose W_hh
+is (H, H)), and NumPy bptt functions (one right, one with the hand-off to h_{t-1} missing u),
+for the tests of rnnkern.testing and rnnkern check."""
 
 import numpy as np
 import torch
 
 from rnnkern import cells
-from rnnkern.reference import _packed_rows, _scan
+from rnnkern.indrnn import reference as _indrnn_reference
 
 SPEC = cells.Cell(
     "indrnn", "IndRNN", ("h",), ("h",), nonlinearity=True, projection=False,
@@ -19,29 +19,8 @@ SPEC = cells.Cell(
     hand_offs=("it is δ_{t} ⊙ u, u = W_hh the vector",))
 
 
-def reference(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-              batch_sizes=None, reverse=False):
-    """One IndRNN layer in one direction, after rnnkern.cells' reference convention."""
-    phi = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
-    H = w_hh.shape[0]
-    sizes, rows = _packed_rows(input, batch_sizes)
-    B = sizes[0]
-    if hx is None:
-        hx = input.new_zeros(B, H)
-
-    def cell(x_t, h_prev):
-        a = x_t @ w_ih.T + w_hh * h_prev
-        if b_ih is not None:
-            a = a + b_ih
-        if b_hh is not None:
-            a = a + b_hh
-        return (phi(a),)
-
-    states, (h_n,) = _scan(rows, sizes, reverse, (hx,), cell)
-    output = torch.cat([s[0] for s in states])
-    if batch_sizes is None:
-        output = output.reshape(len(sizes), B, H)
-    return output, h_n
+# the reference loop: rnnkern's own IndRNN's, after rnnkern.cells' convention
+reference = _indrnn_reference
 
 
 class IndRNN(torch.nn.RNN):
