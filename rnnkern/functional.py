@@ -22,7 +22,7 @@ be None).
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.autograd.forward_ad
@@ -102,7 +102,7 @@ def _raw(dtype: torch.dtype, *tensors: Optional[Tensor]) -> bool:
     return True
 
 
-def _small_sizes(spec: cells.Cell, x, states, w_ih, w_hh, w_hr
+def _small_sizes(facts: _Facts, x, states, w_ih, w_hh, w_hr
                  ) -> Optional[Tuple[int, int, int, int]]:
     """(T, B, I, H) when a time-major call without projection is small and its weights and
     states have the cell's shapes, so that data_ptr()s can go to the core; else None."""
@@ -110,10 +110,10 @@ def _small_sizes(spec: cells.Cell, x, states, w_ih, w_hh, w_hr
         return None
     steps, batch, features = x.shape
     rows = w_ih.shape[0]
-    hidden = rows // spec.gate_count
-    if (not 0 < steps * batch * rows <= _SMALL_OUTPUT or rows != hidden * spec.gate_count
+    hidden = rows // facts.gates
+    if (not 0 < steps * batch * rows <= _SMALL_OUTPUT or rows != hidden * facts.gates
             or w_ih.shape[1] != features
-            or w_hh.shape != ((rows, hidden) if spec.recurrent == "dense" else (rows,))):
+            or w_hh.shape != ((rows, hidden) if facts.dense else (rows,))):
         return None
     for h in states:
         if h.shape != (batch, hidden):
@@ -121,10 +121,10 @@ def _small_sizes(spec: cells.Cell, x, states, w_ih, w_hh, w_hr
     return steps, batch, features, hidden
 
 
-def _forward_small(spec, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, reverse
+def _forward_small(facts, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, reverse
                    ) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
     """(y, saved) of a call that _small_sizes accepts with raw tensors, else None."""
-    sizes = _small_sizes(spec, x, states, w_ih, w_hh, w_hr)
+    sizes = _small_sizes(facts, x, states, w_ih, w_hh, w_hr)
     if sizes is None or not _raw(x.dtype, x, *states, w_ih, w_hh, b_ih, b_hh):
         return None
     for b in (b_ih, b_hh):
@@ -132,21 +132,23 @@ def _forward_small(spec, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, 
             return None
     steps, batch, features, hidden = sizes
     y = torch.empty(steps, batch, hidden, dtype=x.dtype)
+    widths = facts.saved[False]
     saved = tuple(torch.empty(steps, batch, width * hidden, dtype=x.dtype)
-                  for _, width in _saved(spec.name, False))
+                  for width in widths) if widths else ()
     _core.layer_forward_pointers(
-        spec.name, x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
+        facts.spec.name, x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
         states[0].data_ptr(), _ptr(states[1]) if len(states) > 1 else 0, w_ih.data_ptr(),
-        w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), y.data_ptr(), tuple(s.data_ptr() for s in saved),
+        w_hh.data_ptr(), _ptr(b_ih), _ptr(b_hh), y.data_ptr(),
+        tuple(s.data_ptr() for s in saved) if saved else (),
         nonlinearity, reverse)
     return y, saved
 
 
-def _backward_small(spec, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals,
+def _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals,
                     nonlinearity, reverse, output_mask, grad_norms):
     """_backward for a call that _small_sizes accepts (the incoming gradients made
     contiguous), else None."""
-    sizes = _small_sizes(spec, x, states, w_ih, w_hh, w_hr)
+    sizes = _small_sizes(facts, x, states, w_ih, w_hh, w_hr)
     if sizes is None or grad_y.shape != y.shape:
         return None
     steps, batch, features, hidden = sizes
@@ -155,27 +157,37 @@ def _backward_small(spec, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_fi
     # core's block cache (fresh large allocations are page-faulted in at every call)
     if y.shape != (steps, batch, hidden) or rows * max(hidden, features) > 4 * _SMALL_OUTPUT:
         return None
-    for g in grad_finals:
+    two = len(states) > 1
+    grad_hn = grad_finals[0]
+    grad_cn = grad_finals[1] if two else None
+    for g in (grad_hn, grad_cn):
         if g is not None and g.shape != (batch, hidden):
             return None
     grad_y = grad_y.contiguous()
-    grad_finals = tuple(None if g is None else g.contiguous() for g in grad_finals)
-    if not _raw(x.dtype, x, *states, w_ih, w_hh, y, *saved, grad_y, *grad_finals):
+    grad_hn = None if grad_hn is None else grad_hn.contiguous()
+    grad_cn = None if grad_cn is None else grad_cn.contiguous()
+    dtype = x.dtype
+    if not (_raw(dtype, x, *states, w_ih, w_hh, y, grad_y, grad_hn, grad_cn)
+            and (not saved or _raw(dtype, *saved))):
         return None
-    two = len(states) > 1
-    shapes = (x.shape, (batch, hidden), (batch, hidden) if two else None, w_ih.shape,
-              w_hh.shape, (rows,), (rows,))
-    grads = [torch.empty(shape, dtype=x.dtype) if wanted and shape is not None else None
-             for shape, wanted in zip(shapes, output_mask)]
-    norms = tuple(torch.empty(steps * batch, dtype=torch.float64)
-                  if grad_norms and i < len(states) else None for i in range(2))
+    # straight-line code: this path is timed in microseconds
+    empty = torch.empty
+    gx = empty(x.shape, dtype=dtype) if output_mask[0] else None
+    gh0 = empty(batch, hidden, dtype=dtype) if output_mask[1] else None
+    gc0 = empty(batch, hidden, dtype=dtype) if two and output_mask[2] else None
+    gw_ih = empty(w_ih.shape, dtype=dtype) if output_mask[3] else None
+    gw_hh = empty(w_hh.shape, dtype=dtype) if output_mask[4] else None
+    gb_ih = empty(rows, dtype=dtype) if output_mask[5] else None
+    gb_hh = empty(rows, dtype=dtype) if output_mask[6] else None
+    norm_h = empty(steps * batch, dtype=torch.float64) if grad_norms else None
+    norm_c = empty(steps * batch, dtype=torch.float64) if grad_norms and two else None
     _core.layer_backward_pointers(
-        spec.name, x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
+        facts.spec.name, dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
         states[0].data_ptr(), _ptr(states[1]) if two else 0, w_ih.data_ptr(), w_hh.data_ptr(),
-        y.data_ptr(), tuple(s.data_ptr() for s in saved), grad_y.data_ptr(), _ptr(grad_finals[0]),
-        _ptr(grad_finals[1]) if two else 0, *(_ptr(g) for g in grads), *(_ptr(n) for n in norms),
-        nonlinearity, reverse)
-    return (*grads, None), norms
+        y.data_ptr(), tuple(s.data_ptr() for s in saved) if saved else (), grad_y.data_ptr(),
+        _ptr(grad_hn), _ptr(grad_cn), _ptr(gx), _ptr(gh0), _ptr(gc0), _ptr(gw_ih), _ptr(gw_hh),
+        _ptr(gb_ih), _ptr(gb_hh), _ptr(norm_h), _ptr(norm_c), nonlinearity, reverse)
+    return (gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, None), (norm_h, norm_c)
 
 
 def _on_gpu(x: Tensor) -> bool:
@@ -184,37 +196,61 @@ def _on_gpu(x: Tensor) -> bool:
     return x.device.type != "cpu"
 
 
-@functools.lru_cache(maxsize=None)
-def _saved(cell: str, projection: bool) -> Tuple[Tuple[str, int], ...]:
-    """The arrays a cell's forward saves for its backward: (name, width in units of H)."""
-    return tuple((name, width) for name, width, projection_only in
-                 _core.cell_info(cell)["saved"] if projection or not projection_only)
+class _Facts(NamedTuple):
+    """What the kernels' wrappers read of a cell at every call, looked up once."""
+
+    spec: cells.Cell
+    gates: int
+    dense: bool  # W_hh a matrix (else a vector)
+    saved: Tuple[Tuple[int, ...], Tuple[int, ...]]  # [projection]: widths (units of H) saved
+    states_at: Tuple[Tuple[int, ...], Tuple[int, ...]]  # [projection]: c_t etc. in saved
 
 
-def _state_rows(spec: cells.Cell, y: Tensor, saved: Sequence[Tensor],
-                projection: bool) -> List[Tensor]:
-    """The arrays whose rows are the states at every step: y, then (the LSTM) c_t."""
-    names = [name for name, _ in _saved(spec.name, projection)]
-    return [y] + [saved[names.index(state)] for state in spec.states[1:]]
+_FACTS: Dict[str, _Facts] = {}
+
+
+def _facts(cell: str) -> _Facts:
+    facts = _FACTS.get(cell)
+    if facts is None:
+        spec = cells.get(cell)  # a ValueError naming the cells for an unknown one
+        saved, states_at = [], []
+        for projection in (False, True):
+            kept = [(name, width) for name, width, projection_only in
+                    _core.cell_info(cell)["saved"] if projection or not projection_only]
+            names = [name for name, _ in kept]
+            saved.append(tuple(width for _, width in kept))
+            states_at.append(tuple(names.index(state) for state in spec.states[1:]))
+        facts = _FACTS[cell] = _Facts(spec, spec.gate_count, spec.recurrent == "dense",
+                                      tuple(saved), tuple(states_at))
+    return facts
+
+
+def _finals(facts: _Facts, y: Tensor, saved, batch: int, batch_sizes, reverse: bool,
+            own: bool, projection: bool) -> Tuple[Tensor, ...]:
+    """Each sequence's last states: h_n from the rows of y (a view unless ``own``), then the
+    other states (the LSTM's c_n) from the saved arrays that hold them."""
+    h_n = _final_state(y, batch, batch_sizes, reverse, own)
+    at = facts.states_at[projection]
+    if not at:
+        return (h_n,)
+    return (h_n, *(_final_state(saved[i], batch, batch_sizes, reverse) for i in at))
 
 
 def _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
              reverse, own=True):
     """(y, final states, saved): every h_t, each sequence's last states (views of the rows
     of y unless ``own``) and what the cell's backward reads."""
-    spec = cells.get(cell)
+    facts = _facts(cell)
     batch = states[0].shape[0]
-    if _on_gpu(x) and "cuda" in spec.backends:
+    if _on_gpu(x) and "cuda" in facts.spec.backends:
         y = gpu.forward(x, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, batch_sizes,
                         reverse)
         return y, (_final_state(y, batch, batch_sizes, reverse, own),), ()
     small = None if batch_sizes is not None else _forward_small(
-        spec, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, reverse)
+        facts, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, reverse)
     if small is not None:
         y, saved = small
-        finals = tuple(_final_state(rows, batch, None, reverse, own or i > 0)
-                       for i, rows in enumerate(_state_rows(spec, y, saved, False)))
-        return y, finals, saved
+        return y, _finals(facts, y, saved, batch, None, reverse, own, False), saved
     c0 = states[1] if len(states) > 1 else None
     y, saved = _core.layer_forward(
         cell, _numpy("input", x), _numpy("hx", states[0]), _numpy("cx", c0),
@@ -223,26 +259,26 @@ def _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_
         x_name="input", h0_name="hx", c0_name="cx")
     y = torch.from_numpy(y)
     saved = tuple(torch.from_numpy(a) for a in saved)
-    finals = tuple(_final_state(rows, batch, batch_sizes, reverse, own or i > 0)
-                   for i, rows in enumerate(_state_rows(spec, y, saved, w_hr is not None)))
+    finals = _finals(facts, y, saved, batch, batch_sizes, reverse, own, w_hr is not None)
     return y, finals, saved
 
 
 def _backward(cell, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals, nonlinearity,
               batch_sizes, reverse, output_mask, grad_norms=False):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where output_mask (the same
-    eight) is False or the cell has no such input, and the (N,) float64 norms of ∂L/∂h_t
-    and (the LSTM) ∂L/∂c_t, (None, None) unless grad_norms."""
-    spec = cells.get(cell)
-    if _on_gpu(x) and "cuda" in spec.backends:
+    eight) is False or the cell has no such input (every path honours the mask), and the
+    (N,) float64 norms of ∂L/∂h_t and (the LSTM) ∂L/∂c_t, (None, None) unless grad_norms."""
+    facts = _facts(cell)
+    if _on_gpu(x) and "cuda" in facts.spec.backends:
         (gx, gh0, gw_ih, gw_hh, gb), norms = gpu.backward(
             x, states[0], w_ih, w_hh, y, grad_y, grad_finals[0], nonlinearity, batch_sizes,
             reverse, [output_mask[i] for i in (0, 1, 3, 4)] + [output_mask[5] or output_mask[6]],
             grad_norms)
-        return (gx, gh0, None, gw_ih, gw_hh, gb, None if gb is None else gb.clone(), None), \
-            (norms, None)
+        gb_ih = gb if output_mask[5] else None
+        gb_hh = (gb.clone() if output_mask[5] else gb) if output_mask[6] else None
+        return (gx, gh0, None, gw_ih, gw_hh, gb_ih, gb_hh, None), (norms, None)
     if batch_sizes is None and grad_y is not None:
-        small = _backward_small(spec, x, states, w_ih, w_hh, w_hr, y, saved, grad_y,
+        small = _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y,
                                 grad_finals, nonlinearity, reverse, output_mask, grad_norms)
         if small is not None:
             return small
@@ -277,7 +313,7 @@ def _none_if_empty(t):
 
 
 def _saved_shapes(cell: str, lead, hidden: int, projection: bool) -> List[Tuple[int, ...]]:
-    return [(*lead, width * hidden) for _, width in _saved(cell, projection)]
+    return [(*lead, width * hidden) for width in _facts(cell).saved[projection]]
 
 
 @torch.library.custom_op("rnnkern::layer_forward", mutates_args=())
@@ -414,7 +450,7 @@ class _EagerLayer(torch.autograd.Function):
                                  ctx.reverse, _output_mask(needs), record)
         if record:
             ctx.on_grad_norms(*norms)
-        return _input_grads(needs, grads)[:12] + (None,)
+        return (None, *grads, None, None, None, None)  # _backward honours the mask
 
 
 def _on_reference(x: Tensor) -> bool:
@@ -591,9 +627,10 @@ def layers(cell: str, input: Tensor, hx: States, weights: List[Tensor], num_laye
         (output, h_n) or (output, (h_n, c_n)): output like input with H · D features; the
         final states (num_layers · D, B, H).
     """
-    spec = cells.get(cell)
+    spec = _facts(cell).spec
     nonlinearity = _nonlinearity(spec, nonlinearity)
-    hx = (hx,) if len(spec.states) == 1 else tuple(hx)
+    one = len(spec.states) == 1
+    hx = (hx,) if one else tuple(hx)
     directions = 2 if bidirectional else 1
     per_direction = len(weights) // (num_layers * directions)
     has_bias = per_direction >= 4
@@ -602,12 +639,14 @@ def layers(cell: str, input: Tensor, hx: States, weights: List[Tensor], num_laye
     layer_input = input.transpose(0, 1) if transpose else input
     if num_layers == 1 and directions == 1 and on_grad_norms is None:  # the shortest way
         w = weights
-        output, finals = _layer(cell, layer_input, tuple(h[0] for h in hx), w[0], w[1],
+        output, finals = _layer(cell, layer_input, (hx[0][0],) if one else
+                                tuple(h[0] for h in hx), w[0], w[1],
                                 w[2] if has_bias else None, w[3] if has_bias else None,
                                 w[-1] if has_proj else None, nonlinearity, batch_sizes, False)
         output = output.transpose(0, 1) if transpose else output
-        stacked = tuple(f.unsqueeze(0) for f in finals)
-        return output, stacked[0] if len(stacked) == 1 else stacked
+        if one:
+            return output, finals[0].unsqueeze(0)
+        return output, tuple(f.unsqueeze(0) for f in finals)
     finals = []
     for layer_index in range(num_layers):
         outputs = []

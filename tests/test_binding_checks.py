@@ -120,10 +120,10 @@ def _nonlinearity(cell):
 @pytest.mark.parametrize("cell", cells.NAMES)
 def test_small_calls_on_pointers_match_the_array_path(cell):
     # calls with small outputs pass data_ptr()s; views and odd strides take the array path
-    spec = cells.get(cell)
+    facts = functional._facts(cell)
     x, states, w_ih, w_hh, b_ih, b_hh = _small_problem(cell, 0)
     nl = _nonlinearity(cell)
-    small = functional._forward_small(spec, x, states, w_ih, w_hh, b_ih, b_hh, None, nl, False)
+    small = functional._forward_small(facts, x, states, w_ih, w_hh, b_ih, b_hh, None, nl, False)
     assert small is not None
     c0 = states[1].numpy() if len(states) > 1 else None
     y, saved = rnnkern._core.layer_forward(cell, x.numpy(), states[0].numpy(), c0, w_ih.numpy(),
@@ -134,7 +134,7 @@ def test_small_calls_on_pointers_match_the_array_path(cell):
     for got, want in zip(small[1], saved):
         assert rel_err(got.numpy(), want) <= F64_TOL
     strided = torch.randn(w_ih.shape[0], 10, dtype=torch.float64)[:, ::2]
-    assert functional._forward_small(spec, x, states, strided, w_hh, b_ih, b_hh, None, nl,
+    assert functional._forward_small(facts, x, states, strided, w_hh, b_ih, b_hh, None, nl,
                                      False) is None
     out, _ = functional.layer(cell, x, states if len(states) > 1 else states[0], strided, w_hh,
                               b_ih, b_hh, None, nl)
@@ -147,7 +147,6 @@ def test_small_calls_on_pointers_match_the_array_path(cell):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell", cells.NAMES)
 def test_small_backward_on_pointers_matches_the_array_path(cell, reverse):
-    spec = cells.get(cell)
     x, states, w_ih, w_hh, b_ih, b_hh = _small_problem(cell, 1)
     nl = _nonlinearity(cell)
     y, _, saved = functional._forward(cell, x, states, w_ih, w_hh, None, None, None, nl, None,
@@ -156,8 +155,8 @@ def test_small_backward_on_pointers_matches_the_array_path(cell, reverse):
     grad_y = torch.ones(1, 1, 1, dtype=torch.float64).expand(T, B, H)  # as from y.sum()
     grad_finals = tuple(torch.randn(B, H, dtype=torch.float64) for _ in states)
     mask = [True, True, len(states) > 1, True, True, True, True, False]
-    small = functional._backward_small(spec, x, states, w_ih, w_hh, None, y, saved, grad_y,
-                                       grad_finals, nl, reverse, mask, True)
+    small = functional._backward_small(functional._facts(cell), x, states, w_ih, w_hh, None, y,
+                                       saved, grad_y, grad_finals, nl, reverse, mask, True)
     assert small is not None
     two = len(states) > 1
     result = rnnkern._core.layer_backward(
