@@ -413,8 +413,9 @@ class _EagerLayer(torch.autograd.Function):
     itself be differentiable runs on the reference loop."""
 
     @staticmethod
-    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes,
-                reverse, on_grad_norms):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, options):
+        # options: (cell, nonlinearity, reverse, on_grad_norms), one argument for apply
+        cell, nonlinearity, reverse, on_grad_norms = options
         states = (h0,) if c0 is None else (h0, c0)
         y, finals, saved = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
                                     nonlinearity, batch_sizes, reverse)
@@ -431,7 +432,7 @@ class _EagerLayer(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
             inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-            wanted = [i for i, need in enumerate(needs[1:9]) if need]
+            wanted = [i for i, need in enumerate(needs[:8]) if need]
             with torch.enable_grad():
                 y_ref, finals = _reference(ctx.cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
                                            ctx.nonlinearity, batch_sizes, ctx.reverse)
@@ -443,14 +444,14 @@ class _EagerLayer(torch.autograd.Function):
             grads = [None] * 8
             for i, g in zip(wanted, found):
                 grads[i] = torch.zeros_like(inputs[i]) if g is None else g
-            return (None, *grads, None, None, None, None)
+            return (*grads, None, None)
         record = ctx.on_grad_norms is not None
         grads, norms = _backward(ctx.cell, x, states, w_ih, w_hh, w_hr, y, tuple(saved),
                                  grad_y, grad_finals, ctx.nonlinearity, batch_sizes,
-                                 ctx.reverse, _output_mask(needs), record)
+                                 ctx.reverse, list(needs[:8]), record)
         if record:
             ctx.on_grad_norms(*norms)
-        return (None, *grads, None, None, None, None)  # _backward honours the mask
+        return (*grads, None, None)  # _backward honours the mask
 
 
 def _on_reference(x: Tensor) -> bool:
@@ -495,8 +496,8 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_si
         return _reference(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
                           batch_sizes, reverse)
     if _tracked(x, *states, w_ih, w_hh, b_ih, b_hh, w_hr):
-        y, h_n, c_n = _EagerLayer.apply(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                        nonlinearity, batch_sizes, reverse, on_grad_norms)
+        y, h_n, c_n = _EagerLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
+                                        (cell, nonlinearity, reverse, on_grad_norms))
         return y, (h_n,) if c0 is None else (h_n, c_n)
     y, finals, _ = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
                             batch_sizes, reverse, own)

@@ -500,7 +500,7 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
     out = []
     for r in results:
         c = r.case
-        out.append(dict(T=c.T, B=c.B, I=c.I, H=c.H, layers=c.layers,
+        out.append(dict(cell=c.cell, T=c.T, B=c.B, I=c.I, H=c.H, layers=c.layers,
                         bidirectional=c.bidirectional, packed=c.packed,
                         forward_ms=r.forward_ms, train_ms=r.train_ms,
                         saved_bytes=r.saved_bytes, train_flop=r.train_flop,
