@@ -301,12 +301,8 @@ def _backward(cell, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals, 
 
 
 # ------------------------------------------------------------------------------ the custom ops
-# What torch.compile, opcheck and the dispatcher see. Absent tensors (c0 and c_n of a cell with
+# What torch.compile, opcheck and the dispatcher see. Absent outputs (c_n of a cell with
 # one state, an unwanted gradient) are empty tensors at the op boundary.
-
-def _empty_if_none(t, like):
-    return like.new_empty(0) if t is None else t
-
 
 def _none_if_empty(t):
     return None if t is None or t.numel() == 0 else t
