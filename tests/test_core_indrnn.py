@@ -21,6 +21,8 @@ import torch
 
 from rnnkern import _core
 
+import numpy_loop
+
 CELL = "indrnn"
 HERE = Path(__file__).parent
 ISAS = ["generic", "avx2", "avx512"]
@@ -34,15 +36,9 @@ GRAD_NAMES = ["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "norm_h",
 
 def _packed_layout(x, batch_sizes):
     """(rows (N, I), batch_sizes as a list, offset of each step's first row)."""
-    if batch_sizes is None:
-        T, B = x.shape[:2]
-        bs = [B] * T
-        rows = x.reshape(T * B, -1)
-    else:
-        bs = [int(n) for n in batch_sizes]
-        rows = x
-    offsets = [int(o) for o in np.concatenate([[0], np.cumsum(bs)[:-1]])]
-    return rows, bs, offsets
+    rows, offsets, _ = numpy_loop._layout(x, batch_sizes)
+    bs = [x.shape[1]] * x.shape[0] if batch_sizes is None else [int(n) for n in batch_sizes]
+    return rows, bs, [int(o) for o in offsets]
 
 
 def _order(T, reverse):
