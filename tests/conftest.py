@@ -8,6 +8,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from rnnkern import cells as _cells  # noqa: E402
+
 # Odd and tiny shapes (T, B, I, H): every kernel tail (rows, columns, panels) gets hit.
 SHAPES = [
     (1, 1, 1, 1),
@@ -84,6 +86,33 @@ def make_problem(T, B, I, H, dtype=np.float64, seed=0, bias=True, packed=False):
 # in the slow group, which CI runs (`pytest -m slow`); the default run keeps the suites once.
 SLOW = {("test_isa.py", "test_kernel_variant_passes_kernel_suites"),
         ("test_isa.py", "test_kernel_suites_with_other_thread_counts")}
+
+
+def _cells_of(marker):
+    """The registry's cells a ``cells`` marker selects: by name (``cells("lstm", "gru")``),
+    by spec attribute (``cells(drop_in=True)``, ``cells(recurrent="dense")``), or both."""
+    if marker is None:
+        return list(_cells.CELLS)
+    chosen = [_cells.get(name) for name in marker.args] or list(_cells.CELLS)
+    for attribute, value in marker.kwargs.items():
+        chosen = [c for c in chosen if getattr(c, attribute) == value]
+    if not chosen:
+        raise pytest.UsageError(f"the cells marker {marker} selects no cell of {_cells.NAMES}")
+    return chosen
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``cell`` (and does not parametrize it itself) runs once per cell of
+    the registry, or per cell its ``cells`` marker selects; ``cell`` is the cell's name."""
+    if "cell" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        if "cell" in names:
+            return
+    chosen = _cells_of(metafunc.definition.get_closest_marker("cells"))
+    metafunc.parametrize("cell", [c.name for c in chosen], ids=[c.name for c in chosen])
 
 
 def pytest_collection_modifyitems(config, items):
