@@ -1,10 +1,14 @@
-"""rnnkern.functional.rnn: against the reference and torch.nn.RNN, gradcheck, opcheck, compile."""
+"""rnnkern.functional (rnn, lstm, gru) and the ops under it (rnnkern::layer_forward and
+layer_backward): functional.rnn against the reference and torch.nn.RNN; for every drop-in cell
+(the cell fixture of conftest.py) gradcheck and gradgradcheck, opcheck, gradcheck through the op
+and compile. The Elman RNN's relu and the LSTM's proj_size have tests of their own. (The modules
+over these: test_modules.py.)"""
 
 import numpy as np
 import pytest
 import torch
 
-from rnnkern import functional, reference
+from rnnkern import cells, functional, reference
 
 from conftest import SHAPES, assert_f32_close, assert_f64_close, make_problem
 
@@ -95,70 +99,6 @@ def test_matches_torch_nn_rnn(dtype, nonlinearity, bias):
         torch.testing.assert_close(ours, theirs, **tol)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_gradcheck(packed, reverse, nonlinearity):
-    p, bs, _ = make_problem(5, 3, 4, 5, packed=packed, seed=1)
-    t = tensors(p)
-    kwargs = dict(batch_sizes=None if bs is None else torch.as_tensor(bs), reverse=reverse)
-
-    def fn(*args):
-        return functional.rnn(*args, nonlinearity=nonlinearity, **kwargs)
-
-    assert torch.autograd.gradcheck(fn, [t[n] for n in ARGS])
-
-
-def opcheck_samples():
-    p, bs, g = make_problem(4, 3, 5, 6)
-    pp, pbs, pg = make_problem(4, 3, 5, 6, packed=True)
-    samples = []
-    for prob, sizes, grads in ((p, None, g), (pp, pbs, pg)):
-        t = tensors(prob)
-        bs_t = None if sizes is None else torch.as_tensor(sizes)
-        for nl, reverse, bias in (("tanh", False, True), ("relu", True, False)):
-            b_ih, b_hh = (t["b_ih"], t["b_hh"]) if bias else (None, None)
-            fwd = ("rnn", t["x"], t["h0"], None, t["w_ih"], t["w_hh"], b_ih, b_hh, None, nl,
-                   bs_t, reverse)
-            y, _, _, saved = torch.ops.rnnkern.layer_forward(*fwd)
-            # (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-            mask = ([True, True, False, True, True, True, True, False] if bias
-                    else [False, True, False, True, False, True, False, False])
-            bwd = ("rnn", t["x"].detach(), t["h0"].detach(), None, t["w_ih"].detach(),
-                   t["w_hh"].detach(), None, y.detach(), saved, torch.tensor(grads["grad_y"]),
-                   torch.tensor(grads["grad_hn"]), None, nl, bs_t, reverse, mask)
-            samples.append((fwd, bwd))
-    return samples
-
-
-@pytest.mark.parametrize("index", range(4))
-def test_opcheck(index):
-    fwd, bwd = opcheck_samples()[index]
-    torch.library.opcheck(torch.ops.rnnkern.layer_forward.default, fwd)
-    torch.library.opcheck(torch.ops.rnnkern.layer_backward.default, bwd)
-
-
-def test_torch_compile_fullgraph_forward_and_backward():
-    p, _, g = make_problem(6, 3, 4, 5)
-    gy = torch.tensor(g["grad_y"])
-
-    def loss_fn(x, h0, w_ih, w_hh, b_ih, b_hh):
-        out, h_n = functional.rnn(x, h0, w_ih, w_hh, b_ih, b_hh)
-        return (out * gy).sum() + h_n.square().sum()
-
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    t_eager, t_comp = tensors(p), tensors(p)
-    loss_eager = loss_fn(*(t_eager[n] for n in ARGS))
-    loss_eager.backward()
-    loss_comp = compiled(*(t_comp[n] for n in ARGS))
-    loss_comp.backward()
-    assert_f64_close(loss_comp.detach(), loss_eager.detach(), "loss")
-    for n in ARGS:
-        assert t_comp[n].grad is not None
-        assert_f64_close(t_comp[n].grad, t_eager[n].grad, f"grad {n}")
-
-
 def test_hx_none_means_zeros():
     p, _, _ = make_problem(4, 2, 3, 5)
     t = tensors(p, requires_grad=False)
@@ -180,14 +120,183 @@ def test_non_contiguous_tensors():
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
+
+
+# Every drop-in cell: functional.rnn / lstm / gru and the ops, on the arguments of one layer.
+
+def layer_args(cell, packed, reverse, bias, seed=0, sizes=(4, 3, 5, 6), proj=0,
+               nonlinearity="tanh"):
+    """The arguments of rnnkern::layer_forward, (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+    nonlinearity, batch_sizes, reverse): c0 for the LSTM (else None), w_hr (proj, H) with
+    proj > 0, the nonlinearity for a cell that takes one (else None)."""
+    spec = cells.get(cell)
+    g = torch.Generator().manual_seed(seed)
+    T, B, I, H = sizes
+    G = spec.gate_count
+    P = proj or H
+    r = lambda *s: torch.randn(*s, dtype=torch.float64, generator=g)  # noqa: E731
+    bs = torch.tensor([B] + [max(B - t, 1) for t in range(1, T)]) if packed else None
+    x = r(int(bs.sum()), I) if packed else r(T, B, I)
+    c0 = r(B, H) if len(spec.states) > 1 else None
+    b = (r(G * H) * 0.3, r(G * H) * 0.3) if bias else (None, None)
+    w_hr = r(P, H) * 0.3 if proj else None
+    return (cell, x, r(B, P), c0, r(G * H, I) * 0.3, r(G * H, P) * 0.3, *b, w_hr,
+            nonlinearity if spec.nonlinearity else None, bs, reverse)
+
+
+def call_functional(cell, x, states, weights, nonlinearity="tanh", **kwargs):
+    """functional.<cell>(x, hx, *weights, **kwargs), its final states flattened:
+    (output, h_n) or the LSTM's (output, h_n, c_n)."""
+    if cells.get(cell).nonlinearity:
+        kwargs["nonlinearity"] = nonlinearity
+    hx = tuple(states) if len(states) > 1 else states[0]
+    y, final = getattr(functional, cell)(x, hx, *weights, **kwargs)
+    return (y, *final) if isinstance(final, tuple) else (y, final)
+
+
+def check_gradients(cell, packed, reverse, seed, sizes, nonlinearity="tanh", second=False):
+    """gradcheck of functional.<cell> in every input (and gradgradcheck with ``second``)."""
+    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _, _, bs, _ = layer_args(
+        cell, packed, reverse, True, seed=seed, sizes=sizes, nonlinearity=nonlinearity)
+    count = len(cells.get(cell).states)
+    inputs = [t.requires_grad_() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh) if t is not None]
+
+    def fn(x, *rest):
+        return call_functional(cell, x, rest[:count], rest[count:], nonlinearity,
+                               batch_sizes=bs, reverse=reverse)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    if second:  # create_graph=True: the backward runs on the reference loop
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.cells(drop_in=True)
 @pytest.mark.parametrize("packed", [False, True])
-def test_gradcheck_through_the_custom_op(packed):
-    p, bs, _ = make_problem(4, 3, 3, 4, packed=packed, seed=2)
-    t = tensors(p)
-    bs_t = None if bs is None else torch.as_tensor(bs)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck(cell, packed, reverse):
+    check_gradients(cell, packed, reverse, seed=1, sizes=(5, 3, 4, 5))
 
-    def fn(x, h0, w_ih, w_hh, b_ih, b_hh):
-        return torch.ops.rnnkern.layer_forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None,
-                                               "tanh", bs_t, packed)[:2]
 
-    assert torch.autograd.gradcheck(fn, [t[n] for n in ARGS])
+@pytest.mark.cells(drop_in=True, nonlinearity=True)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_relu(cell, packed, reverse):
+    check_gradients(cell, packed, reverse, seed=1, sizes=(5, 3, 4, 5), nonlinearity="relu")
+
+
+@pytest.mark.cells(drop_in=True)
+def test_functional_gradcheck_and_second_derivatives(cell):
+    check_gradients(cell, True, True, seed=2, sizes=(4, 3, 5, 6))
+    check_gradients(cell, True, True, seed=2, sizes=(2, 2, 2, 2), second=True)
+
+
+# (packed, reverse, bias); the LSTM's proj_size adds (packed, reverse, bias, proj_size)
+OPCHECK = [(False, False, True), (False, True, False), (True, False, True), (True, True, False)]
+OPCHECK_PROJ = [(False, True, True, 4), (True, False, False, 2)]
+
+
+def check_opcheck(cell, packed, reverse, bias, proj=0, nonlinearity="tanh"):
+    """opcheck of layer_forward (inputs that require grad) and of layer_backward."""
+    fwd = list(layer_args(cell, packed, reverse, bias, proj=proj, nonlinearity=nonlinearity))
+    for i in range(1, 9):
+        if fwd[i] is not None:
+            fwd[i] = fwd[i].requires_grad_()
+    torch.library.opcheck(torch.ops.rnnkern.layer_forward.default, tuple(fwd))
+    fwd = [t.detach() if isinstance(t, torch.Tensor) else t for t in fwd]
+    with torch.no_grad():
+        y, h_n, c_n, saved = torch.ops.rnnkern.layer_forward(*fwd)
+    _, x, h0, c0, w_ih, w_hh, _, _, w_hr, nl, bs, _ = fwd
+    lstm = c0 is not None
+    gen = torch.Generator().manual_seed(9)
+    gy = torch.randn(y.shape, dtype=y.dtype, generator=gen)
+    ghn = torch.randn(h_n.shape, dtype=y.dtype, generator=gen)
+    gcn = torch.randn(c_n.shape, dtype=y.dtype, generator=gen) if lstm else None
+    # (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    mask = ([True, True, lstm, True, True, True, True, bool(proj)] if bias
+            else [False, True, lstm, True, False, True, False, False])
+    bwd = (cell, x, h0, c0, w_ih, w_hh, w_hr, y, saved, gy, ghn, gcn, nl, bs, reverse, mask)
+    torch.library.opcheck(torch.ops.rnnkern.layer_backward.default, bwd)
+
+
+@pytest.mark.cells(drop_in=True)
+@pytest.mark.parametrize("packed,reverse,bias", OPCHECK)
+def test_opcheck(cell, packed, reverse, bias):
+    check_opcheck(cell, packed, reverse, bias)
+
+
+@pytest.mark.cells(drop_in=True, nonlinearity=True)
+@pytest.mark.parametrize("packed,reverse,bias", OPCHECK)
+def test_opcheck_relu(cell, packed, reverse, bias):
+    check_opcheck(cell, packed, reverse, bias, nonlinearity="relu")
+
+
+@pytest.mark.cells("lstm")
+@pytest.mark.parametrize("packed,reverse,bias,proj", OPCHECK_PROJ)
+def test_opcheck_proj_size(cell, packed, reverse, bias, proj):
+    check_opcheck(cell, packed, reverse, bias, proj=proj)
+
+
+def check_gradcheck_through_the_op(cell, packed, reverse, bias, proj=0):
+    args = list(layer_args(cell, packed, reverse, bias, seed=1, proj=proj))
+    index = [i for i in range(1, 9) if args[i] is not None]
+    for i in index:
+        args[i] = args[i].requires_grad_()
+    count = len(cells.get(cell).states)
+
+    def fn(*tensors):
+        a = list(args)
+        for i, t in zip(index, tensors):
+            a[i] = t
+        y, h_n, c_n, _ = torch.ops.rnnkern.layer_forward(*a)
+        return (y, h_n, c_n)[:1 + count]
+
+    assert torch.autograd.gradcheck(fn, [args[i] for i in index])
+
+
+@pytest.mark.cells(drop_in=True)
+@pytest.mark.parametrize("packed,reverse,bias", [(False, False, True), (True, True, True),
+                                                 (True, True, False), (True, False, True)])
+def test_gradcheck_through_the_custom_op(cell, packed, reverse, bias):
+    check_gradcheck_through_the_op(cell, packed, reverse, bias)
+
+
+@pytest.mark.cells("lstm")
+@pytest.mark.parametrize("packed,reverse,bias,proj", OPCHECK_PROJ)
+def test_gradcheck_through_the_custom_op_proj_size(cell, packed, reverse, bias, proj):
+    check_gradcheck_through_the_op(cell, packed, reverse, bias, proj=proj)
+
+
+@pytest.mark.cells(drop_in=True)
+def test_torch_compile_fullgraph_forward_and_backward(cell):
+    torch._dynamo.reset()
+    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *_ = layer_args(cell, False, False, True, seed=3)
+    states = [t for t in (h0, c0) if t is not None]
+    gy = torch.randn(x.shape[:2] + h0.shape[1:], dtype=x.dtype,
+                     generator=torch.Generator().manual_seed(4))
+
+    def loss_fn(x, *rest):
+        y, *finals = call_functional(cell, x, rest[:len(states)], rest[len(states):])
+        return (y * gy).sum() + y.sin().sum() + sum(s.square().sum() for s in finals)
+
+    args = (x, *states, w_ih, w_hh, b_ih, b_hh)
+    eager = [t.clone().requires_grad_() for t in args]
+    comp = [t.clone().requires_grad_() for t in args]
+    loss_e = loss_fn(*eager)
+    loss_e.backward()
+    loss_c = torch.compile(loss_fn, fullgraph=True)(*comp)
+    loss_c.backward()
+    assert_f64_close(loss_c.detach(), loss_e.detach(), "loss")
+    for name, a, b in zip(("x", *cells.get(cell).state_keys, "w_ih", "w_hh", "b_ih", "b_hh"),
+                          comp, eager):
+        assert a.grad is not None, name
+        assert_f64_close(a.grad, b.grad, f"grad {name}")
+
+
+def test_functional_errors_name_the_argument():
+    _, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *_ = layer_args("lstm", False, False, True)
+    with pytest.raises(TypeError, match="cx must have dtype float64"):
+        functional.lstm(x, (h0, c0.float()), w_ih, w_hh, b_ih, b_hh)
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(24, 6\), got \(24, 5\)"):
+        functional.lstm(x, (h0, c0), w_ih, w_hh[:, :5], b_ih, b_hh)
+    with pytest.raises(TypeError, match="hx must be a torch.Tensor, got list"):
+        functional.gru(x, [1.0], w_ih[:18], w_hh[:18])
