@@ -1,35 +1,57 @@
-"""One rank of the DistributedDataParallel test (run by test_distributed.py)."""
+"""One rank of the DistributedDataParallel tests (run by test_distributed.py), for a model of the
+cells it is given: a cell's name ("rnn", "lstm", ...) or a chain of them ("lstm+gru": an LSTM
+whose output feeds a GRU)."""
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import rnnkern
+from rnnkern import cells
 
 
-def make_model_and_data():
+class Model(torch.nn.Module):
+    """The chain's first module has 2 bidirectional layers of 6 units over 4 features, each next
+    one a layer of 5 units; the loss is the mean square of the last output plus the mean of
+    every final state."""
+
+    def __init__(self, chain):
+        super().__init__()
+        modules, width = [], None
+        for name in chain.split("+"):
+            cls = cells.get(name).module_type()
+            if width is None:
+                modules.append(cls(4, 6, num_layers=2, bidirectional=True, dtype=torch.float64))
+                width = 12
+            else:
+                modules.append(cls(width, 5, dtype=torch.float64))
+                width = 5
+        self.chain = torch.nn.ModuleList(modules)
+
+    def forward(self, x):
+        finals = []
+        for module in self.chain:
+            x, hidden = module(x)
+            finals += list(hidden) if isinstance(hidden, tuple) else [hidden]
+        loss = x.square().mean()
+        for state in finals:
+            loss = loss + state.mean()
+        return loss
+
+
+def make_model_and_data(chain):
     torch.manual_seed(0)
-    model = rnnkern.RNN(4, 6, num_layers=2, bidirectional=True, dropout=0.0,
-                        dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(7, 6, 4, dtype=torch.float64, generator=g)
-    return model, x
+    return Model(chain), torch.randn(7, 6, 4, dtype=torch.float64, generator=g)
 
 
-def loss_fn(model, x):
-    out, h_n = model(x)
-    return out.square().mean() + h_n.mean()
-
-
-def worker(rank, world_size, init_file, out_dir):
+def worker(rank, world_size, init_file, out_dir, chain):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     try:
-        model, x = make_model_and_data()
+        model, x = make_model_and_data(chain)
         ddp = DistributedDataParallel(model)
         per_rank = x.shape[1] // world_size
-        loss = loss_fn(ddp, x[:, rank * per_rank:(rank + 1) * per_rank])
-        loss.backward()
+        ddp(x[:, rank * per_rank:(rank + 1) * per_rank]).backward()
         torch.save({n: p.grad for n, p in model.named_parameters()}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
