@@ -1,6 +1,7 @@
 """Deploying a model that uses rnnkern: tracers, scripting, exporters and quantization get
 torch's own computation (a graph of torch's operators that runs without rnnkern) or the
-custom op (make_fx, FakeTensorMode), never the kernels' trace-time outputs."""
+custom op (make_fx, FakeTensorMode), never the kernels' trace-time outputs. A test that takes
+``cell`` runs for each drop-in cell of the registry (the cell fixture of conftest.py)."""
 
 import copy
 import subprocess
@@ -13,10 +14,12 @@ import pytest
 import torch
 
 import rnnkern
-from rnnkern import diagnostics, functional
+from rnnkern import cells, diagnostics, functional
 
-CELLS = {"rnn": (torch.nn.RNN, "aten::rnn_tanh"), "lstm": (torch.nn.LSTM, "aten::lstm"),
-         "gru": (torch.nn.GRU, "aten::gru")}
+pytestmark = pytest.mark.cells(drop_in=True)
+
+# The operator a traced torch class records.
+ATEN_OPS = {"rnn": "aten::rnn_tanh", "lstm": "aten::lstm", "gru": "aten::gru"}
 
 
 class Model(torch.nn.Module):
@@ -32,14 +35,14 @@ class Model(torch.nn.Module):
         return self.head(y)
 
 
-@pytest.fixture(params=sorted(CELLS))
-def models(request):
+@pytest.fixture
+def models(cell):
     """(cell, rnnkern model, torch.nn twin with the same weights), in eval mode."""
     torch.manual_seed(0)
-    theirs = Model(CELLS[request.param][0]).eval()
+    theirs = Model(cells.get(cell).torch_type()).eval()
     ours = rnnkern.convert(copy.deepcopy(theirs))
     assert type(ours.rnn).__module__ == "rnnkern.modules"
-    return request.param, ours, theirs
+    return cell, ours, theirs
 
 
 def _inputs():
@@ -65,7 +68,7 @@ def test_jit_trace_is_torch_graph_for_any_shape(models, grad, tmp_path):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(ours, xa)
     kinds = {n.kind() for n in traced.rnn.graph.nodes()}
-    assert CELLS[cell][1] in kinds and not any(k.startswith("rnnkern::") for k in kinds)
+    assert ATEN_OPS[cell] in kinds and not any(k.startswith("rnnkern::") for k in kinds)
     with torch.no_grad():
         expected = theirs(xb)
         torch.testing.assert_close(traced(xb), expected)
@@ -121,19 +124,19 @@ def test_jit_script_compiles_torch_class(models, tmp_path):
         torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "y.npy")), theirs(xb))
 
 
-def test_jit_script_of_drop_in_alone():
+def test_jit_script_of_drop_in_alone(cell):
     """Scripted alone, a drop-in gives what torch's class gives (torch's own scripted RNN
     modules have no callable forward) and stays rnnkern's."""
     torch.manual_seed(0)
-    for torch_class, _ in CELLS.values():
-        ours = rnnkern.convert(torch_class(4, 5))
-        scripted = torch.jit.script(ours)
-        assert type(ours).__module__ == "rnnkern.modules"
-        assert scripted.original_name == torch_class.__name__
-        with pytest.raises(AttributeError, match="no attribute 'forward'"):
-            torch.jit.script(torch_class(4, 5)).forward
-        with pytest.raises(AttributeError, match="no attribute 'forward'"):
-            scripted.forward
+    torch_class = cells.get(cell).torch_type()
+    ours = rnnkern.convert(torch_class(4, 5))
+    scripted = torch.jit.script(ours)
+    assert type(ours).__module__ == "rnnkern.modules"
+    assert scripted.original_name == torch_class.__name__
+    with pytest.raises(AttributeError, match="no attribute 'forward'"):
+        torch.jit.script(torch_class(4, 5)).forward
+    with pytest.raises(AttributeError, match="no attribute 'forward'"):
+        scripted.forward
 
 
 def _onnx_check(path, x, expected, op):
@@ -221,26 +224,26 @@ def test_make_fx_and_fake_tensors(models):
     assert tuple(y.shape) == (4, 7, 3)
 
 
-def test_quantize_dynamic_warns_and_revert_quantizes():
+@pytest.mark.cells("lstm", "gru")  # the classes torch's dynamic quantization takes
+def test_quantize_dynamic_warns_and_revert_quantizes(cell):
     torch.manual_seed(0)
     x = torch.randn(3, 5, 8)
-    for torch_class in (torch.nn.LSTM, torch.nn.GRU):
-        theirs = Model(torch_class).eval()
-        ours = rnnkern.convert(copy.deepcopy(theirs))
-        spec = {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}
-        with pytest.warns(UserWarning, match=r"rnnkern\.revert\(model\)"):
-            torch.ao.quantization.quantize_dynamic(ours, spec)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # not asked for: no warning
-            torch.ao.quantization.quantize_dynamic(ours, {torch.nn.Linear})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            q_ours = torch.ao.quantization.quantize_dynamic(rnnkern.revert(ours), spec)
-            q_theirs = torch.ao.quantization.quantize_dynamic(theirs, spec)
-        assert type(q_ours.rnn) is type(q_theirs.rnn)
-        assert type(q_ours.rnn).__module__.startswith("torch.ao.nn.quantized")
-        with torch.no_grad():
-            torch.testing.assert_close(q_ours(x), q_theirs(x), rtol=0, atol=0)
+    theirs = Model(cells.get(cell).torch_type()).eval()
+    ours = rnnkern.convert(copy.deepcopy(theirs))
+    spec = {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}
+    with pytest.warns(UserWarning, match=r"rnnkern\.revert\(model\)"):
+        torch.ao.quantization.quantize_dynamic(ours, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # not asked for: no warning
+        torch.ao.quantization.quantize_dynamic(ours, {torch.nn.Linear})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        q_ours = torch.ao.quantization.quantize_dynamic(rnnkern.revert(ours), spec)
+        q_theirs = torch.ao.quantization.quantize_dynamic(theirs, spec)
+    assert type(q_ours.rnn) is type(q_theirs.rnn)
+    assert type(q_ours.rnn).__module__.startswith("torch.ao.nn.quantized")
+    with torch.no_grad():
+        torch.testing.assert_close(q_ours(x), q_theirs(x), rtol=0, atol=0)
 
 
 def test_recording_refuses_tracing():
