@@ -21,6 +21,9 @@ are not tested:
   the same to the kernels. Both are taken as no gradient (as torch does the first); with a NaN
   c_t or o, torch gives NaN in the second and rnnkern 0. The losses here weigh every element
   by a factor in [0.5, 1.5), never 0.
+
+A test that takes ``cell`` runs for the drop-in cells of the registry (the cell fixture of
+conftest.py), the Elman RNN's relu in a test of its own.
 """
 
 import contextlib
@@ -32,18 +35,26 @@ import pytest
 import torch
 
 import rnnkern
+from rnnkern import cells
 
 INF, NAN = math.inf, math.nan
 # Around float32's exp overflow (88.72) and underflow to 0 (-103.97; denormals from -87.34).
 EXTREMES = [1e3, -1e3, 88.0, -88.0, 88.5, -88.5, 88.8, -88.8, 90.0, -90.0, 100.0, -100.0,
             104.0, -104.0, INF, -INF, NAN]
 
-CELLS = {
-    "rnn_tanh": (torch.nn.RNN, rnnkern.RNN, dict(nonlinearity="tanh")),
-    "rnn_relu": (torch.nn.RNN, rnnkern.RNN, dict(nonlinearity="relu")),
-    "lstm": (torch.nn.LSTM, rnnkern.LSTM, {}),
-    "gru": (torch.nn.GRU, rnnkern.GRU, {}),
-}
+
+
+def variant(cell, nonlinearity="tanh"):
+    """The key of CELLS of a drop-in cell: its name, or the Elman RNN's "rnn_tanh" / "rnn_relu"."""
+    return f"{cell}_{nonlinearity}" if cells.get(cell).nonlinearity else cell
+
+
+# variant -> (torch class, rnnkern class, constructor arguments), for each drop-in cell:
+# "rnn_tanh", "rnn_relu", "lstm", "gru".
+CELLS = {variant(spec.name, nl): (spec.torch_type(), spec.module_type(),
+                                  dict(nonlinearity=nl) if spec.nonlinearity else {})
+         for spec in cells.CELLS if spec.drop_in
+         for nl in (("tanh", "relu") if spec.nonlinearity else ("tanh",))}
 
 
 def mask(t):
@@ -142,11 +153,8 @@ DTYPES = [torch.float32, torch.float64]
 PLACES = ["x", "h0", "c0", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("cell", list(CELLS))
-def test_one_extreme_value_anywhere(cell, dtype):
-    """One extreme element in each tensor, at a position that moves with the value (through
-    every gate block's rows)."""
+def check_one_extreme_value_anywhere(cell, dtype):
+    """``cell`` a key of CELLS."""
     failures = []
     for place in PLACES:
         if place == "c0" and cell != "lstm":
@@ -159,14 +167,29 @@ def test_one_extreme_value_anywhere(cell, dtype):
     assert not failures, "\n".join(failures[:20]) + f"\n({len(failures)} cases)"
 
 
+@pytest.mark.cells(drop_in=True)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_one_extreme_value_anywhere(cell, dtype):
+    """One extreme element in each tensor, at a position that moves with the value (through
+    every gate block's rows)."""
+    check_one_extreme_value_anywhere(variant(cell), dtype)
+
+
+@pytest.mark.cells(drop_in=True, nonlinearity=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_one_extreme_value_anywhere_relu(cell, dtype):
+    """test_one_extreme_value_anywhere with the relu nonlinearity."""
+    check_one_extreme_value_anywhere(variant(cell, "relu"), dtype)
+
+
+@pytest.mark.cells("lstm", "gru")  # the cells with σ gates
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_saturated_gate_meets_infinite_state(cell, dtype):
     """A gate pushed into σ's tails by its bias (every bias row of a block at once) with an
     extreme state: σ must reach exactly 0 and 1 where torch's does, since 0 · Inf is NaN and a
     denormal · Inf is not (the issue: c0 = +Inf and a forget pre-activation of -1000)."""
     H = 3
-    gates = 4 if cell == "lstm" else 3
+    gates = cells.get(cell).gate_count
     state = "c0" if cell == "lstm" else "h0"
     failures = []
     for block in range(gates):
