@@ -1,12 +1,14 @@
 """Bad arguments to the NumPy API, the functional API and the drop-ins: an exception that names
-the argument, never a silent wrong answer or an unrelated error (issue 18, items 5, 6, 8, 9)."""
+the argument, never a silent wrong answer or an unrelated error (issue 18, items 5, 6, 8, 9).
+A test that takes ``cell`` runs for the registry's cells (the cell fixture of conftest.py), or
+for the drop-in ones."""
 
 import numpy as np
 import pytest
 import torch
 
 import rnnkern
-from rnnkern import functional
+from rnnkern import cells, functional
 
 H, I, B, T = 5, 3, 2, 4
 
@@ -84,10 +86,9 @@ def test_functional_lstm_hx_must_be_two_tensors():
             functional.lstm(x, hx, w_ih, w_hh)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.cells(drop_in=True)
 def test_functional_input_dimensions(cell):
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
-    x, h0, w_ih, w_hh = _tensors(gates)
+    x, h0, w_ih, w_hh = _tensors(cells.get(cell).gate_count)
     f = getattr(functional, cell)
     with pytest.raises(ValueError, match=r"input must have 3 dimensions, \(T, B, I\); got "
                                          r"shape \(4, 3\)"):
@@ -105,12 +106,12 @@ def test_lstm_hx_of_three_tensors_raises_like_torch():
         rnnkern.LSTM(I, H)(x, hx)
 
 
-@pytest.mark.parametrize("cls", [rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU])
-def test_weight_of_another_dtype_raises(cls):
-    m = cls(I, H)
+@pytest.mark.cells(drop_in=True)
+def test_weight_of_another_dtype_raises(cell):
+    m = cells.get(cell).module_type()(I, H)
     m.weight_hh_l0.data = m.weight_hh_l0.data.double()
     with pytest.raises(RuntimeError):
-        getattr(torch.nn, cls.__name__).forward(m, torch.randn(T, B, I))  # torch raises too
+        cells.get(cell).torch_type().forward(m, torch.randn(T, B, I))  # torch raises too
     with pytest.raises(RuntimeError, match=r"weight_hh_l0 has dtype torch.float64 but the "
                                            r"input has dtype torch.float32"):
         m(torch.randn(T, B, I))
@@ -118,27 +119,24 @@ def test_weight_of_another_dtype_raises(cls):
         m(torch.randn(T, B, I))
 
 
-@pytest.mark.parametrize("cls", [rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU])
-def test_module_input_of_another_type(cls):
+def test_module_input_of_another_type(cell):
     with pytest.raises(TypeError, match=r"input must be a torch.Tensor or a PackedSequence, "
                                         r"got numpy.ndarray"):
-        cls(I, H)(np.zeros((T, B, I), dtype=np.float32))
+        cells.get(cell).module_type()(I, H)(np.zeros((T, B, I), dtype=np.float32))
 
 
-@pytest.mark.parametrize("cls", [rnnkern.RNN, rnnkern.LSTM, rnnkern.GRU])
-def test_output_changed_in_place_before_backward_raises(cls):
+def test_output_changed_in_place_before_backward_raises(cell):
     """The documented decision, for every cell: the kernels keep the output for backward, so
     changing it in place raises autograd's error (never a wrong gradient)."""
     x = torch.randn(T, B, I, requires_grad=True)
-    y, _ = cls(I, H)(x)
+    y, _ = cells.get(cell).module_type()(I, H)(x)
     y.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.cells(drop_in=True)
 def test_functional_reverse_must_be_a_bool(cell):
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
-    x, h0, w_ih, w_hh = _tensors(gates)
+    x, h0, w_ih, w_hh = _tensors(cells.get(cell).gate_count)
     with pytest.raises(TypeError, match=r"reverse must be a bool, got str 'False'"):
         getattr(functional, cell)(x, None, w_ih, w_hh, reverse="False")
