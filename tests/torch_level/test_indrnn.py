@@ -1,6 +1,6 @@
 """rnnkern.IndRNN and the IndRNN's functional level against its reference loop: parity in
 float64, gradcheck, opcheck, torch.compile, packed input, gradient flow, dtypes and errors.
-(The core's own tests of the cell, every ISA and thread count: test_core_indrnn.py.)"""
+(The core's own tests of the cell, every ISA and thread count: tests/core/test_core_indrnn.py.)"""
 
 import io
 
