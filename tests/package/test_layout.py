@@ -89,10 +89,11 @@ def test_the_commands_are_one_module_each_under_a_dispatcher():
     assert names == {"bench", "vanish", "train", "check"}
 
 
-@pytest.mark.parametrize("cell", cells.CELLS, ids=cells.NAMES)
 def test_every_cell_of_the_registry_resolves(cell):
     import torch
 
+    cell = cells.get(cell)
+    assert any(c is cell for c in cells.CELLS)
     module = cell.module_type()
     assert issubclass(module, torch.nn.Module) and module.__name__ == cell.title
     assert getattr(rnnkern, cell.title) is module

@@ -17,7 +17,7 @@ import pytest
 
 import rnnkern
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGE = Path(rnnkern.__file__).resolve().parent
 EXTENSION_DIR = Path(rnnkern._core.__file__).resolve().parent
 

@@ -15,7 +15,8 @@ import torch
 import rnnkern
 from rnnkern import testing
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "impls"))
+# tests/impls: the candidates (also used by tests/apps/test_check.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "impls"))
 import bptt as impls  # noqa: E402
 import gated as gated_impls  # noqa: E402
 import modules as module_impls  # noqa: E402
@@ -484,7 +485,7 @@ GATED_BPTT = {"lstm": (gated_impls.lstm_bptt, gated_impls.lstm_forward),
 
 
 @pytest.mark.parametrize("reference", testing.REFERENCES)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.cells("lstm", "gru")
 def test_correct_gated_numpy_bptt_passes_every_reference(cell, reference):
     bptt, forward = GATED_BPTT[cell]
     size = (4, 2, 3, 4) if reference == "finite-differences" else (6, 3, 4, 5)
@@ -701,7 +702,7 @@ def _facts(report):
             None if loc is None else (loc.step, loc.quantity, loc.message, loc.layer))
 
 
-@pytest.mark.parametrize("cell", [c.name for c in cells.CELLS if c.drop_in])
+@pytest.mark.cells(drop_in=True)
 def test_a_renamed_copy_of_a_cell_gets_the_same_reports(cell, register):
     copy = register(dataclasses.replace(cells.get(cell), name=f"{cell}copy"))
     module_bug, bptt_bug, forward, options = COPY_CASES[cell]

@@ -15,7 +15,7 @@ from rnnkern import apps as cli
 from rnnkern import cells
 from rnnkern.apps.check import runner as check
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 IMPLS = ROOT / "tests" / "impls"
 BPTT = str(IMPLS / "bptt.py")
 MODULES = str(IMPLS / "modules.py")
@@ -470,17 +470,21 @@ def test_exit_status_with_cell(tmp_path):
     assert proc.returncode == 2 and "argument --cell" in proc.stderr
 
 
-def test_plan_for_each_cell():
-    checks = check.plan(bptt=False, cell="lstm", sizes=[(4, 3, 2, 5)], proj_size=2,
-                        references=["torch"])
-    assert [(c.config.describe(), c.reference) for c in checks] == [
-        ("4x3x2x5 proj2 lstm", "torch")]
-    for cell in ("lstm", "gru"):
-        checks = check.plan(bptt=False, cell=cell, builtin=True)
-        assert {c.config.cell for c in checks} == {cell}
-        assert {c.reference for c in checks} == {"reference", "torch", "finite-differences",
-                                                 "gradcheck"}
-        assert [c.config.cell for c in check.plan(bptt=True, cell=cell)] == [cell] * 8
+def test_plan_for_each_cell(cell):
+    spec = cells.get(cell)
+    if spec.projection:
+        checks = check.plan(bptt=False, cell=cell, sizes=[(4, 3, 2, 5)], proj_size=2,
+                            references=["torch"])
+        assert [(c.config.describe(), c.reference) for c in checks] == [
+            (f"4x3x2x5 proj2 {cell}", "torch")]
+    checks = check.plan(bptt=False, cell=cell, builtin=True)
+    assert {c.config.cell for c in checks} == {cell}
+    torch_class = {"torch"} if spec.drop_in else set()  # torch's class: the drop-ins only
+    assert {c.reference for c in checks} == {"reference", *torch_class, "finite-differences",
+                                             "gradcheck"}
+    # the four sizes of the bptt grid, against the reference (and torch's class)
+    assert [c.config.cell for c in check.plan(bptt=True, cell=cell)] == \
+        [cell] * (8 if spec.drop_in else 4)
 
 
 # ----------------------------------------------------------------------------- README example
