@@ -430,11 +430,20 @@ def test_half_precision_is_computed_in_float32(cell, dtype):
 def test_autocast_returns_the_autocast_dtype_like_torch(cell):
     ours, theirs = build_pair(cell, 3, 4, dtype=torch.float32, num_layers=2)
     x = torch.randn(5, 2, 3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out_t, h_t = theirs(x)
-        out, h = ours(x)
     # torch's GRU returns float32 there (the registry's autocast_on_cpu)
     expected = torch.bfloat16 if cells.get(cell).autocast_on_cpu else torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        try:
+            out_t, h_t = theirs(x)
+        except RuntimeError as error:  # some CPUs' oneDNN has no bfloat16 LSTM primitive
+            if "primitive descriptor" not in str(error):
+                raise
+            out_t = None
+        out, h = ours(x)
+    if out_t is None:  # torch's float32 result, in the dtype torch returns where it runs
+        out_t, h_t = theirs(x)
+        out_t = out_t.to(expected)
+        h_t = tuple(s.to(expected) for s in states(h_t))
     assert out.dtype == out_t.dtype == expected
     assert [s.dtype for s in states(h)] == [s.dtype for s in states(h_t)] == \
         [expected] * len(states(h_t))
