@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import cells
 from .cells import CELLS
 from .functional import layers as _layers
+from .functional import stack_inference as _stack_inference
 
 __all__ = ["RNN", "LSTM", "GRU", "convert", "revert"]
 
@@ -120,6 +121,84 @@ class _DropIn:
         twin = copy.copy(self)
         twin.__class__ = _torch_class(self)
         return twin
+
+    def _forward_fast(self, input, hx):
+        """The common case (a float32/64 CPU tensor, weights of its dtype, a valid hx or none,
+        no projection, no autocast, no recording) with the fewest checks; None for anything
+        else, which goes the whole way and gets the torch class's errors. A call that needs no
+        gradient runs the whole stack in one call of the kernels (stack_inference)."""
+        if (type(input) is not Tensor or self._gradient_flow is not None
+                or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
+                or torch.is_autocast_enabled("cpu") or getattr(self, "proj_size", 0)):
+            return None
+        flat = self._flat_weights
+        if type(self) not in _OURS:
+            flat = None
+        else:
+            params = self._parameters
+            for name, w in zip(self._flat_weights_names, flat):
+                if params.get(name) is not w:
+                    flat = None
+                    break
+        if flat is None:  # parametrized or replaced weights
+            self._update_flat_weights()
+            flat = self._flat_weights
+        dtype = input.dtype
+        for w in flat:  # loops, not any(...): this path is timed in microseconds
+            if w.dtype is not dtype:
+                return None
+        spec = cells.get(self._cell)
+        several = len(spec.states) > 1
+        if hx is None:
+            states = None
+        elif several:
+            if type(hx) is not tuple or len(hx) != len(spec.states):
+                return None
+            states = hx
+        else:
+            states = (hx,)
+        batched = input.dim() == 3
+        if not batched:
+            if input.dim() != 2 or (states is not None and any(h.dim() != 2 for h in states)):
+                return None
+            input = input.unsqueeze(0 if self.batch_first else 1)
+            if states is not None:
+                states = tuple(h.unsqueeze(1) for h in states)
+        steps, batch, features = input.shape
+        if self.batch_first:
+            steps, batch = batch, steps
+        if steps == 0 or features != self.input_size:
+            return None
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        if states is None:
+            states = tuple(torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
+                           for _ in spec.states)
+        else:
+            for h in states:
+                if (type(h) is not Tensor or h.shape != (layers, batch, self.hidden_size)
+                        or h.dtype is not dtype or not h.is_cpu):
+                    return None
+        nonlinearity = None
+        if spec.nonlinearity:
+            nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
+        fast = None
+        if not (self.training and self.dropout > 0 and self.num_layers > 1):
+            fast = _stack_inference(spec.name, input.transpose(0, 1) if self.batch_first
+                                    else input, states, flat, self.num_layers,
+                                    self.bidirectional, nonlinearity)
+        if fast is not None:
+            output, hidden = fast
+            if self.batch_first:
+                output = output.transpose(0, 1)
+        else:
+            output, hidden = _layers(spec.name, input, states if several else states[0], flat,
+                                     self.num_layers, self.bidirectional, nonlinearity,
+                                     self.dropout, self.training, self.batch_first)
+            hidden = tuple(hidden) if several else (hidden,)
+        if not batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden)
+        return output, hidden if several else hidden[0]
 
     @property
     def qconfig(self):
@@ -225,55 +304,6 @@ class RNN(_DropIn, torch.nn.RNN):
             return super().forward(input, hx)
         fast = self._forward_fast(input, hx)
         return fast if fast is not None else self._forward_checked(input, hx)
-
-    def _forward_fast(self, input, hx) -> Optional[Tuple[Tensor, Tensor]]:
-        """The common case (a float32/64 CPU tensor, weights of its dtype, a valid hx or none,
-        no autocast, no recording) with the fewest checks; None for anything else, which
-        goes the whole way (_forward_checked) and gets torch.nn.RNN's errors."""
-        if (type(input) is not Tensor or self._gradient_flow is not None
-                or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
-                or torch.is_autocast_enabled("cpu")):
-            return None
-        flat = self._flat_weights
-        params = self._parameters
-        if type(self) is not RNN:
-            flat = None
-        else:
-            for name, w in zip(self._flat_weights_names, flat):
-                if params.get(name) is not w:
-                    flat = None
-                    break
-        if flat is None:  # parametrized or replaced weights
-            self._update_flat_weights()
-            flat = self._flat_weights
-        dtype = input.dtype
-        for w in flat:  # loops, not any(...): this path is timed in microseconds
-            if w.dtype is not dtype:
-                return None
-        batched = input.dim() == 3
-        if not batched:
-            if input.dim() != 2 or (hx is not None and hx.dim() != 2):
-                return None
-            input = input.unsqueeze(0 if self.batch_first else 1)
-            if hx is not None:
-                hx = hx.unsqueeze(1)
-        steps, batch, features = input.shape
-        if self.batch_first:
-            steps, batch = batch, steps
-        if steps == 0 or features != self.input_size:
-            return None
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        if hx is None:
-            hx = torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
-        elif (type(hx) is not Tensor or hx.shape != (layers, batch, self.hidden_size)
-              or hx.dtype is not dtype or not hx.is_cpu):
-            return None
-        output, hidden = _layers("rnn", input, hx, flat, self.num_layers, self.bidirectional,
-                                 "tanh" if self.mode == "RNN_TANH" else "relu", self.dropout,
-                                 self.training, self.batch_first)
-        if not batched:
-            return output.squeeze(0 if self.batch_first else 1), hidden.squeeze(1)
-        return output, hidden
 
     def _forward_checked(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor]
                          ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
@@ -452,6 +482,9 @@ class LSTM(_GatedCell, torch.nn.LSTM):
         data = _input_data(input)
         if self._on_torch_kernels(data):
             return super().forward(input, hx)
+        fast = self._forward_fast(input, hx)
+        if fast is not None:
+            return fast
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise RuntimeError("lstm expects two hidden states: hx must be a tuple (h_0, c_0), "
                                f"got {type(hx).__name__}"
@@ -526,6 +559,9 @@ class GRU(_GatedCell, torch.nn.GRU):
         data = _input_data(input)
         if self._on_torch_kernels(data):
             return super().forward(input, hx)
+        fast = self._forward_fast(input, hx)
+        if fast is not None:
+            return fast
 
         def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
             return _compute(
@@ -554,5 +590,6 @@ GRU.__init__.__signature__ = inspect.signature(_gru_init_signature)
 
 # What convert / revert swap: torch's class -> rnnkern's.
 _DROP_INS = {cell.torch_type(): cell.module_type() for cell in CELLS if cell.drop_in}
+_OURS = frozenset(_DROP_INS.values())
 
 torch.serialization.add_safe_globals([LSTM, GRU])
