@@ -21,9 +21,10 @@ from torch.nn.utils.rnn import PackedSequence
 from . import cells
 from .cells import CELLS
 from .functional import layers as _layers
+from .functional import _layer as _step_layer
 from .functional import stack_inference as _stack_inference
 
-__all__ = ["RNN", "LSTM", "GRU", "convert", "revert"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "revert"]
 
 # Computed in float32 inside and returned in the input's dtype.
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -78,7 +79,8 @@ def _refuse_recording(module) -> None:
                            "before tracing or exporting the model")
 
 
-_QUANTIZED_IN_TORCH = (torch.nn.LSTM, torch.nn.GRU)
+_QUANTIZED_IN_TORCH = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNNCell, torch.nn.LSTMCell,
+                       torch.nn.GRUCell)
 
 
 def _torch_class(module) -> type:
@@ -588,8 +590,101 @@ def _gru_init_signature(self, input_size: int, hidden_size: int, num_layers: int
 LSTM.__init__.__signature__ = inspect.signature(_lstm_init_signature)
 GRU.__init__.__signature__ = inspect.signature(_gru_init_signature)
 
-# What convert / revert swap: torch's class -> rnnkern's.
-_DROP_INS = {cell.torch_type(): cell.module_type() for cell in CELLS if cell.drop_in}
-_OURS = frozenset(_DROP_INS.values())
+# One step at a time: torch's cells, for code that writes its own time loop.
 
-torch.serialization.add_safe_globals([LSTM, GRU])
+class _StepCell(_DropIn):
+    """What rnnkern.RNNCell, LSTMCell and GRUCell add to torch's class: forward is one call
+    of the cell's fused step (a layer of one step, functional.layer's path: eager kernels,
+    the custom op under torch.compile, the reference loop where the kernels cannot serve),
+    and its backward one fused call. Anything else (a GPU, other dtypes, autocast, a graph
+    for deployment, arguments torch would refuse) runs torch's own forward, errors
+    included."""
+
+    _cell = ""  # its spec in rnnkern.cells
+
+    def _fused(self, input, hx) -> Optional[Tuple[Tensor, ...]]:
+        """The new states as a tuple, or None where torch's own forward is to run."""
+        if (type(input) is not Tensor or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
+                or torch.is_autocast_enabled("cpu") or _exporting()
+                or input.dim() not in (1, 2)):
+            return None
+        spec = cells.get(self._cell)
+        count = len(spec.states)
+        if hx is not None:
+            states = tuple(hx) if count > 1 and isinstance(hx, (tuple, list)) else (hx,)
+            if len(states) != count:
+                return None
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        batch, hidden, dtype = x.shape[0], self.hidden_size, input.dtype
+        if x.shape[1] != self.input_size:
+            return None
+        if hx is None:
+            states = tuple(torch.zeros(batch, hidden, dtype=dtype) for _ in range(count))
+        else:
+            for h in states:
+                if (type(h) is not Tensor or h.dim() != input.dim() or h.dtype is not dtype
+                        or not h.is_cpu):
+                    return None
+            if not batched:
+                states = tuple(h.unsqueeze(0) for h in states)
+            for h in states:
+                if h.shape != (batch, hidden):
+                    return None
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        for w in weights:
+            if w is not None and w.dtype is not dtype:
+                return None
+        nonlinearity = None
+        if spec.nonlinearity:
+            nonlinearity = self.nonlinearity
+            if nonlinearity not in ("tanh", "relu"):
+                return None
+        _, finals = _step_layer(spec.name, x.unsqueeze(0), states, *weights, None, nonlinearity,
+                                None, False)
+        return finals if batched else tuple(h.squeeze(0) for h in finals)
+
+
+class RNNCell(_StepCell, torch.nn.RNNCell):
+    """``torch.nn.RNNCell`` whose step (forward, and backward through it) is one fused call
+    of rnnkern's kernels: for code that writes its own time loop. Same constructor,
+    parameters, ``state_dict``, errors and unbatched input as torch's; CPU float32/float64
+    (anything else runs torch's own cell)."""
+
+    _cell = "rnn"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """Runs one step, like ``torch.nn.RNNCell.forward``."""
+        fused = self._fused(input, hx)
+        return fused[0] if fused is not None else super().forward(input, hx)
+
+
+class LSTMCell(_StepCell, torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` with its step on rnnkern's fused kernels, as :class:`RNNCell`."""
+
+    _cell = "lstm"
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tensor]:
+        """Runs one step, like ``torch.nn.LSTMCell.forward``."""
+        fused = self._fused(input, hx)
+        return fused if fused is not None else super().forward(input, hx)
+
+
+class GRUCell(_StepCell, torch.nn.GRUCell):
+    """``torch.nn.GRUCell`` with its step on rnnkern's fused kernels, as :class:`RNNCell`."""
+
+    _cell = "gru"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """Runs one step, like ``torch.nn.GRUCell.forward``."""
+        fused = self._fused(input, hx)
+        return fused[0] if fused is not None else super().forward(input, hx)
+
+
+# What convert / revert swap: torch's class -> rnnkern's (the layers, then the one-step cells).
+_DROP_INS = {cell.torch_type(): cell.module_type() for cell in CELLS if cell.drop_in}
+_DROP_INS.update(cell.step_types() for cell in CELLS if cell.step_module)
+_OURS = frozenset(cell.module_type() for cell in CELLS if cell.drop_in)
+
+torch.serialization.add_safe_globals([LSTM, GRU, RNNCell, LSTMCell, GRUCell])
