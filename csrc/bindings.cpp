@@ -669,6 +669,59 @@ void layer_backward_pointers(const std::string& cell, bool is_double, int64_t T,
   });
 }
 
+// A whole stack's inference (cpu::stack_forward) on raw pointers, as layer_forward_pointers:
+// x (T, B, I); h0, c0 (L·D, B, H) (c0 0 for a cell of one state); weights: 4 pointers per
+// layer-direction (w_ih, w_hh, b_ih, b_hh; biases 0 for none); y (T, B, D·H); h_n, c_n like h0.
+// For the modules' calls that need no gradient.
+void stack_forward_pointers(const std::string& cell, bool is_double, int64_t T, int64_t B,
+                            int64_t I, int64_t H, int64_t layers, int64_t directions,
+                            std::uintptr_t x, std::uintptr_t h0, std::uintptr_t c0,
+                            const py::sequence& weights_, std::uintptr_t y,
+                            std::uintptr_t h_n, std::uintptr_t c_n,
+                            const py::object& nonlinearity) {
+  std::vector<std::uintptr_t> weights;
+  for (const auto& w : weights_) weights.push_back(w.cast<std::uintptr_t>());
+  with_cell<int>(cell, [&](auto c) {
+    using C = decltype(c);
+    if (layers < 1 || (directions != 1 && directions != 2))
+      throw py::value_error("layers must be positive and directions 1 or 2, got " +
+                            std::to_string(layers) + " and " + std::to_string(directions));
+    if (int64_t(weights.size()) != 4 * layers * directions)
+      throw py::value_error("weights must hold 4 pointers per layer and direction (" +
+                            std::to_string(4 * layers * directions) + "), got " +
+                            std::to_string(weights.size()));
+    std::vector<std::uintptr_t> required{x, h0, y, h_n};
+    if (C::kStates == 2) required.insert(required.end(), {c0, c_n});
+    for (int64_t i = 0; i < layers * directions; ++i)
+      required.insert(required.end(), {weights[4 * i], weights[4 * i + 1]});
+    // The widest layer input: I, or D·H from the second layer on.
+    const int64_t widest = layers > 1 && directions * H > I ? directions * H : I;
+    const Problem p = pointer_problem<C>(T, B, widest, H, nonlinearity, false, required);
+    checked_product("y", checked_product("y", T * B, directions), H);
+    rnnkern::cpu::Stack s;
+    s.steps = T, s.batch = B, s.input_size = I, s.hidden_size = H;
+    s.layers = layers, s.directions = directions, s.act = p.act;
+    auto run = [&](auto zero) {
+      using T_ = decltype(zero);
+      auto ptr = [](std::uintptr_t a) { return reinterpret_cast<T_*>(a); };
+      std::vector<const T_*> w(weights.size());
+      for (size_t i = 0; i < weights.size(); ++i) w[i] = ptr(weights[i]);
+      const rnnkern::cpu::Workspace workspace =
+          new_workspace(sizeof(T_) * rnnkern::cpu::stack_workspace_size<C, T_>(s));
+      T_* ws = static_cast<T_*>(workspace.data());
+      py::gil_scoped_release release;
+      rnnkern::cpu::stack_forward<C, T_>(s, ptr(x), ptr(h0), C::kStates == 2 ? ptr(c0) : nullptr,
+                                         w.data(), ptr(y), ptr(h_n),
+                                         C::kStates == 2 ? ptr(c_n) : nullptr, ws);
+    };
+    if (is_double)
+      run(double(0));
+    else
+      run(float(0));
+    return 0;
+  });
+}
+
 // What the cell's policy says of itself (core/cells/).
 template <typename C>
 py::dict cell_info_of() {
@@ -746,6 +799,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("reverse"),
         "layer_backward on data_ptr()s of checked C-contiguous arrays; a gradient is computed "
         "where its pointer is not 0; see bindings.cpp.");
+  m.def("stack_forward_pointers", &stack_forward_pointers, py::arg("cell"),
+        py::arg("is_double"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
+        py::arg("layers"), py::arg("directions"), py::arg("x"), py::arg("h0"), py::arg("c0"),
+        py::arg("weights"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
+        py::arg("nonlinearity"),
+        "A stack of layers and directions forward, no gradient, on data_ptr()s of checked "
+        "C-contiguous arrays (time-major, no batch_sizes, no w_hr); see bindings.cpp.");
   m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },
         "Frees every cached block (outputs, workspaces, idle scratch); returns the bytes freed.");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },

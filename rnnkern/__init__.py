@@ -48,7 +48,11 @@ from . import cells  # noqa: E402
 
 # Each cell's module class (rnnkern.RNN, LSTM, GRU, …), named by the registry.
 _MODULE_CLASSES = {cell.title: cell for cell in cells.CELLS}
-__all__ = [*_MODULE_CLASSES, "convert", "revert", "Gradients", "forward", "backward", "cells",
+# And the one-step cells' (rnnkern.RNNCell, LSTMCell, GRUCell) where a cell has one.
+_STEP_CLASSES = {cell.step_module.rpartition(":")[2]: cell for cell in cells.CELLS
+                 if cell.step_module}
+__all__ = [*_MODULE_CLASSES, *_STEP_CLASSES, "convert", "revert", "Gradients", "forward",
+           "backward", "cells",
            "functional", "reference", "diagnostics", "testing", "isa", "empty_cache",
            "cuda_available"]
 # The gated cells' NumPy-level functions.
@@ -87,6 +91,8 @@ def empty_cache() -> int:
 def __getattr__(name: str) -> Any:
     if name in _MODULE_CLASSES:
         return _MODULE_CLASSES[name].module_type()
+    if name in _STEP_CLASSES:
+        return _STEP_CLASSES[name].step_types()[1]
     if name in ("convert", "revert"):
         return getattr(import_module(".modules", __name__), name)
     if name in _TORCH_MODULES:

@@ -54,6 +54,9 @@ class Cell:
         autocast_on_cpu: whether under CPU autocast the torch class returns the autocast
             dtype for float32 input (torch's GRU returns float32 there); the module does
             the same.
+        step_torch_class, step_module: torch's one-step cell (``torch.nn:LSTMCell``) and
+            rnnkern's drop-in for it (``rnnkern.modules:LSTMCell``), empty where there is
+            none: for code that writes its own time loop.
 
     Derived from these: ``gate_count``, ``state_keys`` (``hx``, ``cx``: the initial states'
     names), ``final_keys`` (``h_n``, ``c_n``), ``bptt_arguments`` (a NumPy bptt's arguments
@@ -96,6 +99,8 @@ class Cell:
     error_inside: str = "in the step's derivative"
     hand_offs: Tuple[str, ...] = ()
     autocast_on_cpu: bool = True
+    step_torch_class: str = ""
+    step_module: str = ""
 
     def __post_init__(self) -> None:
         if self.recurrent not in ("dense", "diagonal"):
@@ -174,6 +179,12 @@ class Cell:
         """rnnkern's module class (imports torch)."""
         return _resolve(self.module)
 
+    def step_types(self) -> Tuple[type, ...]:
+        """(torch's one-step cell class, rnnkern's) (imports torch); () without them."""
+        if not self.step_module:
+            return ()
+        return _resolve(self.step_torch_class), _resolve(self.step_module)
+
     def reference_loop(self) -> Callable[..., Any]:
         """The reference loop of one layer-direction (imports torch)."""
         return _resolve(self.reference)
@@ -185,7 +196,8 @@ CELLS: Tuple[Cell, ...] = (
          reference="rnnkern.reference:rnn", backends=("cpu", "cuda"),
          summary="the Elman RNN, h_t = φ(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)",
          delta="δ_{t}", error_inside="in the φ'(a_{t}) factor",
-         hand_offs=("it is δ_{t} W_hh: W_hh itself, not its transpose",)),
+         hand_offs=("it is δ_{t} W_hh: W_hh itself, not its transpose",),
+         step_torch_class="torch.nn:RNNCell", step_module="rnnkern.modules:RNNCell"),
     Cell("lstm", "LSTM", ("i", "f", "g", "o"), ("h", "c"), nonlinearity=False,
          projection=True, torch_class="torch.nn:LSTM", module="rnnkern.modules:LSTM",
          drop_in=True, reference="rnnkern.reference:lstm", backends=("cpu",),
@@ -193,14 +205,16 @@ CELLS: Tuple[Cell, ...] = (
          delta="δ_{t} = [da_i da_f da_g da_o]_{t}",
          error_inside="in a gate's derivative, in dc_{t}",
          hand_offs=("it is δ_{t} W_hh, all four gate blocks: W_hh itself, not its transpose",
-                    "it is dc_{t} ⊙ f_{t}")),
+                    "it is dc_{t} ⊙ f_{t}"),
+         step_torch_class="torch.nn:LSTMCell", step_module="rnnkern.modules:LSTMCell"),
     Cell("gru", "GRU", ("r", "z", "n"), ("h",), nonlinearity=False, projection=False,
          torch_class="torch.nn:GRU", module="rnnkern.modules:GRU", drop_in=True,
          reference="rnnkern.reference:gru", backends=("cpu",),
          summary="the GRU (reset, update and new gates)",
          delta="δ_{t} = [da_r da_z da_n]_{t}", error_inside="in a gate's derivative",
          hand_offs=("it is δ_{t} W_hh + ∂L/∂h_{t} ⊙ z_{t}, with the n block of δ_{t} "
-                    "times r_{t}",), autocast_on_cpu=False),
+                    "times r_{t}",), autocast_on_cpu=False,
+         step_torch_class="torch.nn:GRUCell", step_module="rnnkern.modules:GRUCell"),
     Cell("indrnn", "IndRNN", ("h",), ("h",), nonlinearity=True, projection=False,
          torch_class="torch.nn:RNN", module="rnnkern.indrnn:IndRNN", drop_in=False,
          reference="rnnkern.indrnn:reference", backends=("cpu",),

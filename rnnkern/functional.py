@@ -500,6 +500,73 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_si
     return y, finals
 
 
+def _inference_only(x: Tensor, tensors) -> bool:
+    """Whether a call of the kernels on x and ``tensors`` (all plain CPU tensors of x's dtype,
+    C-contiguous) needs nothing but a forward: no gradient, no tracer, compiler or transform."""
+    if (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors))
+            or torch.compiler.is_compiling() or _traced(x) or _on_reference(x)):
+        return False
+    dtype = x.dtype
+    for t in tensors:  # a loop, not all(...): this path is timed in microseconds
+        if (type(t) is not Tensor and type(t) is not torch.nn.Parameter) or t.dtype is not dtype \
+                or not t.is_cpu or not t.is_contiguous() or t.is_neg():
+            return False
+    return True
+
+
+def stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...], weights: List[Tensor],
+                    num_layers: int, bidirectional: bool, nonlinearity: Optional[str]
+                    ) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
+    """:func:`layers` for a call that needs no gradient, in one call of the kernels for all
+    layers and directions: input (T, B, I) time-major (any strides), states each
+    (layers · D, B, H), weights the torch class's ``_flat_weights`` without projection, of
+    input's dtype. Returns (output (T, B, D·H), final states), or None where this path does
+    not apply (a gradient, a tracer, a transform; other dtypes, devices or shapes), for the
+    caller to take the general one."""
+    facts = _facts(cell)
+    if input.dtype not in _FLOAT_DTYPES or input.dim() != 3 or not input.is_cpu:
+        return None
+    directions = 2 if bidirectional else 1
+    count = num_layers * directions
+    per_direction = len(weights) // count
+    if per_direction not in (2, 4) or per_direction * count != len(weights):
+        return None
+    steps, batch, features = input.shape
+    w_ih = weights[0]
+    rows = w_ih.shape[0]
+    hidden = rows // facts.gates
+    if steps * batch == 0 or rows != hidden * facts.gates or w_ih.shape != (rows, features):
+        return None
+    for h in states:
+        if h.shape != (count, batch, hidden):
+            return None
+    if not _inference_only(input, (*states, *weights)):
+        return None
+    w_hh_shape = (rows, hidden) if facts.dense else (rows,)
+    deep = (rows, directions * hidden)
+    pointers = []
+    for index in range(count):
+        w = weights[index * per_direction:(index + 1) * per_direction]
+        if w[0].shape != (w_ih.shape if index < directions else deep) or w[1].shape != w_hh_shape:
+            return None
+        if per_direction == 4:
+            if w[2].shape != (rows,) or w[3].shape != (rows,):
+                return None
+            pointers += (w[0].data_ptr(), w[1].data_ptr(), w[2].data_ptr(), w[3].data_ptr())
+        else:
+            pointers += (w[0].data_ptr(), w[1].data_ptr(), 0, 0)
+    x = input.contiguous()
+    dtype = x.dtype
+    y = torch.empty(steps, batch, directions * hidden, dtype=dtype)
+    finals = tuple(torch.empty(count, batch, hidden, dtype=dtype) for _ in states)
+    _core.stack_forward_pointers(
+        cell, dtype is torch.float64, steps, batch, features, hidden, num_layers, directions,
+        x.data_ptr(), states[0].data_ptr(), states[1].data_ptr() if len(states) > 1 else 0,
+        pointers, y.data_ptr(), finals[0].data_ptr(),
+        finals[1].data_ptr() if len(finals) > 1 else 0, nonlinearity)
+    return y, finals
+
+
 # ------------------------------------------------------------------------------ the public API
 
 def _check_tensors(**named):

@@ -21,8 +21,10 @@ from torch.nn.utils.rnn import PackedSequence
 from . import cells
 from .cells import CELLS
 from .functional import layers as _layers
+from .functional import _layer as _step_layer
+from .functional import stack_inference as _stack_inference
 
-__all__ = ["RNN", "LSTM", "GRU", "convert", "revert"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "revert"]
 
 # Computed in float32 inside and returned in the input's dtype.
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -77,7 +79,8 @@ def _refuse_recording(module) -> None:
                            "before tracing or exporting the model")
 
 
-_QUANTIZED_IN_TORCH = (torch.nn.LSTM, torch.nn.GRU)
+_QUANTIZED_IN_TORCH = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNNCell, torch.nn.LSTMCell,
+                       torch.nn.GRUCell)
 
 
 def _torch_class(module) -> type:
@@ -120,6 +123,84 @@ class _DropIn:
         twin = copy.copy(self)
         twin.__class__ = _torch_class(self)
         return twin
+
+    def _forward_fast(self, input, hx):
+        """The common case (a float32/64 CPU tensor, weights of its dtype, a valid hx or none,
+        no projection, no autocast, no recording) with the fewest checks; None for anything
+        else, which goes the whole way and gets the torch class's errors. A call that needs no
+        gradient runs the whole stack in one call of the kernels (stack_inference)."""
+        if (type(input) is not Tensor or self._gradient_flow is not None
+                or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
+                or torch.is_autocast_enabled("cpu") or getattr(self, "proj_size", 0)):
+            return None
+        flat = self._flat_weights
+        if type(self) not in _OURS:
+            flat = None
+        else:
+            params = self._parameters
+            for name, w in zip(self._flat_weights_names, flat):
+                if params.get(name) is not w:
+                    flat = None
+                    break
+        if flat is None:  # parametrized or replaced weights
+            self._update_flat_weights()
+            flat = self._flat_weights
+        dtype = input.dtype
+        for w in flat:  # loops, not any(...): this path is timed in microseconds
+            if w.dtype is not dtype:
+                return None
+        spec = cells.get(self._cell)
+        several = len(spec.states) > 1
+        if hx is None:
+            states = None
+        elif several:
+            if type(hx) is not tuple or len(hx) != len(spec.states):
+                return None
+            states = hx
+        else:
+            states = (hx,)
+        batched = input.dim() == 3
+        if not batched:
+            if input.dim() != 2 or (states is not None and any(h.dim() != 2 for h in states)):
+                return None
+            input = input.unsqueeze(0 if self.batch_first else 1)
+            if states is not None:
+                states = tuple(h.unsqueeze(1) for h in states)
+        steps, batch, features = input.shape
+        if self.batch_first:
+            steps, batch = batch, steps
+        if steps == 0 or features != self.input_size:
+            return None
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        if states is None:
+            states = tuple(torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
+                           for _ in spec.states)
+        else:
+            for h in states:
+                if (type(h) is not Tensor or h.shape != (layers, batch, self.hidden_size)
+                        or h.dtype is not dtype or not h.is_cpu):
+                    return None
+        nonlinearity = None
+        if spec.nonlinearity:
+            nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
+        fast = None
+        if not (self.training and self.dropout > 0 and self.num_layers > 1):
+            fast = _stack_inference(spec.name, input.transpose(0, 1) if self.batch_first
+                                    else input, states, flat, self.num_layers,
+                                    self.bidirectional, nonlinearity)
+        if fast is not None:
+            output, hidden = fast
+            if self.batch_first:
+                output = output.transpose(0, 1)
+        else:
+            output, hidden = _layers(spec.name, input, states if several else states[0], flat,
+                                     self.num_layers, self.bidirectional, nonlinearity,
+                                     self.dropout, self.training, self.batch_first)
+            hidden = tuple(hidden) if several else (hidden,)
+        if not batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden)
+        return output, hidden if several else hidden[0]
 
     @property
     def qconfig(self):
@@ -225,55 +306,6 @@ class RNN(_DropIn, torch.nn.RNN):
             return super().forward(input, hx)
         fast = self._forward_fast(input, hx)
         return fast if fast is not None else self._forward_checked(input, hx)
-
-    def _forward_fast(self, input, hx) -> Optional[Tuple[Tensor, Tensor]]:
-        """The common case (a float32/64 CPU tensor, weights of its dtype, a valid hx or none,
-        no autocast, no recording) with the fewest checks; None for anything else, which
-        goes the whole way (_forward_checked) and gets torch.nn.RNN's errors."""
-        if (type(input) is not Tensor or self._gradient_flow is not None
-                or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
-                or torch.is_autocast_enabled("cpu")):
-            return None
-        flat = self._flat_weights
-        params = self._parameters
-        if type(self) is not RNN:
-            flat = None
-        else:
-            for name, w in zip(self._flat_weights_names, flat):
-                if params.get(name) is not w:
-                    flat = None
-                    break
-        if flat is None:  # parametrized or replaced weights
-            self._update_flat_weights()
-            flat = self._flat_weights
-        dtype = input.dtype
-        for w in flat:  # loops, not any(...): this path is timed in microseconds
-            if w.dtype is not dtype:
-                return None
-        batched = input.dim() == 3
-        if not batched:
-            if input.dim() != 2 or (hx is not None and hx.dim() != 2):
-                return None
-            input = input.unsqueeze(0 if self.batch_first else 1)
-            if hx is not None:
-                hx = hx.unsqueeze(1)
-        steps, batch, features = input.shape
-        if self.batch_first:
-            steps, batch = batch, steps
-        if steps == 0 or features != self.input_size:
-            return None
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        if hx is None:
-            hx = torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
-        elif (type(hx) is not Tensor or hx.shape != (layers, batch, self.hidden_size)
-              or hx.dtype is not dtype or not hx.is_cpu):
-            return None
-        output, hidden = _layers("rnn", input, hx, flat, self.num_layers, self.bidirectional,
-                                 "tanh" if self.mode == "RNN_TANH" else "relu", self.dropout,
-                                 self.training, self.batch_first)
-        if not batched:
-            return output.squeeze(0 if self.batch_first else 1), hidden.squeeze(1)
-        return output, hidden
 
     def _forward_checked(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor]
                          ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
@@ -452,6 +484,9 @@ class LSTM(_GatedCell, torch.nn.LSTM):
         data = _input_data(input)
         if self._on_torch_kernels(data):
             return super().forward(input, hx)
+        fast = self._forward_fast(input, hx)
+        if fast is not None:
+            return fast
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise RuntimeError("lstm expects two hidden states: hx must be a tuple (h_0, c_0), "
                                f"got {type(hx).__name__}"
@@ -526,6 +561,9 @@ class GRU(_GatedCell, torch.nn.GRU):
         data = _input_data(input)
         if self._on_torch_kernels(data):
             return super().forward(input, hx)
+        fast = self._forward_fast(input, hx)
+        if fast is not None:
+            return fast
 
         def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
             return _compute(
@@ -552,7 +590,101 @@ def _gru_init_signature(self, input_size: int, hidden_size: int, num_layers: int
 LSTM.__init__.__signature__ = inspect.signature(_lstm_init_signature)
 GRU.__init__.__signature__ = inspect.signature(_gru_init_signature)
 
-# What convert / revert swap: torch's class -> rnnkern's.
-_DROP_INS = {cell.torch_type(): cell.module_type() for cell in CELLS if cell.drop_in}
+# One step at a time: torch's cells, for code that writes its own time loop.
 
-torch.serialization.add_safe_globals([LSTM, GRU])
+class _StepCell(_DropIn):
+    """What rnnkern.RNNCell, LSTMCell and GRUCell add to torch's class: forward is one call
+    of the cell's fused step (a layer of one step, functional.layer's path: eager kernels,
+    the custom op under torch.compile, the reference loop where the kernels cannot serve),
+    and its backward one fused call. Anything else (a GPU, other dtypes, autocast, a graph
+    for deployment, arguments torch would refuse) runs torch's own forward, errors
+    included."""
+
+    _cell = ""  # its spec in rnnkern.cells
+
+    def _fused(self, input, hx) -> Optional[Tuple[Tensor, ...]]:
+        """The new states as a tuple, or None where torch's own forward is to run."""
+        if (type(input) is not Tensor or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
+                or torch.is_autocast_enabled("cpu") or _exporting()
+                or input.dim() not in (1, 2)):
+            return None
+        spec = cells.get(self._cell)
+        count = len(spec.states)
+        if hx is not None:
+            states = tuple(hx) if count > 1 and isinstance(hx, (tuple, list)) else (hx,)
+            if len(states) != count:
+                return None
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        batch, hidden, dtype = x.shape[0], self.hidden_size, input.dtype
+        if x.shape[1] != self.input_size:
+            return None
+        if hx is None:
+            states = tuple(torch.zeros(batch, hidden, dtype=dtype) for _ in range(count))
+        else:
+            for h in states:
+                if (type(h) is not Tensor or h.dim() != input.dim() or h.dtype is not dtype
+                        or not h.is_cpu):
+                    return None
+            if not batched:
+                states = tuple(h.unsqueeze(0) for h in states)
+            for h in states:
+                if h.shape != (batch, hidden):
+                    return None
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        for w in weights:
+            if w is not None and w.dtype is not dtype:
+                return None
+        nonlinearity = None
+        if spec.nonlinearity:
+            nonlinearity = self.nonlinearity
+            if nonlinearity not in ("tanh", "relu"):
+                return None
+        _, finals = _step_layer(spec.name, x.unsqueeze(0), states, *weights, None, nonlinearity,
+                                None, False)
+        return finals if batched else tuple(h.squeeze(0) for h in finals)
+
+
+class RNNCell(_StepCell, torch.nn.RNNCell):
+    """``torch.nn.RNNCell`` whose step (forward, and backward through it) is one fused call
+    of rnnkern's kernels: for code that writes its own time loop. Same constructor,
+    parameters, ``state_dict``, errors and unbatched input as torch's; CPU float32/float64
+    (anything else runs torch's own cell)."""
+
+    _cell = "rnn"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """Runs one step, like ``torch.nn.RNNCell.forward``."""
+        fused = self._fused(input, hx)
+        return fused[0] if fused is not None else super().forward(input, hx)
+
+
+class LSTMCell(_StepCell, torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` with its step on rnnkern's fused kernels, as :class:`RNNCell`."""
+
+    _cell = "lstm"
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tensor]:
+        """Runs one step, like ``torch.nn.LSTMCell.forward``."""
+        fused = self._fused(input, hx)
+        return fused if fused is not None else super().forward(input, hx)
+
+
+class GRUCell(_StepCell, torch.nn.GRUCell):
+    """``torch.nn.GRUCell`` with its step on rnnkern's fused kernels, as :class:`RNNCell`."""
+
+    _cell = "gru"
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """Runs one step, like ``torch.nn.GRUCell.forward``."""
+        fused = self._fused(input, hx)
+        return fused[0] if fused is not None else super().forward(input, hx)
+
+
+# What convert / revert swap: torch's class -> rnnkern's (the layers, then the one-step cells).
+_DROP_INS = {cell.torch_type(): cell.module_type() for cell in CELLS if cell.drop_in}
+_DROP_INS.update(cell.step_types() for cell in CELLS if cell.step_module)
+_OURS = frozenset(cell.module_type() for cell in CELLS if cell.drop_in)
+
+torch.serialization.add_safe_globals([LSTM, GRU, RNNCell, LSTMCell, GRUCell])

@@ -18,20 +18,42 @@ constexpr int64_t kMinRowsPerThread = 4;
 constexpr int64_t kRowSplitMinWork = int64_t(1) << 20;
 constexpr int64_t kRowSplitMaxHidden = 512;
 
+// A forward of at most this many rows per step and steps reads W_hh's rows as they are, by
+// dot products (packing them costs more than a short call's steps gain), where the packed
+// step would not split its columns over threads (kParallelMinWork of recurrent_kernel.h).
+constexpr int64_t kUnpackedMaxBatch = 2;
+constexpr int64_t kUnpackedMaxSteps = 16;
+constexpr int64_t kUnpackedMaxWork = int64_t(1) << 19;
+// GEMMs C = A · Bᵀ of up to this many rows are dot products too (BLAS packs B for them).
+constexpr int64_t kDotMaxRows = 4;
+
 // The primitives core/recurrence.h and the cells ask of a backend.
 template <typename T>
 struct Backend {
   const RecurrentKernels<T>& kernels = recurrent_kernels<T>();
+  bool unpacked = false;  // the forward's steps read W_hh as it is (set by forward())
 
   static int64_t packed_size(int64_t H) { return cpu::packed_size<T>(H); }
   static int64_t norm_slots(int64_t H) { return cpu::norm_slots<T>(H); }
 
-  void pack(const T* w, int64_t H, bool transpose, T* packed) const {
-    kernels.pack(w, H, transpose, packed);
+  static bool reads_unpacked(const Problem& p) {
+    return p.batch <= kUnpackedMaxBatch && p.steps <= kUnpackedMaxSteps &&
+           p.batch * p.hidden_size * p.hidden_size < kUnpackedMaxWork;
   }
-  void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* packed,
+
+  // W_hh's block (H × H) as step() reads it: packed into `packed` (transposed for the
+  // forward), or w itself where unpacked.
+  const T* pack(const T* w, int64_t H, bool transpose, T* packed) const {
+    if (unpacked && transpose) return w;
+    kernels.pack(w, H, transpose, packed);
+    return packed;
+  }
+  void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* w,
             T* c, const T* h, T* d) const {
-    kernels.step(e, act, rows, H, a, packed, c, h, d);
+    if (unpacked)
+      kernels.step_rows(e, act, rows, H, a, w, c, h, d);
+    else
+      kernels.step(e, act, rows, H, a, w, c, h, d);
   }
   void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
     kernels.scale_by_derivative(act, rows, H, c, h);
@@ -44,7 +66,10 @@ struct Backend {
   }
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
             const T* b, int64_t ldb, T beta, T* c, int64_t ldc) const {
-    cpu::gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (!ta && tb && m <= kDotMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
+      kernels.dot(m, n, k, a, lda, b, ldb, beta == T(1), c, ldc);
+    else
+      cpu::gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
   // The time loop on row ranges, one per thread, with equal work (a packed sequence's rows
   // are live for different numbers of steps). Rows never wait for each other, so there is
@@ -113,6 +138,7 @@ int64_t backward_workspace_size(const Problem& p, bool record_norms) {
 template <typename Cell, typename T>
 void forward(const Problem& p, const Inputs<T>& in, const Outputs<T>& out, T* workspace) {
   Backend<T> k;
+  k.unpacked = Backend<T>::reads_unpacked(p);
   rnnkern::forward<Cell, T>(p, in, out, workspace, k);
 }
 
@@ -123,6 +149,105 @@ void backward(const Problem& p, const Inputs<T>& in, const Outputs<const T>& out
   rnnkern::backward<Cell, T>(p, in, out, grads, workspace, k);
 }
 
+namespace {
+
+// Layer-direction `layer` of the stack as one Problem.
+Problem stack_problem(const Stack& s, int64_t layer, bool reverse) {
+  Problem p;
+  p.steps = s.steps;
+  p.batch = s.batch;
+  p.input_size = layer == 0 ? s.input_size : s.directions * s.hidden_size;
+  p.hidden_size = s.hidden_size;
+  p.reverse = reverse;
+  p.act = s.act;
+  return p;
+}
+
+// Where the stack's workspace puts things (elements of T).
+template <typename Cell, typename T>
+struct StackLayout {
+  int64_t kernel = 0, saved = 0, per_direction = 0, between = 0, total = 0;
+  explicit StackLayout(const Stack& s) {
+    const int64_t N = s.steps * s.batch, H = s.hidden_size;
+    for (int64_t l = 0; l < (s.layers > 1 ? 2 : 1); ++l) {
+      const int64_t k = rnnkern::forward_workspace_size<Cell, T, Backend<T>>(
+          stack_problem(s, l, false));
+      kernel = k > kernel ? k : kernel;
+    }
+    for (int i = 0; i < Cell::kSavedCount; ++i)
+      if (!Cell::kSaved[i].projection_only) saved += Cell::kSaved[i].width * N * H;
+    per_direction = s.directions > 1 ? N * H : 0;    // one direction's y, then copied
+    between = s.layers > 1 ? 2 * N * s.directions * H : 0;  // layers' outputs, in turn
+    total = kernel + saved + per_direction + between;
+  }
+};
+
+// Where cell C keeps its second state (the LSTM's c) among its saved arrays.
+template <typename C>
+int second_state_saved() {
+  int at = 0;
+  for (int i = 0; i < C::kSavedCount; ++i) {
+    if (C::kSaved[i].projection_only) continue;
+    if (std::strcmp(C::kSaved[i].name, "c") == 0) return at;
+    ++at;
+  }
+  return -1;
+}
+
+}  // namespace
+
+template <typename Cell, typename T>
+int64_t stack_workspace_size(const Stack& s) {
+  return StackLayout<Cell, T>(s).total;
+}
+
+template <typename Cell, typename T>
+void stack_forward(const Stack& s, const T* x, const T* h0, const T* c0,
+                   const T* const* weights, T* y, T* h_n, T* c_n, T* workspace) {
+  const StackLayout<Cell, T> layout(s);
+  const int64_t B = s.batch, H = s.hidden_size, D = s.directions, N = s.steps * B;
+  T* kernel_ws = workspace;
+  T* saved_ws = kernel_ws + layout.kernel;
+  T* direction_y = saved_ws + layout.saved;
+  T* between[2] = {direction_y + layout.per_direction,
+                   direction_y + layout.per_direction + N * D * H};
+  const int c_at = Cell::kStates == 2 ? second_state_saved<Cell>() : -1;
+  const T* layer_in = x;
+  for (int64_t l = 0; l < s.layers; ++l) {
+    T* layer_out = l + 1 == s.layers ? y : between[l % 2];
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t index = l * D + d;
+      const Problem p = stack_problem(s, l, d == 1);
+      Inputs<T> in;
+      in.x = layer_in;
+      in.h0 = h0 + index * B * H;
+      in.c0 = c0 ? c0 + index * B * H : nullptr;
+      in.w_ih = weights[4 * index];
+      in.w_hh = weights[4 * index + 1];
+      in.b_ih = weights[4 * index + 2];
+      in.b_hh = weights[4 * index + 3];
+      Outputs<T> out;
+      out.y = D == 1 ? layer_out : direction_y;
+      T* next = saved_ws;
+      for (int i = 0, at = 0; i < Cell::kSavedCount; ++i) {
+        if (Cell::kSaved[i].projection_only) continue;
+        out.saved[at++] = next;
+        next += Cell::kSaved[i].width * N * H;
+      }
+      forward<Cell, T>(p, in, out, kernel_ws);
+      // Each sequence's last step: t = T - 1, or t = 0 in reverse.
+      const int64_t last = d == 1 ? 0 : (s.steps - 1) * B * H;
+      std::memcpy(h_n + index * B * H, out.y + last, sizeof(T) * B * H);
+      if (c_at >= 0 && c_n)
+        std::memcpy(c_n + index * B * H, out.saved[c_at] + last, sizeof(T) * B * H);
+      if (D > 1)
+        for (int64_t r = 0; r < N; ++r)
+          std::memcpy(layer_out + (r * D + d) * H, direction_y + r * H, sizeof(T) * H);
+    }
+    layer_in = layer_out;
+  }
+}
+
 const char* isa() { return recurrent_kernels<float>().isa; }
 
 #define RNNKERN_INSTANTIATE_FOR(Cell, T)                                                     \
@@ -130,7 +255,10 @@ const char* isa() { return recurrent_kernels<float>().isa; }
   template int64_t backward_workspace_size<Cell, T>(const Problem&, bool);                  \
   template void forward<Cell, T>(const Problem&, const Inputs<T>&, const Outputs<T>&, T*);   \
   template void backward<Cell, T>(const Problem&, const Inputs<T>&, const Outputs<const T>&, \
-                                  const Gradients<T>&, T*);
+                                  const Gradients<T>&, T*);                                 \
+  template int64_t stack_workspace_size<Cell, T>(const Stack&);                             \
+  template void stack_forward<Cell, T>(const Stack&, const T*, const T*, const T*,          \
+                                       const T* const*, T*, T*, T*, T*);
 #define RNNKERN_INSTANTIATE(Cell)        \
   RNNKERN_INSTANTIATE_FOR(Cell, float) \
   RNNKERN_INSTANTIATE_FOR(Cell, double)

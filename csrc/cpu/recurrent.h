@@ -57,6 +57,14 @@ struct RecurrentKernels {
   void (*pack)(const T* w, int64_t H, bool transpose, T* packed);
   void (*step)(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a,
                const T* packed, T* c, const T* h, T* d);
+  // step() with W_hh's rows as they are instead of packed panels (Bm = W_hhᵀ: the forward's
+  // epilogues kForward, kStore, kAccumulate): dot products, for a row or two per step.
+  void (*step_rows)(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a,
+                    const T* w, T* c, const T* h, T* d);
+  // C (rows × n, ldc) = [C +] A (rows × K, lda) · Wᵀ, W (n × K, ldw) as it is: the same dot
+  // products, for a GEMM of a row or a few (an order that depends only on the shapes).
+  void (*dot)(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w,
+              int64_t ldw, bool accumulate, T* c, int64_t ldc);
   void (*scale_by_derivative)(Activation act, int64_t rows, int64_t H, T* c, const T* h);
   // Norm slots (see norm_slots) of rows whose d_t is given whole: the sum of squares goes
   // to the first slot, zero to the others.

@@ -367,6 +367,121 @@ void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const
   }
 }
 
+// The dot-product form, for a row or two of A against W's rows as they are (no packing):
+// out(r, j) = Σ_i A(r, i) · W(j, i). Each sum is L lane-wise partial sums folded in a fixed
+// tree, then the scalar tail of i: the order depends only on the shapes.
+
+// Folds vectors v[0..N) (N a power of two, N ≤ lanes) into sums[n] = Σ lanes of v[n]: each
+// level merges pairs, halving the lanes each vector's partial sums occupy.
+template <typename T, int N>
+inline void fold(typename Vec<T>::type* v, T* sums) {
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+  typedef I M __attribute__((vector_size(RNNKERN_VECTOR_BYTES)));
+  constexpr int64_t L = Vec<T>::lanes;
+  int64_t width = L;  // lanes per vector's group
+  for (int count = N; count > 1; count /= 2, width /= 2) {
+    const int64_t groups = L / width, half = width / 2;
+    M lo, hi;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t g = l / half, w = l % half;
+      const int64_t base = (g < groups ? 0 : L) + (g % groups) * width + w;
+      lo[l] = I(base);
+      hi[l] = I(base + half);
+    }
+    for (int i = 0; i < count / 2; ++i)
+      v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo) +
+             __builtin_shuffle(v[2 * i], v[2 * i + 1], hi);
+  }
+  for (int n = 0; n < N; ++n) {
+    T s = 0;
+    for (int64_t l = 0; l < width; ++l) s += v[0][n * width + l];
+    sums[n] = s;
+  }
+}
+
+// sums[r · J + q] = Σ_i A(r, i) · W(q, i) for R rows of A and J rows of W.
+template <typename T, int R, int J>
+inline void dot_tile(int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw, T* sums) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  V acc[R][J] = {};
+  int64_t i = 0;
+  for (; i + L <= K; i += L) {
+    V av[R];
+    for (int r = 0; r < R; ++r) av[r] = load(a + r * lda + i);
+    for (int q = 0; q < J; ++q) {
+      const V wv = load(w + q * ldw + i);
+      for (int r = 0; r < R; ++r) acc[r][q] += av[r] * wv;
+    }
+  }
+  for (int r = 0; r < R; ++r) fold<T, J>(acc[r], sums + r * J);
+  for (; i < K; ++i)
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < J; ++q) sums[r * J + q] += load1(a + r * lda + i) * load1(w + q * ldw + i);
+}
+
+// C(r, j) = [C(r, j) +] Σ_i A(r, i) · W(j, i) for r < rows, j < n: rows taken one or two at
+// a time, W's rows eight (one row of A) or four (two) at a time, then one by one.
+template <typename T, int R, int J>
+void dot_rows_of(int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+                 bool accumulate, T* c, int64_t ldc) {
+  T sums[R * J];
+  int64_t j = 0;
+  auto put = [&](int64_t j0, int width, const T* s) {
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < width; ++q) {
+        T& out = c[r * ldc + j0 + q];
+        out = accumulate ? out + s[r * width + q] : s[r * width + q];
+      }
+  };
+  for (; j + J <= n; j += J) {
+    dot_tile<T, R, J>(K, a, lda, w + j * ldw, ldw, sums);
+    put(j, J, sums);
+  }
+  for (; j < n; ++j) {
+    dot_tile<T, R, 1>(K, a, lda, w + j * ldw, ldw, sums);
+    put(j, 1, sums);
+  }
+}
+
+template <typename T>
+void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+         bool accumulate, T* c, int64_t ldc) {
+  constexpr int L = int(Vec<T>::lanes);  // fold() takes at most L vectors
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2)
+    dot_rows_of<T, 2, (L < 4 ? L : 4)>(n, K, a + r * lda, lda, w, ldw, accumulate,
+                                       c + r * ldc, ldc);
+  if (r < rows)
+    dot_rows_of<T, 1, (L < 8 ? L : 8)>(n, K, a + r * lda, lda, w, ldw, accumulate,
+                                       c + r * ldc, ldc);
+}
+
+// step() for W_hh's rows as they are (the forward's Bm = W_hhᵀ unpacked): the forward
+// epilogues only (kForward, kStore, kAccumulate), the same vector code as the packed step.
+template <typename T>
+void step_rows(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* w,
+               T* c, const T* h, T*) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  if (rows <= 0) return;
+  dot(rows, H, H, a, H, w, H, e != Epilogue::kStore, c, H);
+  if (e != Epilogue::kForward) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* cr = c + r * H;
+    for (int64_t j = 0; j < H; j += L) {
+      const int64_t valid = H - j < L ? H - j : L;
+      V v{}, b{};
+      for (int64_t i = 0; i < valid; ++i) {
+        v[i] = cr[j + i];
+        if (h) b[i] = load1(h + j + i);
+      }
+      v = finish<T, Epilogue::kForward>(act, v + b, b);
+      for (int64_t i = 0; i < valid; ++i) cr[j + i] = v[i];
+    }
+  }
+}
+
 template <typename T>
 void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) {
   constexpr int64_t L = Vec<T>::lanes;
@@ -491,8 +606,9 @@ void set_passes(RecurrentKernels<T>& k) {
 
 template <typename T>
 RecurrentKernels<T> make(const char* name) {
-  RecurrentKernels<T> k{name,           &pack<T>,      &step<T>, &scale_by_derivative<T>,
-                        &row_square_sums<T>, &row_norms<T>, &accumulate<T>, {}};
+  RecurrentKernels<T> k{name,           &pack<T>,      &step<T>,       &step_rows<T>,
+                        &dot<T>,             &scale_by_derivative<T>,       &row_square_sums<T>,
+                        &row_norms<T>,       &accumulate<T>, {}};
   for_each_cell([&](auto cell) { set_passes<T, decltype(cell)>(k); });
   return k;
 }

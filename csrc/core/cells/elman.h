@@ -26,7 +26,7 @@ struct Elman {
     const Problem& p;
     K& k;
     T* y;
-    T* packed;
+    const T* w_step;  // W_hh as the step reads it (k.pack: packed, or as it is)
     T* bias;  // b_ih + b_hh, added by the step's epilogue; nullptr for none
 
     static int64_t workspace_size(const Problem& p) {
@@ -34,10 +34,10 @@ struct Elman {
     }
 
     Forward(const Problem& p_, const Inputs<T>& in, const Outputs<T>& out, T* workspace, K& k_)
-        : p(p_), k(k_), y(out.y), packed(workspace) {
+        : p(p_), k(k_), y(out.y) {
       const int64_t H = p.hidden_size;
-      k.pack(in.w_hh, H, /*transpose=*/true, packed);
-      bias = in.b_ih || in.b_hh ? packed + K::packed_size(H) : nullptr;
+      w_step = k.pack(in.w_hh, H, /*transpose=*/true, workspace);
+      bias = in.b_ih || in.b_hh ? workspace + K::packed_size(H) : nullptr;
       if (bias)
         for (int64_t j = 0; j < H; ++j)
           bias[j] = (in.b_ih ? element(in.b_ih, j) : T(0)) + (in.b_hh ? element(in.b_hh, j) : T(0));
@@ -48,7 +48,7 @@ struct Elman {
 
     void step(int64_t off, int64_t a, int64_t b, const T* h_prev, const T*) const {
       const int64_t H = p.hidden_size;
-      k.step(Epilogue::kForward, p.act, b - a, H, h_prev, packed, y + (off + a) * H, bias,
+      k.step(Epilogue::kForward, p.act, b - a, H, h_prev, w_step, y + (off + a) * H, bias,
              nullptr);
     }
   };

@@ -131,7 +131,7 @@ struct Gru {
     const Problem& p;
     K& k;
     T *y, *gates, *hidden_n;
-    T* packed;  // block q: W_hh rows [qH, (q+1)H) packed transposed
+    const T* w_step[3] = {};  // block q: W_hh rows [qH, (q+1)H) as the step reads them
     T *bias_x, *bias_h;
     T* acc;     // 3 planes of B × H: h_{t-1} W_hhᵀ of the rows of one step
 
@@ -141,12 +141,12 @@ struct Gru {
     }
 
     Forward(const Problem& p_, const Inputs<T>& in, const Outputs<T>& out, T* workspace, K& k_)
-        : p(p_), k(k_), y(out.y), gates(out.saved[0]), hidden_n(out.saved[1]),
-          packed(workspace) {
+        : p(p_), k(k_), y(out.y), gates(out.saved[0]), hidden_n(out.saved[1]) {
       const int64_t H = p.hidden_size;
       for (int64_t q = 0; q < 3; ++q)
-        k.pack(in.w_hh + q * H * H, H, /*transpose=*/true, packed + q * K::packed_size(H));
-      bias_x = packed + 3 * K::packed_size(H);
+        w_step[q] = k.pack(in.w_hh + q * H * H, H, /*transpose=*/true,
+                           workspace + q * K::packed_size(H));
+      bias_x = workspace + 3 * K::packed_size(H);
       bias_h = bias_x + 3 * H;
       acc = bias_h + 3 * H;
       for (int64_t j = 0; j < 3 * H; ++j) {
@@ -161,8 +161,8 @@ struct Gru {
     void step(int64_t off, int64_t a, int64_t b, const T* h_prev, const T*) const {
       const int64_t H = p.hidden_size, B = p.batch;
       for (int64_t q = 0; q < 3; ++q)
-        k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev,
-               packed + q * K::packed_size(H), acc + q * B * H + a * H, nullptr, nullptr);
+        k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev, w_step[q],
+               acc + q * B * H + a * H, nullptr, nullptr);
       k.template forward_pass<Gru>(ForwardPass<T>{b - a, H, gates + (off + a) * 3 * H,
                                                   acc + a * H, B * H, bias_x, bias_h, h_prev,
                                                   hidden_n + (off + a) * H, y + (off + a) * H});

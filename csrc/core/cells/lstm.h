@@ -167,7 +167,7 @@ struct Lstm {
     const Inputs<T>& in;
     K& k;
     T *y, *gates, *c_all, *m;
-    T* packed;  // block q: W_hh rows [qH, (q+1)H) packed transposed (without P)
+    const T* w_step[4] = {};  // block q: W_hh rows [qH, (q+1)H) as the step reads them (without P)
     T* bias;    // b_ih + b_hh
     T* acc;     // 4 planes of B × H: h_{t-1} W_hhᵀ of the rows of one step
 
@@ -178,12 +178,13 @@ struct Lstm {
 
     Forward(const Problem& p_, const Inputs<T>& in_, const Outputs<T>& out, T* workspace, K& k_)
         : p(p_), in(in_), k(k_), y(out.y), gates(out.saved[0]), c_all(out.saved[1]),
-          m(p_.proj_size ? out.saved[2] : nullptr), packed(workspace) {
+          m(p_.proj_size ? out.saved[2] : nullptr) {
       const int64_t H = p.hidden_size;
       if (!p.proj_size)
         for (int64_t q = 0; q < 4; ++q)
-          k.pack(in.w_hh + q * H * H, H, /*transpose=*/true, packed + q * K::packed_size(H));
-      bias = packed + (p.proj_size ? 0 : 4 * K::packed_size(H));
+          w_step[q] = k.pack(in.w_hh + q * H * H, H, /*transpose=*/true,
+                             workspace + q * K::packed_size(H));
+      bias = workspace + (p.proj_size ? 0 : 4 * K::packed_size(H));
       acc = bias + 4 * H;
       for (int64_t j = 0; j < 4 * H; ++j)
         bias[j] = (in.b_ih ? element(in.b_ih, j) : T(0)) + (in.b_hh ? element(in.b_hh, j) : T(0));
@@ -203,8 +204,8 @@ struct Lstm {
       const int64_t H = p.hidden_size, B = p.batch, P = p.proj_size;
       if (!P) {
         for (int64_t q = 0; q < 4; ++q)
-          k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev,
-                 packed + q * K::packed_size(H), acc + q * B * H + a * H, nullptr, nullptr);
+          k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev, w_step[q],
+                 acc + q * B * H + a * H, nullptr, nullptr);
         pass(off, a, b, c_prev, y + (off + a) * H);
         return;
       }

@@ -153,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
     if steps:
         print("\nstep by step: one call of a streaming or generating caller "
               "(microseconds per call)", flush=True)
-        step_results, generate = timing.run_steps(repeats=args.repeats, dtype=dtype)
-        print(timing.format_steps_table(step_results, generate), flush=True)
-        data["steps"] = timing.steps_as_dict(step_results, generate)
+        section = timing.run_steps(repeats=args.repeats, dtype=dtype)
+        print(timing.format_steps_table(section), flush=True)
+        data["steps"] = timing.steps_as_dict(section)
     path = os.path.join(args.out, "bench.json")
     with open(path, "w") as f:
         json.dump(data, f, indent=2)

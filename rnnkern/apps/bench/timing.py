@@ -12,6 +12,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -332,16 +333,20 @@ def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", 
     return results
 
 
-# `rnnkern bench --steps`: the sizes of a step-by-step caller (a stream, a decoder), where the
-# fixed cost of a call is most of its time.
-STEP_CASES = (
-    Case(1, 1, 8, 8),
-    Case(1, 1, 64, 256),
-    Case(1, 32, 128, 512),
-    Case(10, 1, 32, 32),
-)
+# `rnnkern bench --steps`: the sizes of a step-by-step caller (a stream, a decoder, an RL
+# agent), where the fixed cost of a call is most of its time: per cell, T = 1 with B = 1 and
+# 32, H = 256 and 512, 1 and 2 layers, and T = 10 (a chunk of a stream), I = 128.
+STEP_CELLS = ("rnn", "lstm", "gru")
+STEP_CASES = tuple(Case(T, B, 128, H, layers=layers, cell=cell) for cell in STEP_CELLS
+                   for T, B, H, layers in ((1, 1, 256, 1), (1, 1, 256, 2), (1, 1, 512, 1),
+                                           (1, 32, 256, 1), (10, 1, 256, 1)))
+# Code that writes its own time loop over torch's cells (RNNCell, LSTMCell, GRUCell): a loop of
+# CELL_LOOP_STEPS steps, forward and backward, at these (B, H), I = 64.
+CELL_LOOP_STEPS = 100
+CELL_LOOP_SIZES = ((1, 64), (32, 64), (1, 256), (32, 256))
 
-# The generate loop: Embedding(VOCAB, I) -> RNN(I, H) -> Linear(H, VOCAB), one token per call.
+# The generate loop: Embedding(VOCAB, I) -> the cell's layer (I, H) -> Linear(H, VOCAB), one
+# token per call.
 GENERATE_TOKENS = 1000
 GENERATE_VOCAB, GENERATE_INPUT, GENERATE_HIDDEN = 256, 64, 256
 
@@ -352,9 +357,21 @@ class StepResult:
     inference_us: Dict[str, float] = field(default_factory=dict)  # no_grad forward, hx passed
     train_us: Dict[str, float] = field(default_factory=dict)      # forward + backward
 
-    def speedup(self, what: str = "train") -> float:
+    def speedup(self, what: str = "train", over: str = "torch") -> float:
         times = self.train_us if what == "train" else self.inference_us
-        return times["torch"] / times["rnnkern"]
+        return times[over] / times["rnnkern"]
+
+
+@dataclass
+class CellLoopResult:
+    cell: str
+    B: int
+    H: int
+    steps: int
+    loop_us: Dict[str, float] = field(default_factory=dict)  # forward + backward of the loop
+
+    def speedup(self) -> float:
+        return self.loop_us["torch"] / self.loop_us["rnnkern"]
 
 
 @dataclass
@@ -363,23 +380,58 @@ class GenerateResult:
     vocab: int
     input_size: int
     hidden_size: int
+    cell: str = "rnn"
     per_token_us: Dict[str, float] = field(default_factory=dict)
 
     def speedup(self) -> float:
         return self.per_token_us["torch"] / self.per_token_us["rnnkern"]
 
 
+def _state(case: Case, dtype, generator) -> object:
+    h = torch.randn(case.layers, case.B, case.H, dtype=dtype, generator=generator)
+    return (h, torch.randn_like(h)) if len(cell_spec(case.cell).states) > 1 else h
+
+
+def _onnx_inference(module: torch.nn.Module, x: torch.Tensor, hx) -> Optional[Callable]:
+    """A call of ONNX Runtime on torch.onnx.export of ``module`` (the torch class), or None
+    when onnxruntime (an optional extra of the benchmark) or the exporter is missing."""
+    try:
+        import io
+
+        import onnxruntime
+    except ImportError:
+        return None
+    states = hx if isinstance(hx, tuple) else (hx,)
+    names = [f"h{i}" for i in range(len(states))]
+    buffer = io.BytesIO()
+    args = (x, hx)
+    try:
+        with warnings.catch_warnings():  # its notes on batch sizes: the sizes are fixed here
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buffer, input_names=["x", *names], dynamo=False)
+    except Exception:  # the legacy exporter needs onnx; nothing to time without it
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(buffer.getvalue(), options,
+                                           providers=["CPUExecutionProvider"])
+    feeds = {"x": x.numpy(), **{n: s.numpy() for n, s in zip(names, states)}}
+    return lambda: session.run(None, feeds)
+
+
 def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float32,
-                 seed: int = 0) -> StepResult:
+                 seed: int = 0, onnx: bool = True) -> StepResult:
     """One call of a step-by-step caller: inference (no grad, hx passed explicitly, as a
-    streaming caller does) and a train step, rnnkern.RNN against torch.nn.RNN, interleaved."""
+    streaming caller does) and a train step, rnnkern's module against the torch class (and,
+    for inference, ONNX Runtime when installed and ``onnx``), interleaved."""
     torch.manual_seed(seed)
-    theirs = torch.nn.RNN(case.I, case.H, dtype=dtype)
-    ours = RNN(case.I, case.H, dtype=dtype)
+    torch_class, rnnkern_class = classes(case.cell)
+    theirs = torch_class(case.I, case.H, num_layers=case.layers, dtype=dtype)
+    ours = rnnkern_class(case.I, case.H, num_layers=case.layers, dtype=dtype)
     ours.load_state_dict(theirs.state_dict())
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(case.T, case.B, case.I, dtype=dtype, generator=g)
-    hx = torch.randn(1, case.B, case.H, dtype=dtype, generator=g)
+    hx = _state(case, dtype, g)
     x_train = x.clone().requires_grad_()
     calls = {"torch": theirs, "rnnkern": ours}
 
@@ -394,19 +446,52 @@ def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float3
             x_train.grad = None
             module.zero_grad(set_to_none=True)
             out, h_n = module(x_train)
-            (out.sum() + h_n.sum()).backward()
+            (out.sum() + _state_sum(h_n)).backward()
         return run
 
     result = StepResult(case)
-    ms = _timed_blocks({k: inference(m) for k, m in calls.items()}, repeats)
+    fns = {k: inference(m) for k, m in calls.items()}
+    session = _onnx_inference(theirs, x, hx) if onnx and dtype == torch.float32 else None
+    if session is not None:
+        fns["onnxruntime"] = session
+    ms = _timed_blocks(fns, repeats)
     result.inference_us = {k: 1e3 * v for k, v in ms.items()}
     ms = _timed_blocks({k: train(m) for k, m in calls.items()}, repeats)
     result.train_us = {k: 1e3 * v for k, v in ms.items()}
     return result
 
 
+def measure_cell_loop(cell: str, B: int, H: int, steps: Optional[int] = None,
+                      repeats: int = 5, dtype: torch.dtype = torch.float32,
+                      seed: int = 0) -> CellLoopResult:
+    """A Python loop of ``steps`` steps over torch's one-step cell and over rnnkern's, the
+    states carried, then backward through the loop; interleaved."""
+    steps = CELL_LOOP_STEPS if steps is None else steps
+    theirs_type, ours_type = cell_spec(cell).step_types()
+    torch.manual_seed(seed)
+    theirs = theirs_type(64, H, dtype=dtype)
+    ours = ours_type(64, H, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(steps, B, 64, dtype=dtype, generator=g)
+
+    def loop(module):
+        def run():
+            module.zero_grad(set_to_none=True)
+            hx, total = None, 0
+            for x in xs:
+                hx = module(x, hx)
+                total = total + _state_sum(hx)
+            total.backward()
+        return run
+
+    ms = _timed_blocks({"torch": loop(theirs), "rnnkern": loop(ours)}, repeats)
+    return CellLoopResult(cell, B, H, steps, {k: 1e3 * v for k, v in ms.items()})
+
+
 class _Generator(torch.nn.Module):
-    """Embedding -> RNN -> Linear, fed its own argmax token back one call at a time."""
+    """Embedding -> a recurrent layer -> Linear, fed its own argmax token back one call at a
+    time."""
 
     def __init__(self, rnn_class, vocab: int, input_size: int, hidden: int, dtype):
         super().__init__()
@@ -414,7 +499,7 @@ class _Generator(torch.nn.Module):
         self.rnn = rnn_class(input_size, hidden, dtype=dtype)
         self.head = torch.nn.Linear(hidden, vocab, dtype=dtype)
 
-    def generate(self, token: torch.Tensor, hx: torch.Tensor, tokens: int) -> torch.Tensor:
+    def generate(self, token: torch.Tensor, hx, tokens: int) -> torch.Tensor:
         with torch.no_grad():
             for _ in range(tokens):
                 out, hx = self.rnn(self.embed(token), hx)   # (1, 1, I) -> (1, 1, H)
@@ -423,17 +508,20 @@ class _Generator(torch.nn.Module):
 
 
 def measure_generate(tokens: Optional[int] = None, repeats: int = 5,
-                     dtype: torch.dtype = torch.float32, seed: int = 0) -> GenerateResult:
+                     dtype: torch.dtype = torch.float32, seed: int = 0,
+                     cell: str = "rnn") -> GenerateResult:
     """Per-token time of a generate loop: ``tokens`` single-token calls, the hidden state hx
-    passed from call to call, rnnkern.RNN against torch.nn.RNN, interleaved repeats."""
+    passed from call to call, rnnkern's layer against the torch class, interleaved repeats."""
     tokens = GENERATE_TOKENS if tokens is None else tokens
     torch.manual_seed(seed)
     sizes = (GENERATE_VOCAB, GENERATE_INPUT, GENERATE_HIDDEN)
-    theirs = _Generator(torch.nn.RNN, *sizes, dtype)
-    ours = _Generator(RNN, *sizes, dtype)
+    torch_class, rnnkern_class = classes(cell)
+    theirs = _Generator(torch_class, *sizes, dtype)
+    ours = _Generator(rnnkern_class, *sizes, dtype)
     ours.load_state_dict(theirs.state_dict())
     start_token = torch.zeros(1, 1, dtype=torch.long)
     hx = torch.zeros(1, 1, GENERATE_HIDDEN, dtype=dtype)
+    hx = (hx, hx.clone()) if len(cell_spec(cell).states) > 1 else hx
     calls = {name: (lambda m=m: m.generate(start_token, hx, tokens))
              for name, m in (("torch", theirs), ("rnnkern", ours))}
     for fn in calls.values():  # warm-up
@@ -444,56 +532,106 @@ def measure_generate(tokens: Optional[int] = None, repeats: int = 5,
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1e6 / tokens)
-    return GenerateResult(tokens, *sizes,
+    return GenerateResult(tokens, *sizes, cell=cell,
                           per_token_us={k: statistics.median(v) for k, v in samples.items()})
+
+
+@dataclass
+class StepsSection:
+    """Everything `bench --steps` measures."""
+
+    calls: List[StepResult]
+    loops: List[CellLoopResult]
+    generate: List[GenerateResult]
 
 
 def run_steps(cases: Optional[Sequence[Case]] = None, repeats: int = 5,
               dtype: torch.dtype = torch.float32, tokens: Optional[int] = None,
-              progress=sys.stderr):
-    """The step-by-step section: every case of ``cases`` (default STEP_CASES), then the
-    generate loop of ``tokens`` calls (default GENERATE_TOKENS)."""
+              progress=sys.stderr, loop_sizes: Optional[Sequence[tuple]] = None,
+              loop_steps: Optional[int] = None, onnx: bool = True) -> StepsSection:
+    """The step-by-step section: every case of ``cases`` (default STEP_CASES), the cells'
+    loops (CELL_LOOP_SIZES for each cell of the cases), then each cell's generate loop of
+    ``tokens`` calls (default GENERATE_TOKENS)."""
     cases = STEP_CASES if cases is None else cases
     tokens = GENERATE_TOKENS if tokens is None else tokens
-    results = []
-    for i, case in enumerate(cases, 1):
+    loop_sizes = CELL_LOOP_SIZES if loop_sizes is None else loop_sizes
+    step_cells = list(dict.fromkeys(c.cell for c in cases))
+
+    def say(text):
         if progress is not None:
-            print(f"[step {i}/{len(cases)}] {case.name()} ...", file=progress, flush=True)
-        results.append(measure_step(case, repeats=repeats, dtype=dtype))
-    if progress is not None:
-        print(f"[generate] {tokens} tokens ...", file=progress, flush=True)
-    return results, measure_generate(tokens, repeats=repeats, dtype=dtype)
+            print(text, file=progress, flush=True)
+
+    calls = []
+    for i, case in enumerate(cases, 1):
+        say(f"[step {i}/{len(cases)}] {case.cell} {case.T}x{case.B}x{case.I}x{case.H} "
+            f"L{case.layers} ...")
+        calls.append(measure_step(case, repeats=repeats, dtype=dtype, onnx=onnx))
+    loops = []
+    for cell in step_cells:
+        for B, H in loop_sizes:
+            say(f"[cell loop] {cell} B={B} H={H} ...")
+            loops.append(measure_cell_loop(cell, B, H, loop_steps, repeats=repeats, dtype=dtype))
+    generate = []
+    for cell in step_cells:
+        say(f"[generate] {cell}: {tokens} tokens ...")
+        generate.append(measure_generate(tokens, repeats=repeats, dtype=dtype, cell=cell))
+    return StepsSection(calls, loops, generate)
 
 
-def format_steps_table(results: Sequence[StepResult], generate: GenerateResult) -> str:
-    head = ["T", "B", "I", "H", "torch infer us", "rnnkern infer us", "infer speedup",
-            "torch train us", "rnnkern train us", "train speedup"]
+def format_steps_table(section: StepsSection) -> str:
+    onnx = any("onnxruntime" in r.inference_us for r in section.calls)
+    head = ["cell", "layers", "T", "B", "I", "H", "torch infer us", "rnnkern infer us",
+            "infer speedup"]
+    if onnx:
+        head += ["onnxruntime infer us", "vs onnxruntime"]
+    head += ["torch train us", "rnnkern train us", "train speedup"]
     rows = [head]
-    for r in results:
+    for r in section.calls:
         c = r.case
-        rows.append([str(c.T), str(c.B), str(c.I), str(c.H),
-                     f"{r.inference_us['torch']:.1f}", f"{r.inference_us['rnnkern']:.1f}",
-                     f"{r.speedup('inference'):.2f}x",
-                     f"{r.train_us['torch']:.1f}", f"{r.train_us['rnnkern']:.1f}",
-                     f"{r.speedup('train'):.2f}x"])
-    g = generate
-    return (_fmt_table(rows) + "\n\n"
-            f"generate, {g.tokens} single-token calls (Embedding {g.vocab}x{g.input_size} -> "
-            f"RNN {g.input_size}->{g.hidden_size} -> Linear {g.hidden_size}->{g.vocab}, "
-            f"argmax fed back, hx passed, no grad): torch.nn.RNN "
-            f"{g.per_token_us['torch']:.1f} us per token, rnnkern.RNN "
-            f"{g.per_token_us['rnnkern']:.1f} us per token, speedup {g.speedup():.2f}x")
+        row = [c.cell, str(c.layers), str(c.T), str(c.B), str(c.I), str(c.H),
+               f"{r.inference_us['torch']:.1f}", f"{r.inference_us['rnnkern']:.1f}",
+               f"{r.speedup('inference'):.2f}x"]
+        if onnx:
+            ort = r.inference_us.get("onnxruntime")
+            row += [f"{ort:.1f}", f"{r.speedup('inference', 'onnxruntime'):.2f}x"] if ort \
+                else ["-", "-"]
+        row += [f"{r.train_us['torch']:.1f}", f"{r.train_us['rnnkern']:.1f}",
+                f"{r.speedup('train'):.2f}x"]
+        rows.append(row)
+    text = _fmt_table(rows)
+    if not onnx:
+        text += "\n(no onnxruntime column: pip install onnxruntime to add one)"
+    if section.loops:
+        loop_rows = [["cell", "B", "H", "steps", "torch loop us", "rnnkern loop us", "speedup"]]
+        for r in section.loops:
+            loop_rows.append([r.cell, str(r.B), str(r.H), str(r.steps),
+                              f"{r.loop_us['torch']:.0f}", f"{r.loop_us['rnnkern']:.0f}",
+                              f"{r.speedup():.2f}x"])
+        text += ("\n\na Python time loop over the one-step cells (torch.nn.RNNCell, LSTMCell, "
+                 "GRUCell against rnnkern's), forward and backward, I = 64:\n"
+                 + _fmt_table(loop_rows))
+    for g in section.generate:
+        title = cell_spec(g.cell).title
+        text += (f"\n\ngenerate, {g.tokens} single-token calls (Embedding {g.vocab}x"
+                 f"{g.input_size} -> {title} {g.input_size}->{g.hidden_size} -> Linear "
+                 f"{g.hidden_size}->{g.vocab}, argmax fed back, hx passed, no grad): "
+                 f"torch.nn.{title} {g.per_token_us['torch']:.1f} us per token, rnnkern."
+                 f"{title} {g.per_token_us['rnnkern']:.1f} us per token, speedup "
+                 f"{g.speedup():.2f}x")
+    return text
 
 
-def steps_as_dict(results: Sequence[StepResult], generate: GenerateResult) -> dict:
+def steps_as_dict(section: StepsSection) -> dict:
     return dict(
-        cases=[dict(T=r.case.T, B=r.case.B, I=r.case.I, H=r.case.H,
-                    inference_us=r.inference_us, train_us=r.train_us,
+        cases=[dict(cell=r.case.cell, layers=r.case.layers, T=r.case.T, B=r.case.B,
+                    I=r.case.I, H=r.case.H, inference_us=r.inference_us, train_us=r.train_us,
                     inference_speedup=r.speedup("inference"), train_speedup=r.speedup("train"))
-               for r in results],
-        generate=dict(tokens=generate.tokens, vocab=generate.vocab,
-                      input_size=generate.input_size, hidden_size=generate.hidden_size,
-                      per_token_us=generate.per_token_us, speedup=generate.speedup()))
+               for r in section.calls],
+        cell_loops=[dict(cell=r.cell, B=r.B, H=r.H, steps=r.steps, loop_us=r.loop_us,
+                         speedup=r.speedup()) for r in section.loops],
+        generate=[dict(cell=g.cell, tokens=g.tokens, vocab=g.vocab, input_size=g.input_size,
+                       hidden_size=g.hidden_size, per_token_us=g.per_token_us,
+                       speedup=g.speedup()) for g in section.generate])
 
 
 def as_dicts(results: Sequence[Result]) -> List[dict]:
