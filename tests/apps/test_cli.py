@@ -97,29 +97,70 @@ def test_bench_table_without_rnnkern():
     assert "reference speedup" in table and "rnnkern train ms" not in table
 
 
-def test_step_by_step_section(tmp_path, monkeypatch):
-    """`bench --steps`: the step sizes and the generate loop, timed for both modules."""
-    monkeypatch.setattr(bench, "STEP_CASES", (bench.Case(1, 1, 3, 4), bench.Case(3, 2, 3, 4)))
+def _small_steps(monkeypatch, cases):
+    monkeypatch.setattr(bench, "STEP_CASES", cases)
+    monkeypatch.setattr(bench, "CELL_LOOP_SIZES", ((2, 3),))
+    monkeypatch.setattr(bench, "CELL_LOOP_STEPS", 4)
     monkeypatch.setattr(bench, "GENERATE_TOKENS", 20)
     monkeypatch.setattr(bench, "GENERATE_VOCAB", 11)
     monkeypatch.setattr(bench, "GENERATE_INPUT", 5)
     monkeypatch.setattr(bench, "GENERATE_HIDDEN", 6)
-    results, generate = bench.run_steps(bench.STEP_CASES, repeats=1, tokens=20, progress=None)
-    assert [r.case.T for r in results] == [1, 3]
-    for r in results:
+
+
+def test_step_by_step_section(monkeypatch):
+    """`bench --steps`: the step cases of every cell asked for (layers, T, B), the one-step
+    cells' loops and a generate loop per cell, timed for the torch class and rnnkern's."""
+    cases = (bench.Case(1, 1, 3, 4), bench.Case(3, 2, 3, 4, layers=2, cell="lstm"),
+             bench.Case(1, 2, 3, 4, cell="gru"))
+    _small_steps(monkeypatch, cases)
+    section = bench.run_steps(bench.STEP_CASES, repeats=1, tokens=20, progress=None,
+                              onnx=False)
+    assert [(r.case.cell, r.case.T, r.case.layers) for r in section.calls] == [
+        ("rnn", 1, 1), ("lstm", 3, 2), ("gru", 1, 1)]
+    for r in section.calls:
         assert set(r.inference_us) == set(r.train_us) == {"torch", "rnnkern"}
         assert r.speedup("inference") > 0 and r.speedup("train") > 0
-    assert generate.tokens == 20 and set(generate.per_token_us) == {"torch", "rnnkern"}
-    table = bench.format_steps_table(results, generate)
-    assert "infer speedup" in table and "20 single-token calls" in table
-    data = bench.steps_as_dict(results, generate)
-    assert [c["T"] for c in data["cases"]] == [1, 3] and data["generate"]["speedup"] > 0
+    assert [(r.cell, r.B, r.H, r.steps) for r in section.loops] == [
+        ("rnn", 2, 3, 4), ("lstm", 2, 3, 4), ("gru", 2, 3, 4)]
+    assert all(set(r.loop_us) == {"torch", "rnnkern"} and r.speedup() > 0
+               for r in section.loops)
+    assert [g.cell for g in section.generate] == ["rnn", "lstm", "gru"]
+    assert all(g.tokens == 20 and set(g.per_token_us) == {"torch", "rnnkern"}
+               for g in section.generate)
+    table = bench.format_steps_table(section)
+    lines = table.splitlines()
+    assert lines[0].split()[:6] == ["cell", "layers", "T", "B", "I", "H"]
+    assert "infer speedup" in lines[0] and "train speedup" in lines[0]
+    assert ["lstm", "2", "3", "2", "3", "4"] in [line.split()[:6] for line in lines]
+    assert "no onnxruntime column" in table
+    assert "torch.nn.RNNCell, LSTMCell, GRUCell" in table
+    assert table.count("20 single-token calls") == 3 and "-> LSTM 5->6 ->" in table
+    data = bench.steps_as_dict(section)
+    assert [(c["cell"], c["T"], c["layers"]) for c in data["cases"]] == [
+        ("rnn", 1, 1), ("lstm", 3, 2), ("gru", 1, 1)]
+    assert [g["cell"] for g in data["generate"]] == ["rnn", "lstm", "gru"]
+    assert len(data["cell_loops"]) == 3 and all(g["speedup"] > 0 for g in data["generate"])
+
+
+def test_onnxruntime_column_when_a_session_is_at_hand(monkeypatch):
+    """With onnxruntime installed (an optional extra) its inference time gets a column."""
+    _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4, cell="gru"),))
+    monkeypatch.setattr(bench, "_onnx_inference", lambda module, x, hx: lambda: None)
+    section = bench.run_steps(repeats=1, tokens=20, progress=None, loop_sizes=())
+    assert set(section.calls[0].inference_us) == {"torch", "rnnkern", "onnxruntime"}
+    table = bench.format_steps_table(section)
+    assert "onnxruntime infer us" in table and "vs onnxruntime" in table
+    assert "no onnxruntime column" not in table
 
 
 def test_step_sizes_are_the_requested_ones():
-    assert [(c.T, c.B, c.I, c.H) for c in bench.STEP_CASES] == [
-        (1, 1, 8, 8), (1, 1, 64, 256), (1, 32, 128, 512), (10, 1, 32, 32)]
-    assert bench.GENERATE_TOKENS == 1000
+    """Per cell: T = 1 with B = 1 and 32, H = 256 and 512, 1 and 2 layers, and T = 10."""
+    assert {c.cell for c in bench.STEP_CASES} == {"rnn", "lstm", "gru"}
+    for cell in ("rnn", "lstm", "gru"):
+        assert [(c.T, c.B, c.I, c.H, c.layers) for c in bench.STEP_CASES if c.cell == cell] == [
+            (1, 1, 128, 256, 1), (1, 1, 128, 256, 2), (1, 1, 128, 512, 1),
+            (1, 32, 128, 256, 1), (10, 1, 128, 256, 1)]
+    assert bench.GENERATE_TOKENS == 1000 and bench.CELL_LOOP_STEPS == 100
 
 
 def test_generate_loop_feeds_back_tokens_and_passes_the_state():
@@ -135,8 +176,7 @@ def test_generate_loop_feeds_back_tokens_and_passes_the_state():
 
 
 def test_bench_steps_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "STEP_CASES", (bench.Case(1, 1, 3, 4),))
-    monkeypatch.setattr(bench, "GENERATE_TOKENS", 10)
+    _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4),))
     out = tmp_path / "steps"
     assert cli.main(["bench", "--steps", "--repeats", "1", "--out", str(out)]) == 0
     data = json.loads((out / "bench.json").read_text())
