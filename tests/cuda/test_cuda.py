@@ -1,4 +1,4 @@
-"""The CUDA path on a GPU: the parity suite of tests/cuda_parity.py on device "cuda" (float64
+"""The CUDA path on a GPU: the parity suite of tests/cuda/cuda_parity.py on device "cuda" (float64
 to 1e-10 of the reference, float32 within a few times torch's own float32 error; packed,
 reverse, layers, directions, gradient flow, compile), plus what only a GPU can show (devices,
 streams, CUDA graphs). Marked `cuda`, skipped without a GPU: run with ``pytest -m cuda``."""
