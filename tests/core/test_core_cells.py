@@ -6,11 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from rnnkern import _core
+from rnnkern import _core, cells
 
 CELLS = _core.cells()
-WITH_NONLINEARITY = [c for c in CELLS if _core.cell_info(c)["takes_nonlinearity"]]
-WITHOUT_NONLINEARITY = [c for c in CELLS if not _core.cell_info(c)["takes_nonlinearity"]]
 
 
 def test_cells_and_their_facts():
@@ -29,6 +27,9 @@ def test_cells_and_their_facts():
     assert facts["lstm"]["w_hh_shape"] == ("4 * hidden_size", "hidden_size")
     assert facts["indrnn"]["w_hh_shape"] == ("hidden_size",)
     assert all(f["name"] == n for n, f in facts.items())
+    # The registry's cells are the core's (the tests below take theirs from the registry).
+    assert CELLS == list(cells.NAMES)
+    assert all(f["takes_nonlinearity"] == cells.get(n).nonlinearity for n, f in facts.items())
 
 
 def _size(expr, H):
@@ -70,7 +71,7 @@ def test_unknown_cell_names_the_known_ones():
         _core.cell_info("LSTM")
 
 
-@pytest.mark.parametrize("cell", WITHOUT_NONLINEARITY)
+@pytest.mark.cells(nonlinearity=False)
 def test_a_cell_without_nonlinearity_takes_only_tanh_or_none(cell):
     p = _problem(cell)
     args = (p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], None)
@@ -82,7 +83,7 @@ def test_a_cell_without_nonlinearity_takes_only_tanh_or_none(cell):
         _core.layer_forward(cell, *args, "relu", None, False)
 
 
-@pytest.mark.parametrize("cell", WITH_NONLINEARITY)
+@pytest.mark.cells(nonlinearity=True)
 def test_a_cell_with_a_nonlinearity_needs_it(cell):
     p = _problem(cell)
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got None"):
@@ -90,7 +91,6 @@ def test_a_cell_with_a_nonlinearity_needs_it(cell):
                             None, None, None, False)
 
 
-@pytest.mark.parametrize("cell", CELLS)
 def test_w_hh_must_have_the_shape_of_cell_info(cell):
     """w_hh of the other number of dimensions (a matrix for a vector cell, a vector for a
     matrix cell) is a ValueError naming w_hh, the shape wanted and the shape given."""
@@ -113,7 +113,6 @@ def test_w_hh_must_have_the_shape_of_cell_info(cell):
                              y, saved, p["grad_y"], None, None, nl, None, False)
 
 
-@pytest.mark.parametrize("cell", CELLS)
 def test_saved_must_be_what_forward_returned(cell):
     p = _problem(cell)
     nl = _nonlinearity(cell)
@@ -127,7 +126,6 @@ def test_saved_must_be_what_forward_returned(cell):
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cell", CELLS)
 def test_pointer_variant_matches_the_array_path(cell, dtype, reverse):
     p = _problem(cell, dtype=dtype, seed=3)
     nl = _nonlinearity(cell)

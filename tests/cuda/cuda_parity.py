@@ -1,7 +1,7 @@
-"""The parity checks of the CUDA path, written once for two places: tests/test_cuda.py runs them
-on a GPU (``pytest -m cuda``), tests/test_cuda_on_cpu.py on the CPU with the same kernels built
-by g++ against HIP-CPU. ``device`` is where the kernels' tensors live; the oracles run on the
-CPU in float64."""
+"""The parity checks of the CUDA path, written once for two places: tests/cuda/test_cuda.py runs
+them on a GPU (``pytest -m cuda``), tests/cuda/test_cuda_on_cpu.py on the CPU with the same
+kernels built by g++ against HIP-CPU. ``device`` is where the kernels' tensors live; the oracles
+run on the CPU in float64."""
 
 import itertools
 
@@ -62,7 +62,8 @@ def check_layer(device, dtype, case):
         assert value.device == x.device and value.dtype == dtype, name
         assert value.shape == expected[name].shape, name
 
-    # the norms: against the CPU kernel's, which tests/test_diagnostics.py checks by autograd
+    # the norms: against the CPU kernel's, which tests/diagnostics/test_diagnostics.py checks by
+    # autograd
     _, (cpu_norms, _) = functional._backward(
         "rnn", exact[0], (exact[1],), exact[2], exact[3], None, expected["y"], (), exact[6],
         (exact[7],), nonlinearity, bs, reverse, [False] * 8, True)

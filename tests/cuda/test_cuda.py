@@ -1,4 +1,4 @@
-"""The CUDA path on a GPU: the parity suite of tests/cuda_parity.py on device "cuda" (float64
+"""The CUDA path on a GPU: the parity suite of tests/cuda/cuda_parity.py on device "cuda" (float64
 to 1e-10 of the reference, float32 within a few times torch's own float32 error; packed,
 reverse, layers, directions, gradient flow, compile), plus what only a GPU can show (devices,
 streams, CUDA graphs). Marked `cuda`, skipped without a GPU: run with ``pytest -m cuda``."""
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnkern
-from rnnkern import gpu
+from rnnkern import cells, gpu
 
 import cuda_parity
 
@@ -102,12 +102,13 @@ def test_the_kernels_run(monkeypatch):
     assert calls and calls[0].type == "cuda"
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.cells(drop_in=True, backends=("cpu",))
 def test_gated_cells_on_a_gpu_run_on_torch_kernels(cell):
-    """rnnkern.LSTM / GRU on CUDA tensors give torch's results (its own kernels run them);
-    gradient-flow recording says it is CPU only."""
-    theirs = getattr(torch.nn, cell)(4, 6, num_layers=2, bidirectional=True).cuda()
-    ours = getattr(rnnkern, cell)(4, 6, num_layers=2, bidirectional=True).cuda()
+    """A drop-in module without CUDA kernels (rnnkern.LSTM / GRU) on CUDA tensors gives
+    torch's results (its own kernels run them); gradient-flow recording says it is CPU only."""
+    spec = cells.get(cell)
+    theirs = spec.torch_type()(4, 6, num_layers=2, bidirectional=True).cuda()
+    ours = spec.module_type()(4, 6, num_layers=2, bidirectional=True).cuda()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(5, 3, 4, device="cuda")
     out, _ = ours(x)

@@ -117,7 +117,6 @@ def _nonlinearity(cell):
     return "tanh" if cells.get(cell).nonlinearity else None
 
 
-@pytest.mark.parametrize("cell", cells.NAMES)
 def test_small_calls_on_pointers_match_the_array_path(cell):
     # calls with small outputs pass data_ptr()s; views and odd strides take the array path
     facts = functional._facts(cell)
@@ -145,7 +144,6 @@ def test_small_calls_on_pointers_match_the_array_path(cell):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("cell", cells.NAMES)
 def test_small_backward_on_pointers_matches_the_array_path(cell, reverse):
     x, states, w_ih, w_hh, b_ih, b_hh = _small_problem(cell, 1)
     nl = _nonlinearity(cell)

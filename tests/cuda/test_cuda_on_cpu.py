@@ -1,6 +1,6 @@
 """The CUDA kernels (csrc/cuda) on the CPU: built by g++ against ROCm/HIP-CPU
-(tests/cuda_on_cpu/run.sh) and run through rnnkern.gpu, and through rnnkern.RNN, against the
-reference. Runs where HIP_CPU_DIR names a HIP-CPU checkout (see README, "The CUDA path");
+(tests/cuda/cuda_on_cpu/run.sh) and run through rnnkern.gpu, and through rnnkern.RNN, against
+the reference. Runs where HIP_CPU_DIR names a HIP-CPU checkout (see README, "The CUDA path");
 skipped otherwise, as in CI, which cannot download it."""
 
 import importlib.util
