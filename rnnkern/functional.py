@@ -192,7 +192,7 @@ def _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_f
 
 def _on_gpu(x: Tensor) -> bool:
     """Whether a call goes to the CUDA loops of rnnkern.gpu (which check its arguments): x is
-    not a CPU tensor. (tests/test_cuda_on_cpu.py sends CPU tensors there too.)"""
+    not a CPU tensor. (tests/cuda/test_cuda_on_cpu.py sends CPU tensors there too.)"""
     return x.device.type != "cpu"
 
 

@@ -43,7 +43,7 @@ def available() -> bool:
 
 def _stream(device: torch.device) -> Tuple[int, int]:
     """(device index, stream handle) for a launch. Host tensors get the null stream: they
-    reach the kernels only when they run on the CPU under HIP-CPU (tests/cuda_on_cpu)."""
+    reach the kernels only when they run on the CPU under HIP-CPU (tests/cuda/cuda_on_cpu)."""
     if device.type == "cuda":
         return device.index, torch.cuda.current_stream(device).cuda_stream
     return 0, 0

@@ -7,6 +7,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="rnnker
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 from rnnkern import cells as _cells  # noqa: E402
 
@@ -80,6 +81,24 @@ def make_problem(T, B, I, H, dtype=np.float64, seed=0, bias=True, packed=False):
     grads = dict(grad_y=rng.standard_normal(y_shape).astype(dtype),
                  grad_hn=rng.standard_normal((B, H)).astype(dtype))
     return p, bs, grads
+
+
+def make_input(form, T, B, I, batch_first, dtype, seed):
+    """The same module input for two modules (form: batched, unbatched, packed_sorted,
+    packed_unsorted), and its batch size."""
+    g = torch.Generator().manual_seed(seed)
+    if form == "unbatched":
+        return torch.randn(T, I, dtype=dtype, generator=g), 1
+    x = torch.randn(B, T, I, dtype=dtype, generator=g) if batch_first else \
+        torch.randn(T, B, I, dtype=dtype, generator=g)
+    if form == "batched":
+        return x, B
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[torch.randint(0, B, (1,), generator=g)] = T
+    if form == "packed_sorted":
+        lengths = lengths.sort(descending=True).values
+    return pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                enforce_sorted=form == "packed_sorted"), B
 
 
 # Tests that rerun whole suites in subprocesses (each kernel variant, other thread counts):

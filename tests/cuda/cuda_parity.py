@@ -130,7 +130,7 @@ def _run_module(module, x, hx, seed):
 
 
 def module_inputs(case, seed):
-    from test_modules import make_input  # the CPU suite's inputs, moved to the device later
+    from conftest import make_input  # the CPU suite's inputs, moved to the device later
 
     layers, bidir, batch_first, bias, nl, form, with_hx = case
     T, B, I, H = 5, 4, 3, 6

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import rnnkern
 from rnnkern import cells
 
-from conftest import assert_f32_close, assert_f64_close
+from conftest import assert_f32_close, assert_f64_close, make_input
 
 FORMS = ["batched", "unbatched", "packed_sorted", "packed_unsorted"]
 # (T, B, I, H), by case number; the Elman cases' last size has H = 1, the others' H = 2 (a
@@ -51,23 +51,6 @@ def as_hx(cell, tensors):
     """The initial states as the module takes them: a tensor, or a tuple for several states."""
     tensors = tuple(tensors)
     return tensors if len(cells.get(cell).states) > 1 else tensors[0]
-
-
-def make_input(form, T, B, I, batch_first, dtype, seed):
-    """The same input for both modules, and its batch size."""
-    g = torch.Generator().manual_seed(seed)
-    if form == "unbatched":
-        return torch.randn(T, I, dtype=dtype, generator=g), 1
-    x = torch.randn(B, T, I, dtype=dtype, generator=g) if batch_first else \
-        torch.randn(T, B, I, dtype=dtype, generator=g)
-    if form == "batched":
-        return x, B
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    lengths[torch.randint(0, B, (1,), generator=g)] = T
-    if form == "packed_sorted":
-        lengths = lengths.sort(descending=True).values
-    return pack_padded_sequence(x, lengths, batch_first=batch_first,
-                                enforce_sorted=form == "packed_sorted"), B
 
 
 def run(cell, module, x, hx, seed):
