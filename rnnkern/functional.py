@@ -500,6 +500,87 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_si
     return y, finals
 
 
+class _EagerStep(torch.autograd.Function):
+    """One step of a cell (x (B, I), the states (B, H); no projection) for the one-step
+    modules: the new states are the step's own outputs (no copies, no gradient of an unused
+    y), forward one kernel call, backward one. A backward that must itself be differentiable
+    runs on the reference loop."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, options):
+        cell, nonlinearity = options
+        facts = _facts(cell)
+        states = (h0,) if c0 is None else (h0, c0)
+        x3 = x.unsqueeze(0)
+        small = _forward_small(facts, x3, states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+                               False)
+        if small is None:  # larger sizes or other layouts: the general path, one step
+            y, _, saved = _forward(cell, x3, states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+                                   None, False)
+        else:
+            y, saved = small
+        ctx.save_for_backward(x3, h0, c0, w_ih, w_hh, b_ih, b_hh, y, *saved)
+        ctx.cell, ctx.nonlinearity = cell, nonlinearity
+        ctx.set_materialize_grads(False)
+        h = y[0]
+        if c0 is None:
+            return h, None
+        return h, saved[facts.states_at[False][0]][0]
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c):
+        x3, h0, c0, w_ih, w_hh, b_ih, b_hh, y, *saved = ctx.saved_tensors
+        states = (h0,) if c0 is None else (h0, c0)
+        needs = ctx.needs_input_grad
+        if grad_h is None and grad_c is None:
+            return (None,) * 8
+        if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
+            inputs = (x3, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            wanted = [i for i, need in enumerate(needs[:7]) if need]
+            with torch.enable_grad():
+                _, finals = _reference(ctx.cell, x3, states, w_ih, w_hh, b_ih, b_hh, None,
+                                       ctx.nonlinearity, None, False)
+                pairs = [(o, g) for o, g in zip(finals, (grad_h, grad_c)) if g is not None]
+                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                            [g for _, g in pairs], create_graph=True,
+                                            allow_unused=True)
+            grads = [None] * 7
+            for i, g in zip(wanted, found):
+                grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+            if grads[0] is not None:
+                grads[0] = grads[0].squeeze(0)
+            return (*grads, None)
+        grad_y = torch.zeros_like(y) if grad_h is None else grad_h.unsqueeze(0)
+        grad_finals = (None,) if c0 is None else (None, grad_c)
+        mask = [needs[0], needs[1], needs[2], needs[3], needs[4], needs[5], needs[6], False]
+        small = _backward_small(_facts(ctx.cell), x3, states, w_ih, w_hh, None, y,
+                                tuple(saved), grad_y, grad_finals, ctx.nonlinearity, False,
+                                mask, False)
+        if small is None:
+            small = _backward(ctx.cell, x3, states, w_ih, w_hh, None, y, tuple(saved), grad_y,
+                              grad_finals, ctx.nonlinearity, None, False, mask)
+        gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, _ = small[0]
+        return (None if gx is None else gx.squeeze(0), gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh,
+                None)
+
+
+def step(cell: str, x: Tensor, states: Tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor,
+         b_ih: Optional[Tensor], b_hh: Optional[Tensor], nonlinearity: Optional[str]
+         ) -> Tuple[Tensor, ...]:
+    """One step of ``cell`` for the one-step modules: x (B, I), states (B, H) each, weights
+    as the torch cell holds them; the new states as a tuple. In eager mode with autograd on
+    CPU tensors, one _EagerStep; else :func:`layer`'s path on one step."""
+    if (torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _traced(x)
+            and not _on_reference(x) and not _on_gpu(x)
+            and _tracked(x, *states, w_ih, w_hh, b_ih, b_hh)):
+        h, c = _EagerStep.apply(x, states[0], states[1] if len(states) > 1 else None,
+                                w_ih, w_hh, b_ih, b_hh, (cell, nonlinearity))
+        return (h,) if c is None else (h, c)
+    _, finals = _layer(cell, x.unsqueeze(0), states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+                       None, False)
+    return finals
+
+
 def _inference_only(x: Tensor, tensors) -> bool:
     """Whether a call of the kernels on x and ``tensors`` (all plain CPU tensors of x's dtype,
     C-contiguous) needs nothing but a forward: no gradient, no tracer, compiler or transform."""

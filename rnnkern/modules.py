@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import cells
 from .cells import CELLS
 from .functional import layers as _layers
-from .functional import _layer as _step_layer
+from .functional import step as _step
 from .functional import stack_inference as _stack_inference
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "revert"]
@@ -640,8 +640,7 @@ class _StepCell(_DropIn):
             nonlinearity = self.nonlinearity
             if nonlinearity not in ("tanh", "relu"):
                 return None
-        _, finals = _step_layer(spec.name, x.unsqueeze(0), states, *weights, None, nonlinearity,
-                                None, False)
+        finals = _step(spec.name, x, states, *weights, nonlinearity)
         return finals if batched else tuple(h.squeeze(0) for h in finals)
 
 

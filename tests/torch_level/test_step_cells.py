@@ -191,3 +191,18 @@ def test_layers_keep_their_classes():
     assert issubclass(rnnkern.LSTMCell, torch.nn.LSTMCell)
     assert set(rnnkern.modules._DROP_INS) >= {torch.nn.RNNCell, torch.nn.LSTMCell,
                                                torch.nn.GRUCell}
+
+
+@pytest.mark.parametrize("cell", STEP_CELLS)
+def test_gradcheck_and_second_derivatives(cell):
+    """gradcheck and gradgradcheck through a step (create_graph=True runs the reference)."""
+    _, ours = _pair(cell, 3, 4)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+              for _ in cells.get(cell).states]
+
+    def fn(x, *states):
+        return _flat(ours(x, tuple(states) if cell == "lstm" else states[0]))
+
+    assert torch.autograd.gradcheck(fn, (x, *states))
+    assert torch.autograd.gradgradcheck(fn, (x, *states))
