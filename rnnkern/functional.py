@@ -519,7 +519,7 @@ class _EagerStep(torch.autograd.Function):
                                    None, False)
         else:
             y, saved = small
-        ctx.save_for_backward(x3, h0, c0, w_ih, w_hh, b_ih, b_hh, y, *saved)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, *saved)
         ctx.cell, ctx.nonlinearity = cell, nonlinearity
         ctx.set_materialize_grads(False)
         h = y[0]
@@ -529,16 +529,18 @@ class _EagerStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_h, grad_c):
-        x3, h0, c0, w_ih, w_hh, b_ih, b_hh, y, *saved = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, *saved = ctx.saved_tensors
         states = (h0,) if c0 is None else (h0, c0)
         needs = ctx.needs_input_grad
         if grad_h is None and grad_c is None:
             return (None,) * 8
+        x3 = x.unsqueeze(0)
         if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
-            inputs = (x3, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
             wanted = [i for i, need in enumerate(needs[:7]) if need]
             with torch.enable_grad():
-                _, finals = _reference(ctx.cell, x3, states, w_ih, w_hh, b_ih, b_hh, None,
+                _, finals = _reference(ctx.cell, x.unsqueeze(0), states, w_ih, w_hh, b_ih, b_hh,
+                                       None,
                                        ctx.nonlinearity, None, False)
                 pairs = [(o, g) for o, g in zip(finals, (grad_h, grad_c)) if g is not None]
                 found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
@@ -547,8 +549,6 @@ class _EagerStep(torch.autograd.Function):
             grads = [None] * 7
             for i, g in zip(wanted, found):
                 grads[i] = torch.zeros_like(inputs[i]) if g is None else g
-            if grads[0] is not None:
-                grads[0] = grads[0].squeeze(0)
             return (*grads, None)
         grad_y = torch.zeros_like(y) if grad_h is None else grad_h.unsqueeze(0)
         grad_finals = (None,) if c0 is None else (None, grad_c)
