@@ -1,5 +1,6 @@
 """``rnnkern.RNN``, ``rnnkern.LSTM`` and ``rnnkern.GRU``: drop-ins for ``torch.nn.RNN``,
-``torch.nn.LSTM`` and ``torch.nn.GRU`` that run on rnnkern's kernels.
+``torch.nn.LSTM`` and ``torch.nn.GRU`` that run on rnnkern's kernels; and the one-step cells
+``rnnkern.RNNCell``, ``LSTMCell`` and ``GRUCell``, drop-ins for torch's.
 
 Each is a subclass of its torch class: same constructor, parameters, state_dict, repr and
 errors. Only the computation in ``forward`` differs. :func:`convert` and :func:`revert` swap
@@ -357,8 +358,9 @@ def _swap_classes(model: torch.nn.Module, old: type, new: type) -> torch.nn.Modu
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
     """Makes every ``torch.nn.RNN``, ``torch.nn.LSTM`` and ``torch.nn.GRU`` inside ``model``
-    (``model`` itself included) an ``rnnkern.RNN``, ``LSTM`` or ``GRU``, in place, and returns
-    ``model``.
+    (``model`` itself included) an ``rnnkern.RNN``, ``LSTM`` or ``GRU``, and every
+    ``torch.nn.RNNCell``, ``LSTMCell`` and ``GRUCell`` an ``rnnkern.RNNCell``, ``LSTMCell`` or
+    ``GRUCell``, in place, and returns ``model``.
 
     Each module keeps its identity, Parameter objects, hooks and state, so an optimizer made
     before the call keeps training the same tensors; only the class changes, the way
@@ -377,9 +379,9 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def revert(model: torch.nn.Module) -> torch.nn.Module:
-    """Makes every ``rnnkern.RNN``, ``LSTM`` and ``GRU`` inside ``model`` its torch class
-    again, in place, and returns ``model``: the inverse of :func:`convert` (e.g. to save a
-    checkpoint that loads where rnnkern is not installed)."""
+    """Makes every ``rnnkern.RNN``, ``LSTM``, ``GRU`` and one-step cell inside ``model`` its
+    torch class again, in place, and returns ``model``: the inverse of :func:`convert` (e.g.
+    to save a checkpoint that loads where rnnkern is not installed)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for theirs, ours in _DROP_INS.items():
