@@ -224,12 +224,15 @@ def test_float32_saturating_units_within_torch_error(lo, hi):
     f32 = lambda d: {n: None if a is None else a.astype(np.float32) for n, a in d.items()}
     f64 = lambda d: {n: None if a is None else a.astype(np.float64) for n, a in d.items()}
     p, grads = f32(p), f32(grads)
-    y, g = kernel_run(p, None, grads, "tanh", False)
-    exact_y, _, exact_g = reference_run(f64(p), None, f64(grads), "tanh", False, torch.float64)
-    torch_y, _, torch_g = reference_run(p, None, grads, "tanh", False, torch.float32)
+    grads["grad_cn"] = None
+    y, _, _, g = kernel_run("rnn", p, None, grads, False, "tanh")
+    exact_y, _, _, exact_g = reference_run("rnn", f64(p), None, f64(grads), False, "tanh",
+                                           torch.float64)
+    torch_y, _, _, torch_g = reference_run("rnn", p, None, grads, False, "tanh", torch.float32)
     assert_f32_close(y, torch_y, exact_y, "y")
+    assert set(exact_g) == {"x", "h0", "w_ih", "w_hh"}
     for name in exact_g:
-        assert_f32_close(getattr(g, name), torch_g[name], exact_g[name], f"grad {name}")
+        assert_f32_close(g[name], torch_g[name], exact_g[name], f"grad {name}")
 
 
 # Arrays at an odd address (a byte buffer at offset 1) give the same results as aligned ones.
