@@ -186,3 +186,30 @@ def test_omp_num_threads_processes(tmp_path, isa):
     for i, (a, b) in enumerate(zip(*results)):
         assert torch.equal(a, b), f"tensor {i} differs between OMP_NUM_THREADS=1 and 2"
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 128, 256), (3, 2, 100, 300), (1, 1, 300, 100)],
+                         ids=["one-row", "two-rows", "wide-input"])
+@pytest.mark.parametrize("cell", [c for c in CELLS if cells.get(c.values[0][0]).drop_in])
+def test_inference_of_a_stack(cell, shape, dtype):
+    """A call without gradient (the whole stack in one kernel call; a row or two read W as it
+    is, its dot products split over the threads by W's rows) on 1 and 2 threads."""
+    name, cell_kwargs = cell
+    T, B, I, H = shape
+    torch.manual_seed(1234)
+    module = cells.get(name).module_type()(I, H, num_layers=2, bidirectional=True,
+                                           **cell_kwargs).to(dtype)
+    x = torch.randn(T, B, I, dtype=dtype)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                y, hn = module(x)
+            results.append([y] + (list(hn) if isinstance(hn, tuple) else [hn]))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b), "1 vs 2 threads differ"
