@@ -445,8 +445,8 @@ void dot_rows_of(int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int6
 }
 
 template <typename T>
-void dot_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w,
-                int64_t ldw, bool accumulate, T* c, int64_t ldc) {
+void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+         bool accumulate, T* c, int64_t ldc) {
   constexpr int L = int(Vec<T>::lanes);  // fold() takes at most L vectors
   int64_t r = 0;
   for (; r + 2 <= rows; r += 2)
@@ -455,27 +455,6 @@ void dot_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, con
   if (r < rows)
     dot_rows_of<T, 1, (L < 8 ? L : 8)>(n, K, a + r * lda, lda, w, ldw, accumulate,
                                        c + r * ldc, ldc);
-}
-
-// From this many multiply-adds W's rows are split over the threads, at multiples of 8 (of
-// every tile width), so that each sum is formed as on one thread.
-constexpr int64_t kDotParallelMinWork = int64_t(1) << 16;
-
-template <typename T>
-void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
-         bool accumulate, T* c, int64_t ldc) {
-  const int threads = omp_get_max_threads();
-  if (threads < 2 || n < 16 || rows * n * K < kDotParallelMinWork || omp_in_parallel()) {
-    dot_serial(rows, n, K, a, lda, w, ldw, accumulate, c, ldc);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num(), groups = n / 8;
-    const int64_t j0 = groups * id / nt * 8, j1 = id + 1 == nt ? n : groups * (id + 1) / nt * 8;
-    if (j0 < j1)
-      dot_serial(rows, j1 - j0, K, a, lda, w + j0 * ldw, ldw, accumulate, c + j0, ldc);
-  }
 }
 
 // step() for W_hh's rows as they are (the forward's Bm = W_hhᵀ unpacked): the forward
