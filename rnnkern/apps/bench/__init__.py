@@ -27,9 +27,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="the whole grid, with the autograd loop and its torch.compile, and "
                         "the step-by-step section")
     b.add_argument("--steps", action="store_true",
-                   help="the step-by-step section: T = 1 to 10 calls with hx passed, and a "
-                        "generate loop of 1000 single-token calls (alone unless --size or "
-                        "--full is given)")
+                   help="the step-by-step section, for the RNN, LSTM and GRU: calls of T = 1 "
+                        "and 10 with hx passed (and ONNX Runtime when onnxruntime is "
+                        "installed), a Python loop over the one-step cells, and a generate "
+                        "loop of 1000 single-token calls (alone unless --size or --full is "
+                        "given)")
     b.add_argument("--size", type=size, action="append", metavar="TxBxIxH",
                    help="a size to time (repeatable); without it: a short built-in grid")
     b.add_argument("--layers", type=positive, default=1, help="layers, for --size")
