@@ -402,6 +402,23 @@ def _reference(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batc
                                            nonlinearity, batch_sizes, reverse)
 
 
+def _differentiable_grads(outputs: Callable[[], Tuple[Tensor, ...]], inputs, needs,
+                          grad_outputs) -> List[Optional[Tensor]]:
+    """A backward with create_graph=True, on the reference loop: the gradients of outputs()
+    (the loop's outputs, in the order of grad_outputs; None grads skipped) with respect to each
+    input that needs one, themselves differentiable (zeros for an unused input, None where
+    not needed)."""
+    wanted = [i for i, need in enumerate(needs[:len(inputs)]) if need]
+    with torch.enable_grad():
+        pairs = [(o, g) for o, g in zip(outputs(), grad_outputs) if g is not None]
+        found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+    grads: List[Optional[Tensor]] = [None] * len(inputs)
+    for i, g in zip(wanted, found):
+        grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return grads
+
+
 class _EagerLayer(torch.autograd.Function):
     """layer_forward without the custom-op dispatch, for eager mode, where the op machinery
     would cost more than the kernel at small sizes. It can also hand the per-row gradient
@@ -427,19 +444,13 @@ class _EagerLayer(torch.autograd.Function):
         grad_finals = (grad_hn,) if c0 is None else (grad_hn, grad_cn)
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-            wanted = [i for i, need in enumerate(needs[:8]) if need]
-            with torch.enable_grad():
+            def outputs():
                 y_ref, finals = _reference(ctx.cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
                                            ctx.nonlinearity, batch_sizes, ctx.reverse)
-                pairs = [(o, g) for o, g in zip((y_ref, *finals), (grad_y, *grad_finals))
-                         if g is not None]
-                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
-                                            [g for _, g in pairs], create_graph=True,
-                                            allow_unused=True)
-            grads = [None] * 8
-            for i, g in zip(wanted, found):
-                grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+                return (y_ref, *finals)
+
+            grads = _differentiable_grads(outputs, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
+                                          needs, (grad_y, *grad_finals))
             return (*grads, None, None)
         record = ctx.on_grad_norms is not None
         grads, norms = _backward(ctx.cell, x, states, w_ih, w_hh, w_hr, y, tuple(saved),
@@ -536,19 +547,12 @@ class _EagerStep(torch.autograd.Function):
             return (None,) * 8
         x3 = x.unsqueeze(0)
         if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-            wanted = [i for i, need in enumerate(needs[:7]) if need]
-            with torch.enable_grad():
-                _, finals = _reference(ctx.cell, x.unsqueeze(0), states, w_ih, w_hh, b_ih, b_hh,
-                                       None,
-                                       ctx.nonlinearity, None, False)
-                pairs = [(o, g) for o, g in zip(finals, (grad_h, grad_c)) if g is not None]
-                found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
-                                            [g for _, g in pairs], create_graph=True,
-                                            allow_unused=True)
-            grads = [None] * 7
-            for i, g in zip(wanted, found):
-                grads[i] = torch.zeros_like(inputs[i]) if g is None else g
+            def outputs():
+                return _reference(ctx.cell, x.unsqueeze(0), states, w_ih, w_hh, b_ih, b_hh, None,
+                                  ctx.nonlinearity, None, False)[1]
+
+            grads = _differentiable_grads(outputs, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), needs,
+                                          (grad_h, grad_c))
             return (*grads, None)
         grad_y = torch.zeros_like(y) if grad_h is None else grad_h.unsqueeze(0)
         grad_finals = (None,) if c0 is None else (None, grad_c)
