@@ -37,6 +37,17 @@ def _hx(cell, layers, B, H, dtype, unbatched):
     return (h, torch.randn(*shape, dtype=dtype)) if cell == "lstm" else h
 
 
+def _assert_same_without_grad(cell, theirs, ours, x, hx):
+    """Under no_grad, ours gives torch's output and final states (shapes, float64 1e-10)."""
+    with torch.no_grad():
+        expected, got = theirs(x, hx), ours(x, hx)
+    assert got[0].shape == expected[0].shape
+    assert_f64_close(got[0], expected[0], "output")
+    for g, e in zip(_states(cell, got), _states(cell, expected)):
+        assert g.shape == e.shape
+        assert_f64_close(g, e, "final state")
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """How many times the stack's kernel call ran."""
@@ -61,13 +72,7 @@ def test_float64_matches_torch(cell, size, layers, bidirectional, calls):
     D = 2 if bidirectional else 1
     x = torch.randn(T, B, I, dtype=torch.float64)
     for hx in (None, _hx(cell, layers * D, B, H, torch.float64, False)):
-        with torch.no_grad():
-            expected, got = theirs(x, hx), ours(x, hx)
-        assert got[0].shape == expected[0].shape
-        assert_f64_close(got[0], expected[0], "output")
-        for g, e in zip(_states(cell, got), _states(cell, expected)):
-            assert g.shape == e.shape
-            assert_f64_close(g, e, "final state")
+        _assert_same_without_grad(cell, theirs, ours, x, hx)
     assert calls[0] == 2
 
 
@@ -104,13 +109,7 @@ def test_layouts(cell, batch_first, bias, unbatched, calls):
     if unbatched:
         x = x[0] if batch_first else x[:, 0]
     for hx in (None, _hx(cell, 4, B, H, torch.float64, unbatched)):
-        with torch.no_grad():
-            expected, got = theirs(x, hx), ours(x, hx)
-        assert got[0].shape == expected[0].shape
-        assert_f64_close(got[0], expected[0], "output")
-        for g, e in zip(_states(cell, got), _states(cell, expected)):
-            assert g.shape == e.shape
-            assert_f64_close(g, e, "final state")
+        _assert_same_without_grad(cell, theirs, ours, x, hx)
     assert calls[0] == 2
 
 
