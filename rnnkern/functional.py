@@ -585,18 +585,16 @@ def step(cell: str, x: Tensor, states: Tuple[Tensor, ...], w_ih: Tensor, w_hh: T
     return finals
 
 
-def _inference_only(x: Tensor, tensors) -> bool:
-    """Whether a call of the kernels on x and ``tensors`` (all plain CPU tensors of x's dtype,
-    C-contiguous) needs nothing but a forward: no gradient, no tracer, compiler or transform."""
-    if (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors))
-            or torch.compiler.is_compiling() or _traced(x) or _on_reference(x)):
-        return False
-    dtype = x.dtype
-    for t in tensors:  # a loop, not all(...): this path is timed in microseconds
-        if (type(t) is not Tensor and type(t) is not torch.nn.Parameter) or t.dtype is not dtype \
-                or not t.is_cpu or not t.is_contiguous() or t.is_neg():
-            return False
-    return True
+def _plain_eager() -> bool:
+    """Whether a call now runs eagerly on raw memory: no compiler, tracer, dispatch mode,
+    torch.func transform or forward-mode AD level (the raw C checks, for the inference path)."""
+    return not (torch.compiler.is_compiling() or torch._C._is_tracing()
+                or torch._C._len_torch_dispatch_stack() or _C_FUNCTORCH()
+                or torch.autograd.forward_ad._current_level >= 0)
+
+
+_C_FUNCTORCH = torch._C._are_functorch_transforms_active
+_PARAMETER = torch.nn.Parameter
 
 
 def stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...], weights: List[Tensor],
@@ -608,8 +606,16 @@ def stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...], weight
     input's dtype. Returns (output (T, B, D·H), final states), or None where this path does
     not apply (a gradient, a tracer, a transform; other dtypes, devices or shapes), for the
     caller to take the general one."""
-    facts = _facts(cell)
-    if input.dtype not in _FLOAT_DTYPES or input.dim() != 3 or not input.is_cpu:
+    # straight-line code with each check made once: this path is timed in microseconds
+    if type(input) is not Tensor or input.dim() != 3 or not _plain_eager():
+        return None
+    dtype = input.dtype
+    if (dtype is not torch.float32 and dtype is not torch.float64) or not input.is_cpu \
+            or input.is_neg():
+        return None
+    facts = _FACTS.get(cell) or _facts(cell)
+    grad = torch.is_grad_enabled()
+    if grad and input.requires_grad:
         return None
     directions = 2 if bidirectional else 1
     count = num_layers * directions
@@ -617,39 +623,44 @@ def stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...], weight
     if per_direction not in (2, 4) or per_direction * count != len(weights):
         return None
     steps, batch, features = input.shape
-    w_ih = weights[0]
-    rows = w_ih.shape[0]
+    rows = weights[0].shape[0]
     hidden = rows // facts.gates
-    if steps * batch == 0 or rows != hidden * facts.gates or w_ih.shape != (rows, features):
-        return None
-    for h in states:
-        if h.shape != (count, batch, hidden):
-            return None
-    if not _inference_only(input, (*states, *weights)):
+    if steps * batch == 0 or rows != hidden * facts.gates:
         return None
     w_hh_shape = (rows, hidden) if facts.dense else (rows,)
+    state_shape = (count, batch, hidden)
+    for t in states:
+        if (type(t) is not Tensor or t.shape != state_shape or t.dtype is not dtype
+                or not t.is_cpu or not t.is_contiguous() or t.is_neg()
+                or grad and t.requires_grad):
+            return None
+    shapes = ((rows, features), w_hh_shape, (rows,), (rows,))
     deep = (rows, directions * hidden)
     pointers = []
     for index in range(count):
-        w = weights[index * per_direction:(index + 1) * per_direction]
-        if w[0].shape != (w_ih.shape if index < directions else deep) or w[1].shape != w_hh_shape:
-            return None
-        if per_direction == 4:
-            if w[2].shape != (rows,) or w[3].shape != (rows,):
+        if index == directions:
+            shapes = (deep,) + shapes[1:]
+        for j in range(4):
+            if j >= per_direction:
+                pointers.append(0)
+                continue
+            t = weights[index * per_direction + j]
+            if ((type(t) is not _PARAMETER and type(t) is not Tensor) or t.shape != shapes[j]
+                    or t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()
+                    or t.is_neg() or grad and t.requires_grad):
                 return None
-            pointers += (w[0].data_ptr(), w[1].data_ptr(), w[2].data_ptr(), w[3].data_ptr())
-        else:
-            pointers += (w[0].data_ptr(), w[1].data_ptr(), 0, 0)
+            pointers.append(t.data_ptr())
     x = input.contiguous()
-    dtype = x.dtype
-    y = torch.empty(steps, batch, directions * hidden, dtype=dtype)
-    finals = tuple(torch.empty(count, batch, hidden, dtype=dtype) for _ in states)
+    empty = torch.empty
+    y = empty(steps, batch, directions * hidden, dtype=dtype)
+    h_n = empty(state_shape, dtype=dtype)
+    c_n = empty(state_shape, dtype=dtype) if len(states) > 1 else None
     _core.stack_forward_pointers(
         cell, dtype is torch.float64, steps, batch, features, hidden, num_layers, directions,
-        x.data_ptr(), states[0].data_ptr(), states[1].data_ptr() if len(states) > 1 else 0,
-        pointers, y.data_ptr(), finals[0].data_ptr(),
-        finals[1].data_ptr() if len(finals) > 1 else 0, nonlinearity)
-    return y, finals
+        x.data_ptr(), states[0].data_ptr(), states[1].data_ptr() if c_n is not None else 0,
+        pointers, y.data_ptr(), h_n.data_ptr(), c_n.data_ptr() if c_n is not None else 0,
+        nonlinearity)
+    return y, ((h_n,) if c_n is None else (h_n, c_n))
 
 
 # ------------------------------------------------------------------------------ the public API

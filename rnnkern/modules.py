@@ -130,26 +130,25 @@ class _DropIn:
         no projection, no autocast, no recording) with the fewest checks; None for anything
         else, which goes the whole way and gets the torch class's errors. A call that needs no
         gradient runs the whole stack in one call of the kernels (stack_inference)."""
-        if (type(input) is not Tensor or self._gradient_flow is not None
-                or input.dtype not in _KERNEL_DTYPES or not input.is_cpu
-                or torch.is_autocast_enabled("cpu") or getattr(self, "proj_size", 0)):
+        # straight-line code with each check made once: this path is timed in microseconds
+        if (type(input) is not Tensor or self._gradient_flow is not None or not input.is_cpu
+                or getattr(self, "proj_size", 0) or torch.is_autocast_enabled("cpu")):
+            return None
+        dtype = input.dtype
+        if dtype is not torch.float32 and dtype is not torch.float64:
             return None
         flat = self._flat_weights
-        if type(self) not in _OURS:
-            flat = None
-        else:
+        if type(self) in _OURS:
             params = self._parameters
             for name, w in zip(self._flat_weights_names, flat):
                 if params.get(name) is not w:
                     flat = None
                     break
+        else:
+            flat = None
         if flat is None:  # parametrized or replaced weights
             self._update_flat_weights()
             flat = self._flat_weights
-        dtype = input.dtype
-        for w in flat:  # loops, not any(...): this path is timed in microseconds
-            if w.dtype is not dtype:
-                return None
         spec = cells.get(self._cell)
         several = len(spec.states) > 1
         if hx is None:
@@ -167,37 +166,39 @@ class _DropIn:
             input = input.unsqueeze(0 if self.batch_first else 1)
             if states is not None:
                 states = tuple(h.unsqueeze(1) for h in states)
-        steps, batch, features = input.shape
         if self.batch_first:
-            steps, batch = batch, steps
+            input = input.transpose(0, 1)
+        steps, batch, features = input.shape
         if steps == 0 or features != self.input_size:
             return None
         layers = self.num_layers * (2 if self.bidirectional else 1)
         if states is None:
             states = tuple(torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
                            for _ in spec.states)
-        else:
-            for h in states:
-                if (type(h) is not Tensor or h.shape != (layers, batch, self.hidden_size)
-                        or h.dtype is not dtype or not h.is_cpu):
-                    return None
         nonlinearity = None
         if spec.nonlinearity:
             nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         fast = None
         if not (self.training and self.dropout > 0 and self.num_layers > 1):
-            fast = _stack_inference(spec.name, input.transpose(0, 1) if self.batch_first
-                                    else input, states, flat, self.num_layers,
+            fast = _stack_inference(spec.name, input, states, flat, self.num_layers,
                                     self.bidirectional, nonlinearity)
         if fast is not None:
             output, hidden = fast
-            if self.batch_first:
-                output = output.transpose(0, 1)
         else:
+            for w in flat:
+                if w.dtype is not dtype:
+                    return None
+            shape = (layers, batch, self.hidden_size)
+            for h in states:
+                if (type(h) is not Tensor or h.shape != shape or h.dtype is not dtype
+                        or not h.is_cpu):
+                    return None
             output, hidden = _layers(spec.name, input, states if several else states[0], flat,
                                      self.num_layers, self.bidirectional, nonlinearity,
-                                     self.dropout, self.training, self.batch_first)
+                                     self.dropout, self.training, False)
             hidden = tuple(hidden) if several else (hidden,)
+        if self.batch_first:
+            output = output.transpose(0, 1)
         if not batched:
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden)
