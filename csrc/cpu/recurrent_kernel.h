@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "block_pool.h"
 #include "recurrent.h"
@@ -372,31 +373,39 @@ void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const
 // tree, then the scalar tail of i: the order depends only on the shapes.
 
 // Folds vectors v[0..N) (N a power of two, N ≤ lanes) into sums[n] = Σ lanes of v[n]: each
-// level merges pairs, halving the lanes each vector's partial sums occupy.
-template <typename T, int N>
-inline void fold(typename Vec<T>::type* v, T* sums) {
-  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-  typedef I M __attribute__((vector_size(RNNKERN_VECTOR_BYTES)));
+// level merges pairs, halving the lanes each vector's partial sums occupy. The shuffle masks
+// are compile-time constants (masks computed at run time cost integer divisions per call).
+template <typename M, typename I, int64_t L, int64_t width, bool high, std::size_t... l>
+constexpr M fold_mask(std::index_sequence<l...>) {
+  constexpr int64_t groups = L / width, half = width / 2;
+  return M{I((int64_t(l) / half < groups ? 0 : L) + (int64_t(l) / half % groups) * width +
+             int64_t(l) % half + (high ? half : 0))...};
+}
+
+template <typename T, int N, int count, int64_t width>
+inline void fold_level(typename Vec<T>::type* v, T* sums) {
   constexpr int64_t L = Vec<T>::lanes;
-  int64_t width = L;  // lanes per vector's group
-  for (int count = N; count > 1; count /= 2, width /= 2) {
-    const int64_t groups = L / width, half = width / 2;
-    M lo, hi;
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t g = l / half, w = l % half;
-      const int64_t base = (g < groups ? 0 : L) + (g % groups) * width + w;
-      lo[l] = I(base);
-      hi[l] = I(base + half);
-    }
+  if constexpr (count > 1) {
+    typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+    typedef I M __attribute__((vector_size(RNNKERN_VECTOR_BYTES)));
+    constexpr M lo = fold_mask<M, I, L, width, false>(std::make_index_sequence<L>{});
+    constexpr M hi = fold_mask<M, I, L, width, true>(std::make_index_sequence<L>{});
     for (int i = 0; i < count / 2; ++i)
       v[i] = __builtin_shuffle(v[2 * i], v[2 * i + 1], lo) +
              __builtin_shuffle(v[2 * i], v[2 * i + 1], hi);
+    fold_level<T, N, count / 2, width / 2>(v, sums);
+  } else {
+    for (int n = 0; n < N; ++n) {
+      T s = 0;
+      for (int64_t l = 0; l < width; ++l) s += v[0][n * width + l];
+      sums[n] = s;
+    }
   }
-  for (int n = 0; n < N; ++n) {
-    T s = 0;
-    for (int64_t l = 0; l < width; ++l) s += v[0][n * width + l];
-    sums[n] = s;
-  }
+}
+
+template <typename T, int N>
+inline void fold(typename Vec<T>::type* v, T* sums) {
+  fold_level<T, N, N, Vec<T>::lanes>(v, sums);
 }
 
 // sums[r · J + q] = Σ_i A(r, i) · W(q, i) for R rows of A and J rows of W.
