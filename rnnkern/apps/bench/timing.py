@@ -159,6 +159,9 @@ def launch_us(device: str, launches: int = 2000) -> float:
     return statistics.median(samples)
 
 
+_SETTLE_S = 0.01
+
+
 def _timed_blocks(fns: Dict[str, Callable[[], None]], repeats: int,
                   min_block_s: float = 0.02,
                   sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
@@ -177,6 +180,9 @@ def _timed_blocks(fns: Dict[str, Callable[[], None]], repeats: int,
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            # the previous block's thread pools (torch's, OpenBLAS's, ONNX Runtime's) spin
+            # for a while after their last call: let them go idle before this block starts
+            time.sleep(_SETTLE_S)
             start = time.perf_counter()
             for _ in range(numbers[name]):
                 fn()
@@ -450,11 +456,11 @@ def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float3
         return run
 
     result = StepResult(case)
-    fns = {k: inference(m) for k, m in calls.items()}
+    ms = _timed_blocks({k: inference(m) for k, m in calls.items()}, repeats)
     session = _onnx_inference(theirs, x, hx) if onnx and dtype == torch.float32 else None
     if session is not None:
-        fns["onnxruntime"] = session
-    ms = _timed_blocks(fns, repeats)
+        # timed apart: its thread pool spins between calls and would slow the others' blocks
+        ms.update(_timed_blocks({"onnxruntime": session}, repeats))
     result.inference_us = {k: 1e3 * v for k, v in ms.items()}
     ms = _timed_blocks({k: train(m) for k, m in calls.items()}, repeats)
     result.train_us = {k: 1e3 * v for k, v in ms.items()}
