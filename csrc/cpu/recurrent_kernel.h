@@ -454,8 +454,8 @@ void dot_rows_of(int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int6
 }
 
 template <typename T>
-void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
-         bool accumulate, T* c, int64_t ldc) {
+void dot_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w,
+                int64_t ldw, bool accumulate, T* c, int64_t ldc) {
   constexpr int L = int(Vec<T>::lanes);  // fold() takes at most L vectors
   int64_t r = 0;
   for (; r + 2 <= rows; r += 2)
@@ -464,6 +464,31 @@ void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w
   if (r < rows)
     dot_rows_of<T, 1, (L < 8 ? L : 8)>(n, K, a + r * lda, lda, w, ldw, accumulate,
                                        c + r * ldc, ldc);
+}
+
+// W of at least this many bytes is read by two threads, each its half of W's rows (a row or
+// two of A stream W from memory: two cores stream it twice as fast). The halves split at a
+// multiple of eight rows, so each sum is the same as on one thread.
+constexpr int64_t kDotSplitBytes = int64_t(1) << 19;
+
+template <typename T>
+void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+         bool accumulate, T* c, int64_t ldc) {
+  if (n >= 64 && n * K * int64_t(sizeof(T)) >= kDotSplitBytes && omp_get_max_threads() > 1 &&
+      !omp_in_parallel()) {
+    const int64_t half = (n / 2 + 7) / 8 * 8;
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_num_threads() == 1)
+        dot_serial(rows, n, K, a, lda, w, ldw, accumulate, c, ldc);
+      else if (omp_get_thread_num() == 0)
+        dot_serial(rows, half, K, a, lda, w, ldw, accumulate, c, ldc);
+      else
+        dot_serial(rows, n - half, K, a, lda, w + half * ldw, ldw, accumulate, c + half, ldc);
+    }
+    return;
+  }
+  dot_serial(rows, n, K, a, lda, w, ldw, accumulate, c, ldc);
 }
 
 // step() for W_hh's rows as they are (the forward's Bm = W_hhᵀ unpacked): the forward
