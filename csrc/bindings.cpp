@@ -808,6 +808,39 @@ PYBIND11_MODULE(_core, m) {
         "C-contiguous arrays (time-major, no batch_sizes, no w_hr); see bindings.cpp.");
   m.def("empty_cache", [] { return rnnkern::cpu::pool_clear(); },
         "Frees every cached block (outputs, workspaces, idle scratch); returns the bytes freed.");
+  m.def(
+      "fma_peak_gflops",
+      [](bool is_double, int threads, double seconds) {
+        if (threads < 1) throw py::value_error("threads must be at least 1, got " + std::to_string(threads));
+        if (!(seconds > 0 && seconds <= 60))
+          throw py::value_error("seconds must be in (0, 60], got " + std::to_string(seconds));
+        py::gil_scoped_release release;
+        return is_double ? rnnkern::cpu::fma_peak_gflops<double>(threads, seconds)
+                         : rnnkern::cpu::fma_peak_gflops<float>(threads, seconds);
+      },
+      py::arg("is_double"), py::arg("threads"), py::arg("seconds") = 0.3,
+      "The FMA peak in GFLOP/s of the kernels' instruction set on `threads` threads: vector "
+      "FMA chains for about `seconds`, the best of three runs.");
+  m.def(
+      "blas_gemm_gflops",
+      [](bool is_double, int64_t n, int repeats) {
+        if (n < 1 || n > 8192) throw py::value_error("n must be in [1, 8192], got " + std::to_string(n));
+        if (repeats < 1) throw py::value_error("repeats must be at least 1, got " + std::to_string(repeats));
+        py::gil_scoped_release release;
+        return is_double ? rnnkern::cpu::gemm_gflops<double>(n, repeats)
+                         : rnnkern::cpu::gemm_gflops<float>(n, repeats);
+      },
+      py::arg("is_double"), py::arg("n") = 2048, py::arg("repeats") = 3,
+      "rnnkern's OpenBLAS GEMM rate in GFLOP/s on n x n x n (the best of `repeats` calls).");
+  m.def(
+      "blas_info",
+      [] {
+        py::dict d;
+        d["core"] = std::string(rnnkern::cpu::blas_core());
+        d["config"] = std::string(rnnkern::cpu::blas_config());
+        return d;
+      },
+      "What rnnkern's OpenBLAS says of itself: its kernel set in use (core) and build (config).");
   m.def("isa", [] { return std::string(rnnkern::cpu::isa()); },
         "Instruction set of the recurrent kernels in use: avx512, avx2 or generic.");
 }

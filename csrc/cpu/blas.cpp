@@ -3,8 +3,10 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <chrono>
 #include <cstddef>
 #include <new>
+#include <vector>
 
 #include "block_pool.h"
 
@@ -154,5 +156,24 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*,
                            int64_t, const double*, int64_t, double, double*, int64_t);
+
+const char* blas_core() { return scipy_openblas_get_corename(); }
+const char* blas_config() { return scipy_openblas_get_config(); }
+
+template <typename T>
+double gemm_gflops(int64_t n, int repeats) {
+  std::vector<T> a(n * n, T(1) / T(3)), b(n * n, T(1) / T(7)), c(n * n, T(0));
+  double best = 0;
+  for (int r = 0; r <= repeats; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    gemm<T>(false, false, n, n, n, T(1), a.data(), n, b.data(), n, T(0), c.data(), n);
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    const double rate = 2.0 * double(n) * double(n) * double(n) / took.count() / 1e9;
+    if (r > 0 && rate > best) best = rate;
+  }
+  return best;
+}
+template double gemm_gflops<float>(int64_t, int);
+template double gemm_gflops<double>(int64_t, int);
 
 }  // namespace rnnkern::cpu

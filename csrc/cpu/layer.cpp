@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -249,6 +250,32 @@ void stack_forward(const Stack& s, const T* x, const T* h0, const T* c0,
 }
 
 const char* isa() { return recurrent_kernels<float>().isa; }
+
+template <typename T>
+double fma_peak_gflops(int threads, double seconds) {
+  const RecurrentKernels<T>& k = recurrent_kernels<T>();
+  const double flop_per_iteration = 2.0 * kFmaChains * (k.vector_bytes / double(sizeof(T)));
+  volatile T sink = 0;
+  // The rate of `iterations` rounds on every thread (each thread the same rounds).
+  auto rate = [&](int64_t iterations) {
+    const auto start = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+    sink = sink + k.fma_loop(iterations, T(1) + T(omp_get_thread_num()));
+    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+    return flop_per_iteration * double(iterations) * threads / took.count() / 1e9;
+  };
+  const int64_t probe = 100000;
+  const double probe_rate = rate(probe);  // also wakes the threads
+  const int64_t iterations = int64_t(seconds / 3 * probe_rate * 1e9 / flop_per_iteration / threads) + 1;
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    const double got = rate(iterations);
+    if (got > best) best = got;
+  }
+  return best;
+}
+template double fma_peak_gflops<float>(int, double);
+template double fma_peak_gflops<double>(int, double);
 
 #define RNNKERN_INSTANTIATE_FOR(Cell, T)                                                     \
   template int64_t forward_workspace_size<Cell, T>(const Problem&);                         \

@@ -42,4 +42,9 @@ void stack_forward(const Stack& s, const T* x, const T* h0, const T* c0,
 // The instruction set of the recurrent kernels in use: "avx512", "avx2" or "generic".
 const char* isa();
 
+// The FMA peak (GFLOP/s) of the kernels' instruction set on `threads` threads (OpenMP):
+// independent vector FMA chains for about `seconds`, the best of three runs.
+template <typename T>
+double fma_peak_gflops(int threads, double seconds);
+
 }  // namespace rnnkern::cpu

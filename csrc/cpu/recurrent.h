@@ -54,6 +54,7 @@ constexpr int64_t norm_slots(int64_t H) {
 template <typename T>
 struct RecurrentKernels {
   const char* isa;
+  int vector_bytes;  // of this instruction set's vectors
   void (*pack)(const T* w, int64_t H, bool transpose, T* packed);
   void (*step)(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a,
                const T* packed, T* c, const T* h, T* d);
@@ -73,9 +74,16 @@ struct RecurrentKernels {
   void (*row_norms)(int64_t rows, int64_t H, const T* slots, double* out);
   // dst[i] += src[i] for i < n.
   void (*accumulate)(int64_t n, const T* src, T* dst);
+  // `iterations` rounds of independent vector FMAs (kFmaChains chains of one vector each),
+  // for measuring the FMA peak; returns a sum of the chains so they are not optimised out.
+  T (*fma_loop)(int64_t iterations, T seed);
   // Each cell's pointwise passes (core/cells/), this instruction set's build of them.
   CellPasses<T, Cells> passes;
 };
+
+// Independent FMA chains in fma_loop: more than latency × ports (4 × 2 on these CPUs), and
+// few enough to stay in 16 vector registers with the two operands.
+constexpr int kFmaChains = 12;
 
 #define RNNKERN_DECLARE_ISA(name)           \
   namespace name {                          \

@@ -516,6 +516,37 @@ void step_rows(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, 
   }
 }
 
+// The FMA peak's loop: kFmaChains (12) independent chains c = c · m + a, each one vector, in
+// named registers (an array of them would live in memory).
+#ifdef __AVX512F__
+#define RNNKERN_REG "+v"
+#else
+#define RNNKERN_REG "+x"
+#endif
+template <typename T>
+T fma_loop(int64_t iterations, T seed) {
+  static_assert(kFmaChains == 12, "fma_loop's chains are written out");
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  V m, a, c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11;
+  for (int64_t l = 0; l < L; ++l) m[l] = T(0.999999), a[l] = seed * T(1e-7);
+  c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = c10 = c11 = a + seed;
+  for (int64_t i = 0; i < iterations; ++i) {
+    c0 = c0 * m + a, c1 = c1 * m + a, c2 = c2 * m + a, c3 = c3 * m + a;
+    c4 = c4 * m + a, c5 = c5 * m + a, c6 = c6 * m + a, c7 = c7 * m + a;
+    c8 = c8 * m + a, c9 = c9 * m + a, c10 = c10 * m + a, c11 = c11 * m + a;
+    // keeps the compiler from folding the loop
+    __asm__ volatile("" : RNNKERN_REG(c0), RNNKERN_REG(c1), RNNKERN_REG(c2), RNNKERN_REG(c3),
+                     RNNKERN_REG(c4), RNNKERN_REG(c5), RNNKERN_REG(c6), RNNKERN_REG(c7),
+                     RNNKERN_REG(c8), RNNKERN_REG(c9), RNNKERN_REG(c10), RNNKERN_REG(c11));
+  }
+  const V s = ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)) + ((c8 + c9) + (c10 + c11));
+  T total = 0;
+  for (int64_t l = 0; l < L; ++l) total += s[l];
+  return total;
+}
+#undef RNNKERN_REG
+
 template <typename T>
 void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) {
   constexpr int64_t L = Vec<T>::lanes;
@@ -640,9 +671,9 @@ void set_passes(RecurrentKernels<T>& k) {
 
 template <typename T>
 RecurrentKernels<T> make(const char* name) {
-  RecurrentKernels<T> k{name,           &pack<T>,      &step<T>,       &step_rows<T>,
+  RecurrentKernels<T> k{name,           RNNKERN_VECTOR_BYTES, &pack<T>,      &step<T>,       &step_rows<T>,
                         &dot<T>,             &scale_by_derivative<T>,       &row_square_sums<T>,
-                        &row_norms<T>,       &accumulate<T>, {}};
+                        &row_norms<T>,       &accumulate<T>, &fma_loop<T>, {}};
   for_each_cell([&](auto cell) { set_passes<T, decltype(cell)>(k); });
   return k;
 }

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from rnnkern import _core
 from rnnkern import apps as cli
 from rnnkern import cells
 from rnnkern.apps import arguments
@@ -25,25 +26,68 @@ def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if "rnnkern speedup" in line)
+    header_cells = [c.strip() for c in header.split("  ") if c.strip()]
     assert "torch train ms" in header and "reference train ms" in header
-    assert "saved MB rnnkern" in header and "% of sgemm" in header
+    assert "saved MB rnnkern" in header and "% of peak" in header
     rows = [line.split() for line in lines if line.split()[:5] in (["20", "2", "3", "4", "-"],
                                                                   ["3", "1", "1", "1", "-"])]
     assert len(rows) == 2
     header = next(line for line in lines if line.startswith("machine: "))
     assert arguments.cpu_model() in header and torch.__version__ in header
     assert f"{torch.get_num_threads()} threads" in header
+    limit = next(line for line in lines if line.startswith("limit: "))
+    assert "FMA peak" in limit and "OpenBLAS" in limit and "torch.mm" in limit
+    assert f"core {_core.blas_info()['core']}" in limit
     assert "[1/2]" in proc.stderr and "[2/2]" in proc.stderr and "sgemm" in proc.stderr
     data = json.loads((tmp_path / "res" / "bench.json").read_text())
     assert [r["T"] for r in data["results"]] == [20, 3]
     for r in data["results"]:
         assert set(r["train_ms"]) == {"torch", "rnnkern", "reference"}
         assert r["train_speedup"]["rnnkern"] > 0 and r["sgemm_gflops"] > 0
+        assert r["peak_gflops"] == data["limits"]["peak_gflops"] > 0
+    limits = data["limits"]
+    assert limits["isa"] == _core.isa() and limits["threads"] == torch.get_num_threads()
+    assert limits["openblas_gflops"] > 0 and limits["torch_mm_gflops"] > 0
+    # the share of the peak in the table is the row's GFLOP/s over the peak
+    share = rows[0][header_cells.index("% of peak")]
+    rate = data["results"][0]["rnnkern_gflops"]
+    assert share == f"{100 * rate / limits['peak_gflops']:.0f}%"
     assert data["machine"] == arguments.cpu_model() and data["torch"] == torch.__version__
     assert (tmp_path / "res" / "speedup.png").read_bytes()[:4] == b"\x89PNG"
     # the real paths of what was written
     for name in ("bench.json", "speedup.png"):
         assert f"wrote {os.path.realpath(tmp_path / 'res' / name)}" in proc.stdout
+
+
+def test_the_machines_limits_are_measured():
+    for double in (False, True):
+        peak = _core.fma_peak_gflops(double, 1, 0.05)
+        assert 0 < peak < 1e5
+        assert 0 < _core.blas_gemm_gflops(double, 64, 1)
+    info = _core.blas_info()
+    assert info["core"] and "OpenBLAS" in info["config"]
+    for call, name in ((lambda: _core.fma_peak_gflops(False, 0), "threads"),
+                       (lambda: _core.fma_peak_gflops(False, 1, 0.0), "seconds"),
+                       (lambda: _core.blas_gemm_gflops(False, 0), "n")):
+        with pytest.raises(ValueError, match=name):
+            call()
+
+
+def test_the_openblas_note_names_the_variables_and_what_they_cost():
+    assert bench.blas_note({}, "SkylakeX", "avx512") is None
+    assert bench.blas_note({"HOME": "/root"}, "Haswell", "avx512") is None
+    lowered = bench.blas_note({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576"},
+                              "Haswell", "avx512")
+    assert "OPENBLAS_CORETYPE=Haswell" in lowered and "OPENBLAS_L2_SIZE=1048576" in lowered
+    assert "half" in lowered and "AVX-512" in lowered
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE rnnkern bench" in lowered
+    # an AVX2 CPU loses nothing to the Haswell kernels: the variable is named, no loss claimed
+    same = bench.blas_note({"OPENBLAS_CORETYPE": "Haswell"}, "Haswell", "avx2")
+    assert "OPENBLAS_CORETYPE=Haswell" in same and "half" not in same
+    limits = bench.Limits("avx512", 2, 500.0, 400.0, "Haswell", 200.0,
+                          environment={"OPENBLAS_CORETYPE": "Haswell"})
+    assert limits.as_dict()["note"] == limits.note() and "half" in limits.note()
+    assert limits.note() in bench.format_limits(limits)
 
 
 @pytest.mark.parametrize("bad", ["10x2x3", "10x0x3x4", "axbxcxd"])

@@ -144,12 +144,14 @@ def run(args: argparse.Namespace) -> int:
           f"rnnkern kernels: {meta['kernels']}; median of {args.repeats} repeats", flush=True)
     if args.device == "cuda":
         print(f"device: {meta['device']}", flush=True)
-    data = dict(meta)
+    limits = timing.measure_limits(dtype, "cuda" if args.device == "cuda" else "cpu")
+    print(timing.format_limits(limits, args.device), flush=True)
+    data = dict(meta, limits=limits.as_dict())
     if grid:
         print(_title(args) + ": forward (no grad) and train step (forward + backward)",
               flush=True)
         results = timing.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
-                             device=args.device)
+                             device=args.device, limits=limits)
         print(timing.format_table(results), flush=True)
         data["results"] = timing.as_dicts(results)
     if steps:

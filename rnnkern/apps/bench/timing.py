@@ -9,6 +9,7 @@ machine drift hits all of them alike; each figure is the median over the repeats
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
@@ -98,6 +99,7 @@ class Result:
     saved_bytes: Dict[str, int] = field(default_factory=dict)
     train_flop: float = 0.0
     sgemm_gflops: float = 0.0
+    peak_gflops: float = 0.0  # the FMA peak on the threads in use (CPU), measured in the run
     device: str = "cpu"
     launch_us: float = math.nan  # one kernel launch (GPU): the floor of a launch per step
 
@@ -128,9 +130,11 @@ def _synchronize(device: str) -> Optional[Callable[[], None]]:
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
 
 
-def sgemm_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
-    """This machine's float32 GEMM rate (torch.mm on the device), measured now."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def sgemm_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> float:
+    """This machine's GEMM rate (torch.mm on the device; float32 unless ``dtype``), now."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     sync = _synchronize(device) or (lambda: None)
     a @ b
     sync()
@@ -141,6 +145,83 @@ def sgemm_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
         sync()
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+# OpenBLAS's kernel sets ("cores") that use AVX2 at most, and the variables that choose them.
+_AVX2_CORES = ("haswell", "zen", "sandybridge", "prescott", "nehalem", "core2", "atom", "barcelona",
+               "bulldozer", "piledriver", "steamroller", "excavator")
+OPENBLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+@dataclass
+class Limits:
+    """What this machine can do, measured in the run: the FMA peak of the kernels' instruction
+    set on the threads in use, and the float32 GEMM rate of rnnkern's OpenBLAS and of
+    torch.mm (2048³)."""
+    isa: str
+    threads: int
+    peak_gflops: float
+    openblas_gflops: float
+    openblas_core: str
+    torch_mm_gflops: float
+    dtype: str = "float32"
+    environment: Dict[str, str] = field(default_factory=dict)  # OPENBLAS_* variables set
+
+    def note(self) -> Optional[str]:
+        return blas_note(self.environment, self.openblas_core, self.isa)
+
+    def as_dict(self) -> dict:
+        d = {k: None if isinstance(v, float) and math.isnan(v) else v
+             for k, v in self.__dict__.items()}
+        d["note"] = self.note()
+        return d
+
+
+def blas_note(environment: Dict[str, str], core: str, isa: str) -> Optional[str]:
+    """One line on the OpenBLAS variables set in ``environment``, which OpenBLAS obeys (its
+    documented override), saying when they lower it below what the CPU supports; None when
+    none is set."""
+    set_ = {k: v for k, v in environment.items() if k in OPENBLAS_VARIABLES and v}
+    if not set_:
+        return None
+    named = ", ".join(f"{k}={v}" for k, v in sorted(set_.items()))
+    line = f"note: {named} is set, and rnnkern's OpenBLAS obeys it (its {core} kernels)"
+    if isa == "avx512" and core.lower() in _AVX2_CORES:
+        line += (": AVX2 GEMMs on a CPU with AVX-512, at about half their speed, so rnnkern's "
+                 "times are slower than on a machine without the variable")
+    return line + (". For a user's machine's numbers: env -u " + " -u ".join(sorted(set_))
+                   + " rnnkern bench ...")
+
+
+def measure_limits(dtype: torch.dtype = torch.float32, device: str = "cpu") -> Limits:
+    """The machine's limits now (about a second): see :class:`Limits`."""
+    from ... import _core
+
+    threads = torch.get_num_threads()
+    double = dtype == torch.float64
+    environment = {k: os.environ[k] for k in OPENBLAS_VARIABLES if os.environ.get(k)}
+    peak = _core.fma_peak_gflops(double, threads) if device == "cpu" else math.nan
+    return Limits(isa=_core.isa(), threads=threads, peak_gflops=peak,
+                  openblas_gflops=_core.blas_gemm_gflops(double),
+                  openblas_core=_core.blas_info()["core"],
+                  torch_mm_gflops=sgemm_gflops(device=device, dtype=dtype),
+                  dtype=str(dtype).replace("torch.", ""), environment=environment)
+
+
+def format_limits(limits: Limits, device: str = "cpu") -> str:
+    lines = []
+    if device == "cpu":
+        lines.append(f"limit: FMA peak {limits.peak_gflops:.0f} GFLOP/s ({limits.isa}, "
+                     f"{limits.threads} threads, {limits.dtype}); GEMM 2048^3: rnnkern's "
+                     f"OpenBLAS {limits.openblas_gflops:.0f} (core {limits.openblas_core}), "
+                     f"torch.mm {limits.torch_mm_gflops:.0f} GFLOP/s")
+    else:
+        lines.append(f"limit: GEMM 2048^3 on {device} (torch.mm): "
+                     f"{limits.torch_mm_gflops:.0f} GFLOP/s")
+    note = limits.note()
+    if note:
+        lines.append(note)
+    return "\n".join(lines)
 
 
 def launch_us(device: str, launches: int = 2000) -> float:
@@ -231,7 +312,8 @@ def _saved_bytes(run: Callable[[], tuple], exclude: Sequence[torch.Tensor]) -> i
 
 def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: int = 5,
             dtype: torch.dtype = torch.float32, seed: int = 0,
-            sgemm: Optional[float] = None, device: str = "cpu") -> Result:
+            sgemm: Optional[float] = None, device: str = "cpu",
+            peak: Optional[float] = None) -> Result:
     torch.manual_seed(seed)
     kwargs = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
     theirs_class, ours_class = classes(case.cell)
@@ -278,6 +360,7 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
     result.saved_bytes = {k: _saved_bytes(lambda f=f: f(x), params) for k, f in calls.items()}
     result.train_flop = train_flop(case, leaf.shape[0] if case.packed else case.T * case.B)
     result.sgemm_gflops = sgemm if sgemm is not None else sgemm_gflops(device=device)
+    result.peak_gflops = peak if peak is not None else math.nan
     if sync is not None:
         result.launch_us = launch_us(device)
     return result
@@ -296,8 +379,9 @@ def format_table(results: Sequence[Result]) -> str:
     for impl in impls:
         head += [f"{impl} fwd ms", f"{impl} train ms"]
     head += [f"{impl} speedup" for impl in impls if impl != "torch"]
-    head += ["rnnkern GFLOP/s", "% of sgemm", "saved MB torch", "saved MB rnnkern"]
     gpu = any(r.device == "cuda" for r in results)
+    share = "% of sgemm" if gpu else "% of peak"  # a GPU's limit: torch.mm on it
+    head += ["rnnkern GFLOP/s", share, "saved MB torch", "saved MB rnnkern"]
     if gpu:  # forward time per step against one launch per step and layer-direction
         head += [f"{impl} fwd us/step" for impl in impls] + ["launch floor us/step"]
     rows = [head]
@@ -310,8 +394,9 @@ def format_table(results: Sequence[Result]) -> str:
         row += [f"{r.speedup(impl):.2f}x" if impl in r.train_ms else "-"
                 for impl in impls if impl != "torch"]
         rate = r.gflops("rnnkern")
+        limit = r.sgemm_gflops if gpu else r.peak_gflops
         row += ["-" if math.isnan(rate) else f"{rate:.0f}",
-                "-" if math.isnan(rate) else f"{100 * rate / r.sgemm_gflops:.0f}%"]
+                "-" if math.isnan(rate) or not limit > 0 else f"{100 * rate / limit:.0f}%"]
         row += [f"{r.saved_bytes[impl] / 1e6:.2f}" if impl in r.saved_bytes else "-"
                 for impl in ("torch", "rnnkern")]
         if gpu:
@@ -325,17 +410,19 @@ def format_table(results: Sequence[Result]) -> str:
 
 def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", "rnnkern"),
         repeats: int = 5, dtype: torch.dtype = torch.float32,
-        progress=sys.stderr, device: str = "cpu") -> List[Result]:
-    sgemm = sgemm_gflops(device=device)
+        progress=sys.stderr, device: str = "cpu",
+        limits: Optional[Limits] = None) -> List[Result]:
+    limits = limits if limits is not None else measure_limits(dtype, device)
+    sgemm, peak = limits.torch_mm_gflops, limits.peak_gflops
     if progress is not None:
-        print(f"sgemm (torch.mm 2048x2048, float32, {device}): {sgemm:.0f} GFLOP/s",
+        print(f"sgemm (torch.mm 2048x2048, {limits.dtype}, {device}): {sgemm:.0f} GFLOP/s",
               file=progress, flush=True)
     results = []
     for i, case in enumerate(cases, 1):
         if progress is not None:
             print(f"[{i}/{len(cases)}] {case.name()} ...", file=progress, flush=True)
         results.append(measure(case, impls, repeats=repeats, dtype=dtype, sgemm=sgemm,
-                               device=device))
+                               device=device, peak=peak))
     return results
 
 
@@ -649,6 +736,7 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
                         forward_ms=r.forward_ms, train_ms=r.train_ms,
                         saved_bytes=r.saved_bytes, train_flop=r.train_flop,
                         sgemm_gflops=r.sgemm_gflops,
+                        peak_gflops=None if math.isnan(r.peak_gflops) else r.peak_gflops,
                         train_speedup={k: r.speedup(k) for k in r.train_ms if k != "torch"},
                         forward_speedup={k: r.speedup(k, "forward")
                                          for k in r.forward_ms if k != "torch"},
