@@ -264,9 +264,10 @@ double fma_peak_gflops(int threads, double seconds) {
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
     return flop_per_iteration * double(iterations) * threads / took.count() / 1e9;
   };
-  const int64_t probe = 100000;
-  const double probe_rate = rate(probe);  // also wakes the threads
-  const int64_t iterations = int64_t(seconds / 3 * probe_rate * 1e9 / flop_per_iteration / threads) + 1;
+  const double probe_rate = rate(100000);
+  const int64_t iterations =
+      int64_t(seconds / 4 * probe_rate * 1e9 / flop_per_iteration / threads) + 1;
+  rate(iterations);  // wakes the threads and lets the clock settle
   double best = 0;
   for (int r = 0; r < 3; ++r) {
     const double got = rate(iterations);

@@ -43,7 +43,7 @@ void stack_forward(const Stack& s, const T* x, const T* h0, const T* c0,
 const char* isa();
 
 // The FMA peak (GFLOP/s) of the kernels' instruction set on `threads` threads (OpenMP):
-// independent vector FMA chains for about `seconds`, the best of three runs.
+// independent vector FMA chains for about `seconds` (a warm-up, then the best of three runs).
 template <typename T>
 double fma_peak_gflops(int threads, double seconds);
 

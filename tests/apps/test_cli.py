@@ -2,6 +2,7 @@
 behind it, and --cell for `rnnkern bench`, `rnnkern vanish` and `rnnkern train adding`."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,7 +46,11 @@ def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
         assert set(r["train_ms"]) == {"torch", "rnnkern", "reference"}
         assert r["train_speedup"]["rnnkern"] > 0 and r["sgemm_gflops"] > 0
         assert r["peak_gflops"] == data["limits"]["peak_gflops"] > 0
+        assert set(r["train_spread"]) == set(r["train_ms"])
+        assert all(v is not None and v >= 0 for v in r["train_spread"].values())
+    assert isinstance(data["warnings"], list)
     limits = data["limits"]
+    assert limits["peak_after_gflops"] > 0
     assert limits["isa"] == _core.isa() and limits["threads"] == torch.get_num_threads()
     assert limits["openblas_gflops"] > 0 and limits["torch_mm_gflops"] > 0
     # the share of the peak in the table is the row's GFLOP/s over the peak
@@ -88,6 +93,25 @@ def test_the_openblas_note_names_the_variables_and_what_they_cost():
                           environment={"OPENBLAS_CORETYPE": "Haswell"})
     assert limits.as_dict()["note"] == limits.note() and "half" in limits.note()
     assert limits.note() in bench.format_limits(limits)
+
+
+def test_spread_and_the_warnings_it_gives():
+    assert bench.relative_spread([2.0, 2.0, 2.0]) == 0
+    assert bench.relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
+    assert math.isnan(bench.relative_spread([1.0]))
+    timings = bench._timed_blocks({"a": lambda: None, "b": lambda: None}, 3, min_block_s=1e-4)
+    assert set(timings) == set(timings.spread) == {"a", "b"}
+    calm, busy = bench.Result(bench.Case(5, 2, 3, 4)), bench.Result(bench.Case(6, 2, 3, 4))
+    calm.train_spread = {"torch": 0.02, "rnnkern": 0.03}
+    busy.train_spread = {"torch": 0.02, "rnnkern": 0.4}
+    assert bench.warnings_for([calm], 100.0, 99.0) == []
+    lines = bench.warnings_for([calm, busy], 100.0, 99.0)
+    assert "1 of 2 rows" in lines[0] and "40%" in lines[0] and busy.case.name() in lines[0]
+    assert "--repeats" in lines[-1]
+    assert any("fell from 100 to 80" in line for line in bench.warnings_for([calm], 100.0, 80.0))
+    busy.train_ms = {"torch": 2.0, "rnnkern": 1.0}
+    busy.sgemm_gflops = busy.peak_gflops = 100.0
+    assert "40%!" in bench.format_table([busy])
 
 
 @pytest.mark.parametrize("bad", ["10x2x3", "10x0x3x4", "axbxcxd"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -154,6 +155,14 @@ def run(args: argparse.Namespace) -> int:
                              device=args.device, limits=limits)
         print(timing.format_table(results), flush=True)
         data["results"] = timing.as_dicts(results)
+        after = math.nan
+        if args.device == "cpu":
+            from ... import _core
+            after = _core.fma_peak_gflops(dtype == torch.float64, limits.threads)
+        data["limits"]["peak_after_gflops"] = None if math.isnan(after) else after
+        data["warnings"] = timing.warnings_for(results, limits.peak_gflops, after)
+        for line in data["warnings"]:
+            print(line, flush=True)
     if steps:
         print("\nstep by step: one call of a streaming or generating caller "
               "(microseconds per call)", flush=True)

@@ -99,9 +99,12 @@ class Result:
     saved_bytes: Dict[str, int] = field(default_factory=dict)
     train_flop: float = 0.0
     sgemm_gflops: float = 0.0
-    peak_gflops: float = 0.0  # the FMA peak on the threads in use (CPU), measured in the run
     device: str = "cpu"
     launch_us: float = math.nan  # one kernel launch (GPU): the floor of a launch per step
+    peak_gflops: float = 0.0  # the FMA peak on the threads in use (CPU), measured in the run
+    # interquartile range over the median of the repeats, per implementation
+    forward_spread: Dict[str, float] = field(default_factory=dict)
+    train_spread: Dict[str, float] = field(default_factory=dict)
 
     def speedup(self, impl: str, what: str = "train") -> float:
         times = self.train_ms if what == "train" else self.forward_ms
@@ -109,6 +112,12 @@ class Result:
 
     def gflops(self, impl: str) -> float:
         return self.train_flop / self.train_ms[impl] / 1e6 if impl in self.train_ms else math.nan
+
+    def spread(self) -> float:
+        """The widest spread of this row's times (NaN when none was measured)."""
+        values = [v for d in (self.forward_spread, self.train_spread) for v in d.values()
+                  if not math.isnan(v)]
+        return max(values) if values else math.nan
 
 
 def train_flop(case: Case, rows: int) -> float:
@@ -208,6 +217,32 @@ def measure_limits(dtype: torch.dtype = torch.float32, device: str = "cpu") -> L
                   dtype=str(dtype).replace("torch.", ""), environment=environment)
 
 
+def _finite(values: Dict[str, float]) -> Dict[str, Optional[float]]:
+    return {k: None if math.isnan(v) else v for k, v in values.items()}
+
+
+def warnings_for(results: Sequence[Result], peak_before: float = math.nan,
+                 peak_after: float = math.nan) -> List[str]:
+    """What makes these numbers doubtful, each as a line (empty when nothing does): rows whose
+    repeats spread by more than SPREAD_WARNING, and an FMA peak that fell during the run."""
+    out = []
+    wide = [r for r in results if r.spread() > SPREAD_WARNING]
+    if wide:
+        worst = max(wide, key=lambda r: r.spread())
+        out.append(f"warning: the repeats of {len(wide)} of {len(results)} rows spread by more "
+                   f"than {100 * SPREAD_WARNING:.0f}% (interquartile range over the median; "
+                   f"marked !, widest {100 * worst.spread():.0f}% at {worst.case.name()}): "
+                   "the machine is busy or its speed drifts")
+    if peak_after < 0.9 * peak_before:
+        out.append(f"warning: the FMA peak fell from {peak_before:.0f} to {peak_after:.0f} "
+                   "GFLOP/s during the run: another job is using the CPU")
+    if out:
+        out.append("for numbers to trust: stop other heavy jobs, then rerun with more --repeats "
+                   "(and, on a machine that sets them, env -u OPENBLAS_CORETYPE -u "
+                   "OPENBLAS_L2_SIZE)")
+    return out
+
+
 def format_limits(limits: Limits, device: str = "cpu") -> str:
     lines = []
     if device == "cpu":
@@ -241,13 +276,32 @@ def launch_us(device: str, launches: int = 2000) -> float:
 
 
 _SETTLE_S = 0.01
+# A spread (interquartile range over the median of the repeats) above this is warned about.
+SPREAD_WARNING = 0.10
+
+
+class Timings(dict):
+    """Median ms per call of each implementation, with ``spread``: each one's interquartile
+    range over its median across the repeats (NaN for a single repeat)."""
+
+    def __init__(self, medians: Dict[str, float], spread: Dict[str, float]):
+        super().__init__(medians)
+        self.spread = spread
+
+
+def relative_spread(samples: Sequence[float]) -> float:
+    """The interquartile range of ``samples`` over their median; NaN for fewer than two."""
+    if len(samples) < 2:
+        return math.nan
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(samples)
 
 
 def _timed_blocks(fns: Dict[str, Callable[[], None]], repeats: int,
                   min_block_s: float = 0.02,
-                  sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
-    """Median ms per call; each repeat runs a block of calls of every implementation.
-    ``sync`` (GPU) waits for the queued work before a block's time is read."""
+                  sync: Optional[Callable[[], None]] = None) -> Timings:
+    """Median ms per call (and the spread); each repeat runs a block of calls of every
+    implementation. ``sync`` (GPU) waits for the queued work before a block's time is read."""
     sync = sync or (lambda: None)
     numbers = {}
     for name, fn in fns.items():  # warm-up, and calls per block
@@ -269,7 +323,8 @@ def _timed_blocks(fns: Dict[str, Callable[[], None]], repeats: int,
                 fn()
             sync()
             samples[name].append((time.perf_counter() - start) * 1e3 / numbers[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return Timings({name: statistics.median(s) for name, s in samples.items()},
+                   {name: relative_spread(s) for name, s in samples.items()})
 
 
 def _input(case: Case, dtype: torch.dtype, generator: torch.Generator, device: str = "cpu"):
@@ -356,6 +411,8 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
                                       sync=sync)
     result.train_ms = _timed_blocks({k: train(f) for k, f in calls.items()}, repeats,
                                     sync=sync)
+    result.forward_spread = dict(getattr(result.forward_ms, "spread", {}))
+    result.train_spread = dict(getattr(result.train_ms, "spread", {}))
     params = list(theirs.parameters()) + list(ours.parameters())
     result.saved_bytes = {k: _saved_bytes(lambda f=f: f(x), params) for k, f in calls.items()}
     result.train_flop = train_flop(case, leaf.shape[0] if case.packed else case.T * case.B)
@@ -381,7 +438,7 @@ def format_table(results: Sequence[Result]) -> str:
     head += [f"{impl} speedup" for impl in impls if impl != "torch"]
     gpu = any(r.device == "cuda" for r in results)
     share = "% of sgemm" if gpu else "% of peak"  # a GPU's limit: torch.mm on it
-    head += ["rnnkern GFLOP/s", share, "saved MB torch", "saved MB rnnkern"]
+    head += ["rnnkern GFLOP/s", share, "spread", "saved MB torch", "saved MB rnnkern"]
     if gpu:  # forward time per step against one launch per step and layer-direction
         head += [f"{impl} fwd us/step" for impl in impls] + ["launch floor us/step"]
     rows = [head]
@@ -397,6 +454,9 @@ def format_table(results: Sequence[Result]) -> str:
         limit = r.sgemm_gflops if gpu else r.peak_gflops
         row += ["-" if math.isnan(rate) else f"{rate:.0f}",
                 "-" if math.isnan(rate) or not limit > 0 else f"{100 * rate / limit:.0f}%"]
+        spread = r.spread()
+        row += ["-" if math.isnan(spread) else
+                f"{100 * spread:.0f}%" + ("!" if spread > SPREAD_WARNING else "")]
         row += [f"{r.saved_bytes[impl] / 1e6:.2f}" if impl in r.saved_bytes else "-"
                 for impl in ("torch", "rnnkern")]
         if gpu:
@@ -733,7 +793,9 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
         c = r.case
         out.append(dict(cell=c.cell, T=c.T, B=c.B, I=c.I, H=c.H, layers=c.layers,
                         bidirectional=c.bidirectional, packed=c.packed,
-                        forward_ms=r.forward_ms, train_ms=r.train_ms,
+                        forward_ms=dict(r.forward_ms), train_ms=dict(r.train_ms),
+                        forward_spread=_finite(r.forward_spread),
+                        train_spread=_finite(r.train_spread),
                         saved_bytes=r.saved_bytes, train_flop=r.train_flop,
                         sgemm_gflops=r.sgemm_gflops,
                         peak_gflops=None if math.isnan(r.peak_gflops) else r.peak_gflops,
