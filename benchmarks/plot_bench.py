@@ -17,7 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.json) as f:
         data = json.load(f)
-    bench.plot(data["results"], args.png, bench.plot_title(data))
+    bench.plot(data["results"], args.png, bench.plot_title(data, data["results"]))
     print(f"wrote {args.png}")
 
 

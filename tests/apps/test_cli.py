@@ -114,6 +114,39 @@ def test_spread_and_the_warnings_it_gives():
     assert "40%!" in bench.format_table([busy])
 
 
+def test_the_plot_names_each_cell_and_draws_slowdowns_below_one(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    records = []
+    for cell, speedup in (("rnn", 0.57), ("lstm", 2.0)):
+        r = bench.Result(bench.Case(5, 2, 3, 4, cell=cell), forward_ms={"torch": 1.0, "rnnkern": 0.5},
+                         train_ms={"torch": 1.0, "rnnkern": 1.0 / speedup}, train_flop=1e6)
+        records += bench.as_dicts([r])
+    meta = {"machine": "CPU", "torch": "2.x", "dtype": "float32", "threads": 2}
+    title = bench.plot_title(meta, records)
+    assert "rnnkern.RNN, rnnkern.LSTM vs torch.nn.RNN, torch.nn.LSTM" in title
+    drawn = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):  # the figure as plot() left it
+        ax = fig.axes[0]
+        drawn["labels"] = [t.get_text() for t in ax.get_xticklabels()]
+        drawn["bars"] = [(p.get_y(), p.get_y() + p.get_height()) for p in ax.patches]
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        bench.plot(records, str(tmp_path / "speedup.png"), title)
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert drawn["labels"] == ["RNN 5x2x3x4", "LSTM 5x2x3x4"]
+    # every bar starts at 1x: the RNN's train bar goes down to 0.57, the LSTM's up to 2
+    assert all(low == pytest.approx(1.0) for low, _ in drawn["bars"])
+    assert sorted(round(top, 2) for _, top in drawn["bars"]) == [0.57, 2.0, 2.0, 2.0]
+    assert (tmp_path / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize("bad", ["10x2x3", "10x0x3x4", "axbxcxd"])
 def test_bench_rejects_bad_sizes(bad, capsys):
     with pytest.raises(SystemExit):

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if grid:
         try:
             png = os.path.join(args.out, "speedup.png")
-            timing.plot(data["results"], png, timing.plot_title(meta))
+            timing.plot(data["results"], png, timing.plot_title(meta, data["results"]))
             wrote(png)
         except ImportError:
             no_matplotlib()

@@ -808,7 +808,9 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
 
 
 def plot(records: Sequence[dict], path: str, title: str) -> None:
-    """Bars of the speedup over torch.nn.RNN, one group per size, the value on each bar.
+    """Bars of the speedup over the torch.nn layer of each row (torch.nn.RNN for an RNN or an
+    IndRNN, LSTM, GRU), one group per cell and size, the value on each bar; on a log axis,
+    each bar rises or falls from 1x, so a slowdown points down.
 
     ``records`` are :func:`as_dicts` rows (what bench.json holds); ``title`` names the machine.
     """
@@ -822,7 +824,8 @@ def plot(records: Sequence[dict], path: str, title: str) -> None:
               ("reference", "train", "autograd loop: train step", "tab:orange"),
               ("compiled", "train", "compiled autograd loop: train step", "tab:green")]
     series = [s for s in series if any(s[0] in r[f"{s[1]}_speedup"] for r in records)]
-    order = sorted(records, key=lambda r: r["train_flop"])
+    cells = list(dict.fromkeys(r.get("cell", "rnn") for r in records))
+    order = sorted(records, key=lambda r: (cells.index(r.get("cell", "rnn")), r["train_flop"]))
     width = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(order) + 2), 5))
     for j, (impl, what, label, color) in enumerate(series):
@@ -832,7 +835,7 @@ def plot(records: Sequence[dict], path: str, title: str) -> None:
             if value is not None and not math.isnan(value):
                 xs.append(i + (j - (len(series) - 1) / 2) * width)
                 values.append(value)
-        bars = ax.bar(xs, values, width, label=label, color=color)
+        bars = ax.bar(xs, [v - 1 for v in values], width, bottom=1.0, label=label, color=color)
         ax.bar_label(bars, [f"{v:.2f}x" if v < 1 else f"{v:.1f}x" if v < 10 else f"{v:.0f}x"
                             for v in values], fontsize=7, padding=1)
     ax.set_yscale("log")
@@ -841,11 +844,12 @@ def plot(records: Sequence[dict], path: str, title: str) -> None:
     for r in order:
         extra = ([f"{r['layers']} layers"] if r["layers"] > 1 else []) + \
             (["bidir."] if r["bidirectional"] else []) + (["packed"] if r["packed"] else [])
-        names.append(f"{r['T']}x{r['B']}x{r['I']}x{r['H']}" + ("\n" + ", ".join(extra)
-                                                             if extra else ""))
+        cell = cell_spec(r.get("cell", "rnn")).title
+        names.append(f"{cell} {r['T']}x{r['B']}x{r['I']}x{r['H']}"
+                     + ("\n" + ", ".join(extra) if extra else ""))
     ax.set_xticks(range(len(order)), names, fontsize=8)
-    ax.set_xlabel("T x B x I x H, from the fewest train-step FLOPs to the most")
-    ax.set_ylabel("speedup over torch.nn.RNN (black line: 1, as fast)")
+    ax.set_xlabel("cell, T x B x I x H; per cell from the fewest train-step FLOPs to the most")
+    ax.set_ylabel("speedup over torch.nn (1x: as fast)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, axis="y", which="both", alpha=0.3)
@@ -855,7 +859,16 @@ def plot(records: Sequence[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def plot_title(meta: dict) -> str:
-    """The speedup plot's title from bench.json's header fields."""
-    return (f"rnnkern vs torch.nn.RNN, {meta['machine']}, torch {meta['torch']}, "
+def _torch_names(records: Sequence[dict]) -> str:
+    """The torch.nn layers the rows race: their cells' torch classes (torch.nn.RNN for a cell
+    that is no drop-in), once each."""
+    names = [cell_spec(r.get("cell", "rnn")).torch_class.replace(":", ".") for r in records]
+    return ", ".join(dict.fromkeys(names)) or "torch.nn.RNN"
+
+
+def plot_title(meta: dict, records: Sequence[dict] = ()) -> str:
+    """The speedup plot's title from bench.json's header fields (and its rows' cells)."""
+    cells = ", ".join(dict.fromkeys(f"rnnkern.{cell_spec(r.get('cell', 'rnn')).title}"
+                                    for r in records)) or "rnnkern"
+    return (f"{cells} vs {_torch_names(records)}\n{meta['machine']}, torch {meta['torch']}, "
             f"{meta['dtype']}, {meta['threads']} threads ({meta.get('date', '')})")
