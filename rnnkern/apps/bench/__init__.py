@@ -42,6 +42,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--impl", choices=["rnnkern", "reference", "compiled"], action="append",
                    help="what to compare with torch.nn.RNN, which is always timed "
                         "(repeatable; default: rnnkern, and all three with --full)")
+    b.add_argument("--peers", type=_peers, metavar="NAMES", default=[],
+                   help="other runtimes to time beside torch.nn, comma-separated, each when "
+                        "installed: jax (lax.scan under jit: inference and train step), "
+                        "onnxruntime and openvino (inference of torch.onnx.export of the "
+                        "torch.nn layer, float32); for the grid (--steps has its own ONNX "
+                        "Runtime column)")
     b.add_argument("--cell", choices=cell_choices(all_=True), default="rnn",
                    help="which layer: rnn (torch.nn.RNN), lstm, gru, or all three; the gated "
                         "cells run their own sizes unless --size is given")
@@ -55,6 +61,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_out(b, "bench.json and speedup.png")
     b.set_defaults(parser=b)
     return b
+
+
+def _peers(text: str) -> List[str]:
+    from .peers import parse
+
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cells(args: argparse.Namespace) -> List[str]:
@@ -152,8 +167,13 @@ def run(args: argparse.Namespace) -> int:
         print(_title(args) + ": forward (no grad) and train step (forward + backward)",
               flush=True)
         results = timing.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
-                             device=args.device, limits=limits)
+                             device=args.device, limits=limits, peers=args.peers)
         print(timing.format_table(results), flush=True)
+        missing = {p: why for r in results for p, why in r.peers_missing.items()}
+        for peer, why in missing.items():
+            some = any(peer in r.forward_ms for r in results)
+            print(f"(no {peer} figures {'in some rows' if some else 'at all'}: {why})",
+                  flush=True)
         data["results"] = timing.as_dicts(results)
         after = math.nan
         if args.device == "cpu":

@@ -105,6 +105,7 @@ class Result:
     # interquartile range over the median of the repeats, per implementation
     forward_spread: Dict[str, float] = field(default_factory=dict)
     train_spread: Dict[str, float] = field(default_factory=dict)
+    peers_missing: Dict[str, str] = field(default_factory=dict)  # peer -> why not timed
 
     def speedup(self, impl: str, what: str = "train") -> float:
         times = self.train_ms if what == "train" else self.forward_ms
@@ -368,7 +369,7 @@ def _saved_bytes(run: Callable[[], tuple], exclude: Sequence[torch.Tensor]) -> i
 def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: int = 5,
             dtype: torch.dtype = torch.float32, seed: int = 0,
             sgemm: Optional[float] = None, device: str = "cpu",
-            peak: Optional[float] = None) -> Result:
+            peak: Optional[float] = None, peers: Sequence[str] = ()) -> Result:
     torch.manual_seed(seed)
     kwargs = dict(num_layers=case.layers, bidirectional=case.bidirectional, dtype=dtype)
     theirs_class, ours_class = classes(case.cell)
@@ -413,6 +414,9 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
                                     sync=sync)
     result.forward_spread = dict(getattr(result.forward_ms, "spread", {}))
     result.train_spread = dict(getattr(result.train_ms, "spread", {}))
+    result.forward_ms, result.train_ms = dict(result.forward_ms), dict(result.train_ms)
+    if peers:
+        _time_peers(result, peers, theirs, x, repeats)
     params = list(theirs.parameters()) + list(ours.parameters())
     result.saved_bytes = {k: _saved_bytes(lambda f=f: f(x), params) for k, f in calls.items()}
     result.train_flop = train_flop(case, leaf.shape[0] if case.packed else case.T * case.B)
@@ -421,6 +425,28 @@ def measure(case: Case, impls: Sequence[str] = ("torch", "rnnkern"), repeats: in
     if sync is not None:
         result.launch_us = launch_us(device)
     return result
+
+
+def _time_peers(result: Result, names: Sequence[str], theirs: torch.nn.Module, x,
+                repeats: int) -> None:
+    """The peers' columns of a row (see peers.py), each timed apart, after torch's and
+    rnnkern's: their thread pools spin between calls and would slow the others' blocks."""
+    from . import peers
+
+    c = result.case
+    if c.packed or result.device != "cpu":
+        why = "packed input" if c.packed else "a GPU run"
+        result.peers_missing = {n: f"not timed on {why}" for n in names}
+        return
+    layers = c.layers * (2 if c.bidirectional else 1)
+    zeros = torch.zeros(layers, c.B, c.H, dtype=x.dtype)
+    hx = (zeros, zeros) if len(cell_spec(c.cell).states) > 1 else zeros
+    inference, train, result.peers_missing = peers.makers(names, c.cell, theirs, x.detach(), hx)
+    for what, calls in (("forward", inference), ("train", train)):
+        for name, call in calls.items():
+            ms = _timed_blocks({name: call}, repeats)
+            getattr(result, f"{what}_ms")[name] = ms[name]
+            getattr(result, f"{what}_spread")[name] = ms.spread[name]
 
 
 def _fmt_table(rows: List[List[str]]) -> str:
@@ -437,6 +463,12 @@ def format_table(results: Sequence[Result]) -> str:
         head += [f"{impl} fwd ms", f"{impl} train ms"]
     head += [f"{impl} speedup" for impl in impls if impl != "torch"]
     gpu = any(r.device == "cuda" for r in results)
+    from .peers import PEERS, TRAINS
+
+    peer_names = [p for p in PEERS if any(p in r.forward_ms for r in results)]
+    for p in peer_names:
+        head += [f"{p} fwd ms"] + ([f"{p} train ms"] if TRAINS[p] else [])
+        head += [f"rnnkern vs {p}"]
     share = "% of sgemm" if gpu else "% of peak"  # a GPU's limit: torch.mm on it
     head += ["rnnkern GFLOP/s", share, "spread", "saved MB torch", "saved MB rnnkern"]
     if gpu:  # forward time per step against one launch per step and layer-direction
@@ -450,6 +482,13 @@ def format_table(results: Sequence[Result]) -> str:
                     f"{r.train_ms[impl]:.3f}" if impl in r.train_ms else "-"]
         row += [f"{r.speedup(impl):.2f}x" if impl in r.train_ms else "-"
                 for impl in impls if impl != "torch"]
+        for p in peer_names:
+            row += [f"{r.forward_ms[p]:.3f}" if p in r.forward_ms else "-"]
+            what = r.train_ms if TRAINS[p] else r.forward_ms
+            if TRAINS[p]:
+                row += [f"{r.train_ms[p]:.3f}" if p in r.train_ms else "-"]
+            row += [f"{what[p] / what['rnnkern']:.2f}x" if p in what and "rnnkern" in what
+                    else "-"]
         rate = r.gflops("rnnkern")
         limit = r.sgemm_gflops if gpu else r.peak_gflops
         row += ["-" if math.isnan(rate) else f"{rate:.0f}",
@@ -471,7 +510,7 @@ def format_table(results: Sequence[Result]) -> str:
 def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", "rnnkern"),
         repeats: int = 5, dtype: torch.dtype = torch.float32,
         progress=sys.stderr, device: str = "cpu",
-        limits: Optional[Limits] = None) -> List[Result]:
+        limits: Optional[Limits] = None, peers: Sequence[str] = ()) -> List[Result]:
     limits = limits if limits is not None else measure_limits(dtype, device)
     sgemm, peak = limits.torch_mm_gflops, limits.peak_gflops
     if progress is not None:
@@ -482,7 +521,7 @@ def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", 
         if progress is not None:
             print(f"[{i}/{len(cases)}] {case.name()} ...", file=progress, flush=True)
         results.append(measure(case, impls, repeats=repeats, dtype=dtype, sgemm=sgemm,
-                               device=device, peak=peak))
+                               device=device, peak=peak, peers=peers))
     return results
 
 
@@ -548,28 +587,12 @@ def _state(case: Case, dtype, generator) -> object:
 def _onnx_inference(module: torch.nn.Module, x: torch.Tensor, hx) -> Optional[Callable]:
     """A call of ONNX Runtime on torch.onnx.export of ``module`` (the torch class), or None
     when onnxruntime (an optional extra of the benchmark) or the exporter is missing."""
-    try:
-        import io
+    from .peers import Unavailable, onnxruntime_inference
 
-        import onnxruntime
-    except ImportError:
-        return None
-    states = hx if isinstance(hx, tuple) else (hx,)
-    names = [f"h{i}" for i in range(len(states))]
-    buffer = io.BytesIO()
-    args = (x, hx)
     try:
-        with warnings.catch_warnings():  # its notes on batch sizes: the sizes are fixed here
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, buffer, input_names=["x", *names], dynamo=False)
-    except Exception:  # the legacy exporter needs onnx; nothing to time without it
+        return onnxruntime_inference(module, x, hx)
+    except Unavailable:
         return None
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options,
-                                           providers=["CPUExecutionProvider"])
-    feeds = {"x": x.numpy(), **{n: s.numpy() for n, s in zip(names, states)}}
-    return lambda: session.run(None, feeds)
 
 
 def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float32,
@@ -796,6 +819,7 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
                         forward_ms=dict(r.forward_ms), train_ms=dict(r.train_ms),
                         forward_spread=_finite(r.forward_spread),
                         train_spread=_finite(r.train_spread),
+                        peers_missing=dict(r.peers_missing),
                         saved_bytes=r.saved_bytes, train_flop=r.train_flop,
                         sgemm_gflops=r.sgemm_gflops,
                         peak_gflops=None if math.isnan(r.peak_gflops) else r.peak_gflops,
