@@ -811,7 +811,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "fma_peak_gflops",
       [](bool is_double, int threads, double seconds) {
-        if (threads < 1) throw py::value_error("threads must be at least 1, got " + std::to_string(threads));
+        if (threads < 1)
+          throw py::value_error("threads must be at least 1, got " + std::to_string(threads));
         if (!(seconds > 0 && seconds <= 60))
           throw py::value_error("seconds must be in (0, 60], got " + std::to_string(seconds));
         py::gil_scoped_release release;
@@ -820,12 +821,14 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("is_double"), py::arg("threads"), py::arg("seconds") = 0.3,
       "The FMA peak in GFLOP/s of the kernels' instruction set on `threads` threads: vector "
-      "FMA chains for about `seconds`, the best of three runs.");
+      "FMA chains for about `seconds` (a warm-up, then the best of three runs).");
   m.def(
       "blas_gemm_gflops",
       [](bool is_double, int64_t n, int repeats) {
-        if (n < 1 || n > 8192) throw py::value_error("n must be in [1, 8192], got " + std::to_string(n));
-        if (repeats < 1) throw py::value_error("repeats must be at least 1, got " + std::to_string(repeats));
+        if (n < 1 || n > 8192)
+          throw py::value_error("n must be in [1, 8192], got " + std::to_string(n));
+        if (repeats < 1)
+          throw py::value_error("repeats must be at least 1, got " + std::to_string(repeats));
         py::gil_scoped_release release;
         return is_double ? rnnkern::cpu::gemm_gflops<double>(n, repeats)
                          : rnnkern::cpu::gemm_gflops<float>(n, repeats);

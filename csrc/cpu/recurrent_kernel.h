@@ -671,9 +671,11 @@ void set_passes(RecurrentKernels<T>& k) {
 
 template <typename T>
 RecurrentKernels<T> make(const char* name) {
-  RecurrentKernels<T> k{name,           RNNKERN_VECTOR_BYTES, &pack<T>,      &step<T>,       &step_rows<T>,
-                        &dot<T>,             &scale_by_derivative<T>,       &row_square_sums<T>,
-                        &row_norms<T>,       &accumulate<T>, &fma_loop<T>, {}};
+  RecurrentKernels<T> k{name,          RNNKERN_VECTOR_BYTES,    &pack<T>,
+                        &step<T>,      &step_rows<T>,           &dot<T>,
+                        &scale_by_derivative<T>,                &row_square_sums<T>,
+                        &row_norms<T>, &accumulate<T>,          &fma_loop<T>,
+                        {}};
   for_each_cell([&](auto cell) { set_passes<T, decltype(cell)>(k); });
   return k;
 }

@@ -39,7 +39,7 @@ def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
     limit = next(line for line in lines if line.startswith("limit: "))
     assert "FMA peak" in limit and "OpenBLAS" in limit and "torch.mm" in limit
     assert f"core {_core.blas_info()['core']}" in limit
-    assert "[1/2]" in proc.stderr and "[2/2]" in proc.stderr and "sgemm" in proc.stderr
+    assert "[1/2]" in proc.stderr and "[2/2]" in proc.stderr
     data = json.loads((tmp_path / "res" / "bench.json").read_text())
     assert [r["T"] for r in data["results"]] == [20, 3]
     for r in data["results"]:
@@ -120,7 +120,8 @@ def test_the_plot_names_each_cell_and_draws_slowdowns_below_one(tmp_path):
 
     records = []
     for cell, speedup in (("rnn", 0.57), ("lstm", 2.0)):
-        r = bench.Result(bench.Case(5, 2, 3, 4, cell=cell), forward_ms={"torch": 1.0, "rnnkern": 0.5},
+        r = bench.Result(bench.Case(5, 2, 3, 4, cell=cell),
+                         forward_ms={"torch": 1.0, "rnnkern": 0.5},
                          train_ms={"torch": 1.0, "rnnkern": 1.0 / speedup}, train_flop=1e6)
         records += bench.as_dicts([r])
     meta = {"machine": "CPU", "torch": "2.x", "dtype": "float32", "threads": 2}

@@ -513,9 +513,6 @@ def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", 
         limits: Optional[Limits] = None, peers: Sequence[str] = ()) -> List[Result]:
     limits = limits if limits is not None else measure_limits(dtype, device)
     sgemm, peak = limits.torch_mm_gflops, limits.peak_gflops
-    if progress is not None:
-        print(f"sgemm (torch.mm 2048x2048, {limits.dtype}, {device}): {sgemm:.0f} GFLOP/s",
-              file=progress, flush=True)
     results = []
     for i, case in enumerate(cases, 1):
         if progress is not None:
