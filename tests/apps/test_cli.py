@@ -242,6 +242,24 @@ def test_step_by_step_section(monkeypatch):
         ("rnn", 1, 1), ("lstm", 3, 2), ("gru", 1, 1)]
     assert [g["cell"] for g in data["generate"]] == ["rnn", "lstm", "gru"]
     assert len(data["cell_loops"]) == 3 and all(g["speedup"] > 0 for g in data["generate"])
+    # one repeat: no spread to show
+    assert "spread" in lines[0] and all(c["train_spread"]["rnnkern"] is None
+                                        for c in data["cases"])
+
+
+def test_step_rows_have_a_spread_and_are_warned_about(monkeypatch):
+    _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4, cell="gru"),))
+    monkeypatch.setattr(bench, "_onnx_inference", lambda module, x, hx: lambda: None)
+    section = bench.run_steps(repeats=3, tokens=5, progress=None, loop_sizes=())
+    r = section.calls[0]
+    assert set(r.inference_spread) == {"torch", "rnnkern", "onnxruntime"}
+    assert set(r.train_spread) == {"torch", "rnnkern"}
+    assert all(v >= 0 for v in (*r.inference_spread.values(), *r.train_spread.values()))
+    r.train_spread["rnnkern"] = 0.5
+    table = bench.format_steps_table(section)
+    assert "50%!" in table.splitlines()[2]
+    assert bench.steps_as_dict(section)["cases"][0]["train_spread"]["rnnkern"] == 0.5
+    assert "1 of 1 rows" in bench.warnings_for(section.calls)[0]
 
 
 def test_onnxruntime_column_when_a_session_is_at_hand(monkeypatch):

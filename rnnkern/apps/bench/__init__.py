@@ -189,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
         section = timing.run_steps(repeats=args.repeats, dtype=dtype)
         print(timing.format_steps_table(section), flush=True)
         data["steps"] = timing.steps_as_dict(section)
+        data["steps"]["warnings"] = timing.warnings_for(section.calls)
+        for line in data["steps"]["warnings"]:
+            print(line, flush=True)
     path = os.path.join(args.out, "bench.json")
     with open(path, "w") as f:
         json.dump(data, f, indent=2)

@@ -222,10 +222,11 @@ def _finite(values: Dict[str, float]) -> Dict[str, Optional[float]]:
     return {k: None if math.isnan(v) else v for k, v in values.items()}
 
 
-def warnings_for(results: Sequence[Result], peak_before: float = math.nan,
+def warnings_for(results: Sequence, peak_before: float = math.nan,
                  peak_after: float = math.nan) -> List[str]:
-    """What makes these numbers doubtful, each as a line (empty when nothing does): rows whose
-    repeats spread by more than SPREAD_WARNING, and an FMA peak that fell during the run."""
+    """What makes these numbers doubtful, each as a line (empty when nothing does): rows
+    (Result or StepResult) whose repeats spread by more than SPREAD_WARNING, and an FMA peak
+    that fell during the run."""
     out = []
     wide = [r for r in results if r.spread() > SPREAD_WARNING]
     if wide:
@@ -449,6 +450,13 @@ def _time_peers(result: Result, names: Sequence[str], theirs: torch.nn.Module, x
             getattr(result, f"{what}_spread")[name] = ms.spread[name]
 
 
+def _spread_cell(spread: float) -> str:
+    """A table's spread: a percentage, marked ! above SPREAD_WARNING; - when not measured."""
+    if math.isnan(spread):
+        return "-"
+    return f"{100 * spread:.0f}%" + ("!" if spread > SPREAD_WARNING else "")
+
+
 def _fmt_table(rows: List[List[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
@@ -493,9 +501,7 @@ def format_table(results: Sequence[Result]) -> str:
         limit = r.sgemm_gflops if gpu else r.peak_gflops
         row += ["-" if math.isnan(rate) else f"{rate:.0f}",
                 "-" if math.isnan(rate) or not limit > 0 else f"{100 * rate / limit:.0f}%"]
-        spread = r.spread()
-        row += ["-" if math.isnan(spread) else
-                f"{100 * spread:.0f}%" + ("!" if spread > SPREAD_WARNING else "")]
+        row += [_spread_cell(r.spread())]
         row += [f"{r.saved_bytes[impl] / 1e6:.2f}" if impl in r.saved_bytes else "-"
                 for impl in ("torch", "rnnkern")]
         if gpu:
@@ -545,10 +551,19 @@ class StepResult:
     case: Case
     inference_us: Dict[str, float] = field(default_factory=dict)  # no_grad forward, hx passed
     train_us: Dict[str, float] = field(default_factory=dict)      # forward + backward
+    # interquartile range over the median of the repeats, per implementation
+    inference_spread: Dict[str, float] = field(default_factory=dict)
+    train_spread: Dict[str, float] = field(default_factory=dict)
 
     def speedup(self, what: str = "train", over: str = "torch") -> float:
         times = self.train_us if what == "train" else self.inference_us
         return times[over] / times["rnnkern"]
+
+    def spread(self) -> float:
+        """The widest spread of this row's times (NaN when none was measured)."""
+        values = [v for d in (self.inference_spread, self.train_spread) for v in d.values()
+                  if not math.isnan(v)]
+        return max(values) if values else math.nan
 
 
 @dataclass
@@ -624,13 +639,17 @@ def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float3
 
     result = StepResult(case)
     ms = _timed_blocks({k: inference(m) for k, m in calls.items()}, repeats)
+    result.inference_spread = dict(ms.spread)
     session = _onnx_inference(theirs, x, hx) if onnx and dtype == torch.float32 else None
     if session is not None:
         # timed apart: its thread pool spins between calls and would slow the others' blocks
-        ms.update(_timed_blocks({"onnxruntime": session}, repeats))
+        apart = _timed_blocks({"onnxruntime": session}, repeats)
+        ms.update(apart)
+        result.inference_spread.update(apart.spread)
     result.inference_us = {k: 1e3 * v for k, v in ms.items()}
     ms = _timed_blocks({k: train(m) for k, m in calls.items()}, repeats)
     result.train_us = {k: 1e3 * v for k, v in ms.items()}
+    result.train_spread = dict(ms.spread)
     return result
 
 
@@ -757,7 +776,7 @@ def format_steps_table(section: StepsSection) -> str:
             "infer speedup"]
     if onnx:
         head += ["onnxruntime infer us", "vs onnxruntime"]
-    head += ["torch train us", "rnnkern train us", "train speedup"]
+    head += ["torch train us", "rnnkern train us", "train speedup", "spread"]
     rows = [head]
     for r in section.calls:
         c = r.case
@@ -769,7 +788,7 @@ def format_steps_table(section: StepsSection) -> str:
             row += [f"{ort:.1f}", f"{r.speedup('inference', 'onnxruntime'):.2f}x"] if ort \
                 else ["-", "-"]
         row += [f"{r.train_us['torch']:.1f}", f"{r.train_us['rnnkern']:.1f}",
-                f"{r.speedup('train'):.2f}x"]
+                f"{r.speedup('train'):.2f}x", _spread_cell(r.spread())]
         rows.append(row)
     text = _fmt_table(rows)
     if not onnx:
@@ -798,6 +817,8 @@ def steps_as_dict(section: StepsSection) -> dict:
     return dict(
         cases=[dict(cell=r.case.cell, layers=r.case.layers, T=r.case.T, B=r.case.B,
                     I=r.case.I, H=r.case.H, inference_us=r.inference_us, train_us=r.train_us,
+                    inference_spread=_finite(r.inference_spread),
+                    train_spread=_finite(r.train_spread),
                     inference_speedup=r.speedup("inference"), train_speedup=r.speedup("train"))
                for r in section.calls],
         cell_loops=[dict(cell=r.cell, B=r.B, H=r.H, steps=r.steps, loop_us=r.loop_us,
