@@ -42,7 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--impl", choices=["rnnkern", "reference", "compiled"], action="append",
                    help="what to compare with torch.nn.RNN, which is always timed "
                         "(repeatable; default: rnnkern, and all three with --full)")
-    b.add_argument("--peers", type=_peers, metavar="NAMES", default=[],
+    b.add_argument("--peers", type=_peers, metavar="NAMES",
                    help="other runtimes to time beside torch.nn, comma-separated, each when "
                         "installed: jax (lax.scan under jit: inference and train step), "
                         "onnxruntime and openvino (inference of torch.onnx.export of the "
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         print(_title(args) + ": forward (no grad) and train step (forward + backward)",
               flush=True)
         results = timing.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
-                             device=args.device, limits=limits, peers=args.peers)
+                             device=args.device, limits=limits, peers=args.peers or ())
         print(timing.format_table(results), flush=True)
         missing = {p: why for r in results for p, why in r.peers_missing.items()}
         for peer, why in missing.items():
