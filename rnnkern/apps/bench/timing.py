@@ -116,9 +116,7 @@ class Result:
 
     def spread(self) -> float:
         """The widest spread of this row's times (NaN when none was measured)."""
-        values = [v for d in (self.forward_spread, self.train_spread) for v in d.values()
-                  if not math.isnan(v)]
-        return max(values) if values else math.nan
+        return _widest(self.forward_spread, self.train_spread)
 
 
 def train_flop(case: Case, rows: int) -> float:
@@ -181,10 +179,7 @@ class Limits:
         return blas_note(self.environment, self.openblas_core, self.isa)
 
     def as_dict(self) -> dict:
-        d = {k: None if isinstance(v, float) and math.isnan(v) else v
-             for k, v in self.__dict__.items()}
-        d["note"] = self.note()
-        return d
+        return dict(_finite(self.__dict__), note=self.note())
 
 
 def blas_note(environment: Dict[str, str], core: str, isa: str) -> Optional[str]:
@@ -218,8 +213,15 @@ def measure_limits(dtype: torch.dtype = torch.float32, device: str = "cpu") -> L
                   dtype=str(dtype).replace("torch.", ""), environment=environment)
 
 
-def _finite(values: Dict[str, float]) -> Dict[str, Optional[float]]:
-    return {k: None if math.isnan(v) else v for k, v in values.items()}
+def _finite(values: Dict[str, object]) -> Dict[str, object]:
+    """values with each NaN as None (JSON has no NaN)."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+
+
+def _widest(*spreads: Dict[str, float]) -> float:
+    """The largest of these per-implementation spreads, NaN when none was measured."""
+    values = [v for d in spreads for v in d.values() if not math.isnan(v)]
+    return max(values) if values else math.nan
 
 
 def warnings_for(results: Sequence, peak_before: float = math.nan,
@@ -561,9 +563,7 @@ class StepResult:
 
     def spread(self) -> float:
         """The widest spread of this row's times (NaN when none was measured)."""
-        values = [v for d in (self.inference_spread, self.train_spread) for v in d.values()
-                  if not math.isnan(v)]
-        return max(values) if values else math.nan
+        return _widest(self.inference_spread, self.train_spread)
 
 
 @dataclass
