@@ -377,7 +377,7 @@ std::vector<int64_t> w_hh_shape(const Problem& p) {
 
 // Which gradients layer_backward computes (the others come back as None), and which norms.
 struct Wanted {
-  bool x, h0, c0, w_ih, w_hh, bias, w_hr, grad_norms;
+  bool x, h0, c0, w_ih, w_hh, bias, w_hr, grad_norms, weight_norms;
 };
 
 template <typename C, typename T>
@@ -482,14 +482,16 @@ py::tuple backward_impl(const py::array& x, const py::object& h0, const py::obje
   py::object nh = new_output(want.grad_norms, {p.total_rows()}, g.norm_h, "gradient norms");
   py::object nc =
       new_output(want.grad_norms && two, {p.total_rows()}, g.norm_c, "gradient norms (c)");
+  py::object nw = new_output(want.weight_norms, {p.steps}, g.norm_w, "weight gradient norms");
   const rnnkern::cpu::Workspace workspace = new_workspace(
-      sizeof(T) * rnnkern::cpu::backward_workspace_size<C, T>(p, want.grad_norms));
+      sizeof(T) *
+      rnnkern::cpu::backward_workspace_size<C, T>(p, want.grad_norms, want.weight_norms));
   T* ws = static_cast<T*>(workspace.data());
   {
     py::gil_scoped_release release;
     rnnkern::cpu::backward<C, T>(p, in, out, g, ws);
   }
-  return py::make_tuple(gx, gh0, gc0, gwi, gwh, gbi, gbh, gwr, nh, nc);
+  return py::make_tuple(gx, gh0, gc0, gwi, gwh, gbi, gbh, gwr, nh, nc, nw);
 }
 
 py::object layer_forward(const std::string& cell, const py::object& x_, const py::object& h0,
@@ -519,13 +521,13 @@ py::object layer_backward(const std::string& cell, const py::object& x_, const p
                          const py::object& grad_cn, const py::object& nonlinearity,
                          const py::object& batch_sizes, bool reverse, bool need_x,
                          bool need_h0, bool need_c0, bool need_w_ih, bool need_w_hh,
-                         bool need_bias, bool need_w_hr, bool grad_norms,
+                         bool need_bias, bool need_w_hr, bool grad_norms, bool weight_norms,
                          const std::string& x_name, const std::string& h0_name,
                          const std::string& c0_name) {
   return with_cell(cell, [&](auto c) {
     using C = decltype(c);
     const Wanted want{need_x,    need_h0,   need_c0,   need_w_ih,
-                      need_w_hh, need_bias, need_w_hr, grad_norms};
+                      need_w_hh, need_bias, need_w_hr, grad_norms, weight_norms};
     const Names names{x_name.c_str(), h0_name.c_str(), c0_name.c_str()};
     const py::array x = as_array(names.x, x_);
     const bool dbl = is_double(x, names.x);
@@ -631,7 +633,8 @@ void layer_backward_pointers(const std::string& cell, bool is_double, int64_t T,
                              std::uintptr_t grad_w_ih, std::uintptr_t grad_w_hh,
                              std::uintptr_t grad_b_ih, std::uintptr_t grad_b_hh,
                              std::uintptr_t norm_h, std::uintptr_t norm_c,
-                             const py::object& nonlinearity, bool reverse) {
+                             std::uintptr_t norm_w, const py::object& nonlinearity,
+                             bool reverse) {
   with_cell<int>(cell, [&](auto c) {
     using C = decltype(c);
     const auto saved = saved_pointers<C>(saved_);
@@ -655,8 +658,9 @@ void layer_backward_pointers(const std::string& cell, bool is_double, int64_t T,
       g.b_ih = ptr(grad_b_ih), g.b_hh = ptr(grad_b_hh);
       g.norm_h = reinterpret_cast<double*>(norm_h);
       g.norm_c = C::kStates == 2 ? reinterpret_cast<double*>(norm_c) : nullptr;
+      g.norm_w = reinterpret_cast<double*>(norm_w);
       const rnnkern::cpu::Workspace workspace = new_workspace(
-          sizeof(T_) * rnnkern::cpu::backward_workspace_size<C, T_>(p, norm_h != 0));
+          sizeof(T_) * rnnkern::cpu::backward_workspace_size<C, T_>(p, norm_h != 0, norm_w != 0));
       T_* ws = static_cast<T_*>(workspace.data());
       py::gil_scoped_release release;
       rnnkern::cpu::backward<C, T_>(p, in, out, g, ws);
@@ -776,12 +780,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("nonlinearity"), py::arg("batch_sizes"), py::arg("reverse"),
         py::arg("need_x") = true, py::arg("need_h0") = true, py::arg("need_c0") = true,
         py::arg("need_w_ih") = true, py::arg("need_w_hh") = true, py::arg("need_bias") = true,
-        py::arg("need_w_hr") = true, py::arg("grad_norms") = false, py::arg("x_name") = "x",
-        py::arg("h0_name") = "h0", py::arg("c0_name") = "c0",
+        py::arg("need_w_hr") = true, py::arg("grad_norms") = false,
+        py::arg("weight_norms") = false, py::arg("x_name") = "x", py::arg("h0_name") = "h0",
+        py::arg("c0_name") = "c0",
         "Backward of layer_forward: (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, "
-        "grad_b_hh, grad_w_hr, norm_h, norm_c), None where not wanted or not the cell's. "
-        "grad_hn, grad_cn may be None (zero). norm_h / norm_c (unless grad_norms is False): "
-        "the (N,) float64 norms of the whole ∂L/∂h_t and ∂L/∂c_t per row.");
+        "grad_b_hh, grad_w_hr, norm_h, norm_c, norm_w), None where not wanted or not the "
+        "cell's. grad_hn, grad_cn may be None (zero). norm_h / norm_c (unless grad_norms is "
+        "False): the (N,) float64 norms of the whole ∂L/∂h_t and ∂L/∂c_t per row. norm_w "
+        "(unless weight_norms is False): the (T,) float64 norms ‖δ_tᵀ h_{t-1}‖_F of each "
+        "step's term of ∂L/∂W_hh, in time order.");
   m.def("layer_forward_pointers", &layer_forward_pointers, py::arg("cell"),
         py::arg("is_double"), py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"),
         py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
@@ -795,8 +802,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("y"), py::arg("saved"), py::arg("grad_y"), py::arg("grad_hn"),
         py::arg("grad_cn"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"),
         py::arg("grad_w_ih"), py::arg("grad_w_hh"), py::arg("grad_b_ih"),
-        py::arg("grad_b_hh"), py::arg("norm_h"), py::arg("norm_c"), py::arg("nonlinearity"),
-        py::arg("reverse"),
+        py::arg("grad_b_hh"), py::arg("norm_h"), py::arg("norm_c"), py::arg("norm_w"),
+        py::arg("nonlinearity"), py::arg("reverse"),
         "layer_backward on data_ptr()s of checked C-contiguous arrays; a gradient is computed "
         "where its pointer is not 0; see bindings.cpp.");
   m.def("stack_forward_pointers", &stack_forward_pointers, py::arg("cell"),

@@ -5,7 +5,9 @@ for tanh and relu (Pascanu, Mikolov and Bengio, 2013).
 
 - :func:`record_gradient_flow` records ‖∂L/∂h_t‖₂ inside the fused backward of an
   ``rnnkern.RNN``, ``LSTM`` or ``GRU`` (the kernel has d_t in hand; no autograd hooks), and
-  ‖∂L/∂c_t‖₂ for the LSTM, whose additive cell path is why its gradient survives.
+  ‖∂L/∂c_t‖₂ for the LSTM, whose additive cell path is why its gradient survives; with
+  ``weight_contributions=True`` also the size of each step's term δ_tᵀ h_{t-1} of
+  ∂L/∂W_hh = Σ_t δ_tᵀ h_{t-1}, and from it the gradient horizon (:meth:`GradientFlow.horizon`).
 - :func:`jacobian_norms` gives the spectral norms of the Jacobian products themselves.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -39,14 +41,23 @@ class GradientFlow:
         history: the norms of every backward pass in the block, oldest first.
         cell_norms, cell_history: the same for ‖∂L/∂c_t‖₂ of an ``rnnkern.LSTM`` (the
             cell state); None and empty for the other layers.
+        weight_contributions: float64 (num_layers · num_directions, T), with
+            ``weight_contributions=True``: ‖δ_tᵀ h_{t-1}‖_F, the Frobenius norm of step t's
+            term of ∂L/∂W_hh = Σ_t δ_tᵀ h_{t-1} (summed over the batch: the gradient that step
+            t's own copy of W_hh would get, were the steps untied; for the IndRNN's vector u,
+            ‖Σ_b δ_b ⊙ h_b‖), in time order, from the last backward pass; NaN where
+            ``norms`` is. None without the option or before a backward pass.
+        weight_contribution_history: those of every backward pass, oldest first.
         not_recorded: the (layer, direction) pairs whose backward did not run in the last
             backward pass (frozen weights and an input that needs no gradient: autograd
             skips them). Their rows of ``norms`` are NaN; a warning names them once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, weight_contributions: bool = False) -> None:
         self.history: List[Tensor] = []
         self.cell_history: List[Tensor] = []
+        self.weight_contribution_history: List[Tensor] = []
+        self.records_weight_contributions = weight_contributions
         self.not_recorded: List[Tuple[int, int]] = []
         self._warned = False
 
@@ -58,11 +69,49 @@ class GradientFlow:
     def cell_norms(self) -> Optional[Tensor]:
         return self.cell_history[-1] if self.cell_history else None
 
-    def _expect(self, directions: int, count: int, T: int, B: int,
+    @property
+    def weight_contributions(self) -> Optional[Tensor]:
+        history = self.weight_contribution_history
+        return history[-1] if history else None
+
+    def horizon(self, fraction: float = 0.9, reverse: Optional[Sequence[bool]] = None
+                ) -> Tensor:
+        """The gradient horizon of each layer-direction in the last backward pass: the
+        smallest distance K from the end of the sequence such that the steps at distances
+        0 … K carry at least ``fraction`` of Σ_t ‖δ_tᵀ h_{t-1}‖_F (the norms of
+        ``weight_contributions``). The distance of step t is T-1-t for a forward direction
+        and t for a reverse one (its steps run backwards): with the loss at the end, K is how
+        far back W_hh learns from. An int64 tensor (num_layers · num_directions,), -1 for a
+        layer-direction whose backward did not run or whose contributions are all zero.
+        ``reverse``: which layer-directions run in reverse (default: the odd ones of a
+        bidirectional module, as recorded)."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        terms = self.weight_contributions
+        if terms is None:
+            raise RuntimeError("no weight contributions recorded: use "
+                               "record_gradient_flow(rnn, weight_contributions=True) and run "
+                               "a backward pass in the block")
+        if reverse is None:
+            reverse = self._reverse
+        out = torch.full((terms.shape[0],), -1, dtype=torch.int64)
+        for index, row in enumerate(terms):
+            by_distance = row if reverse[index] else row.flip(0)
+            by_distance = torch.nan_to_num(by_distance, nan=0.0)
+            total = float(by_distance.sum())
+            if total > 0 and math.isfinite(total):
+                share = torch.cumsum(by_distance, 0) / total
+                out[index] = int(torch.searchsorted(share, torch.tensor(
+                    [fraction * (1 - 1e-12)], dtype=torch.float64)))
+        return out
+
+    _reverse: Sequence[bool] = ()
+
+    def _expect(self, directions: int, count: int, shape: Tuple[int, ...],
                 to_steps: Callable[[Tensor], Tensor], history: Optional[List[Tensor]] = None):
         """A callback for one forward pass: collects ``count`` layer-directions' norms (into
-        ``history``, default self.history); an index reported with None at forward time will
-        get no backward."""
+        ``history``, default self.history), each ``shape`` once mapped by to_steps; an index
+        reported with None at forward time will get no backward."""
         history = self.history if history is None else history
         parts: List[Optional[Tensor]] = [None] * count
         absent: List[int] = []
@@ -75,7 +124,7 @@ class GradientFlow:
             if any(parts[i] is None for i in range(count) if i not in absent):
                 return
             device = next(p for p in parts if p is not None).device
-            nan = torch.full((T, B), math.nan, dtype=torch.float64, device=device)
+            nan = torch.full(shape, math.nan, dtype=torch.float64, device=device)
             history.append(torch.stack([nan if p is None else p for p in parts]))
             parts[:] = [None] * count
             self.not_recorded = [divmod(i, directions) for i in sorted(absent)]
@@ -93,16 +142,22 @@ class GradientFlow:
         layers for one forward pass of the recorded ``rnn`` (T steps, B rows)."""
         directions = 2 if rnn.bidirectional else 1
         count = rnn.num_layers * directions
+        self._reverse = [index % directions == 1 for index in range(count)]
         to_steps = _steps_by_batch(T, B, batch_sizes, unsorted_indices)
-        receive_h = self._expect(directions, count, T, B, to_steps)
-        receive_c = self._expect(directions, count, T, B, to_steps, self.cell_history) \
+        receive_h = self._expect(directions, count, (T, B), to_steps)
+        receive_c = self._expect(directions, count, (T, B), to_steps, self.cell_history) \
             if len(cells.get(rnn._cell).states) > 1 else None
+        receive_w = self._expect(directions, count, (T,), lambda terms: terms,
+                                 self.weight_contribution_history) \
+            if self.records_weight_contributions else None
 
-        def receive(index: int, norm_h: Optional[Tensor],
-                    norm_c: Optional[Tensor] = None) -> None:
+        def receive(index: int, norm_h: Optional[Tensor], norm_c: Optional[Tensor] = None,
+                    norm_w: Optional[Tensor] = None) -> None:
             receive_h(index, norm_h)
             if receive_c is not None:
                 receive_c(index, norm_c)
+            if receive_w is not None:
+                receive_w(index, norm_w)
 
         return receive
 
@@ -133,11 +188,15 @@ def _one_of(titles) -> str:
 
 
 @contextlib.contextmanager
-def record_gradient_flow(rnn: torch.nn.RNNBase) -> Iterator[GradientFlow]:
+def record_gradient_flow(rnn: torch.nn.RNNBase, weight_contributions: bool = False
+                         ) -> Iterator[GradientFlow]:
     """Record ‖∂L/∂h_t‖₂ (and, for an LSTM, ‖∂L/∂c_t‖₂) during the backward passes of ``rnn``
     inside the block.
 
     The fused kernel computes the norms in the backward pass it runs anyway. Eager mode only.
+    ``weight_contributions=True`` also records ‖δ_tᵀ h_{t-1}‖_F, the size of each step's term
+    of ∂L/∂W_hh (:attr:`GradientFlow.weight_contributions`, :meth:`GradientFlow.horizon`): two
+    B × B Gram matrices per step in the backward, so it costs more than the norms; CPU only.
 
     >>> with record_gradient_flow(rnn) as flow:
     ...     loss(rnn(x)).backward()
@@ -151,7 +210,7 @@ def record_gradient_flow(rnn: torch.nn.RNNBase) -> Iterator[GradientFlow]:
     if rnn._gradient_flow is not None:
         raise RuntimeError(f"this rnnkern.{type(rnn).__name__} is already recording its "
                            "gradient flow")
-    flow = GradientFlow()
+    flow = GradientFlow(bool(weight_contributions))
     rnn._gradient_flow = flow
     try:
         yield flow

@@ -145,7 +145,7 @@ def _forward_small(facts, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
 
 
 def _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals,
-                    nonlinearity, reverse, output_mask, grad_norms):
+                    nonlinearity, reverse, output_mask, grad_norms, weight_norms=False):
     """_backward for a call that _small_sizes accepts (the incoming gradients made
     contiguous), else None."""
     sizes = _small_sizes(facts, x, states, w_ih, w_hh, w_hr)
@@ -181,13 +181,15 @@ def _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_f
     gb_hh = empty(rows, dtype=dtype) if output_mask[6] else None
     norm_h = empty(steps * batch, dtype=torch.float64) if grad_norms else None
     norm_c = empty(steps * batch, dtype=torch.float64) if grad_norms and two else None
+    norm_w = empty(steps, dtype=torch.float64) if weight_norms else None
     _core.layer_backward_pointers(
         facts.spec.name, dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
         states[0].data_ptr(), _ptr(states[1]) if two else 0, w_ih.data_ptr(), w_hh.data_ptr(),
         y.data_ptr(), tuple(s.data_ptr() for s in saved) if saved else (), grad_y.data_ptr(),
         _ptr(grad_hn), _ptr(grad_cn), _ptr(gx), _ptr(gh0), _ptr(gc0), _ptr(gw_ih), _ptr(gw_hh),
-        _ptr(gb_ih), _ptr(gb_hh), _ptr(norm_h), _ptr(norm_c), nonlinearity, reverse)
-    return (gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, None), (norm_h, norm_c)
+        _ptr(gb_ih), _ptr(gb_hh), _ptr(norm_h), _ptr(norm_c), _ptr(norm_w), nonlinearity,
+        reverse)
+    return (gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, None), (norm_h, norm_c, norm_w)
 
 
 def _on_gpu(x: Tensor) -> bool:
@@ -264,27 +266,33 @@ def _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_
 
 
 def _backward(cell, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals, nonlinearity,
-              batch_sizes, reverse, output_mask, grad_norms=False):
+              batch_sizes, reverse, output_mask, grad_norms=False, weight_norms=False):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), None where output_mask (the same
-    eight) is False or the cell has no such input (every path honours the mask), and the
-    (N,) float64 norms of ∂L/∂h_t and (the LSTM) ∂L/∂c_t, (None, None) unless grad_norms."""
+    eight) is False or the cell has no such input (every path honours the mask), and the norms
+    (norm_h, norm_c, norm_w): the (N,) float64 norms of ∂L/∂h_t and (the LSTM) ∂L/∂c_t unless
+    grad_norms is False, and the (T,) norms of each step's term δ_tᵀ h_{t-1} of ∂L/∂W_hh, in
+    time order, when weight_norms (None where not computed)."""
     facts = _facts(cell)
     if _on_gpu(x) and "cuda" in facts.spec.backends:
+        if weight_norms:
+            raise RuntimeError("recording each step's term of ∂L/∂W_hh runs on the CPU "
+                               "kernels only, not on a GPU")
         (gx, gh0, gw_ih, gw_hh, gb), norms = gpu.backward(
             x, states[0], w_ih, w_hh, y, grad_y, grad_finals[0], nonlinearity, batch_sizes,
             reverse, [output_mask[i] for i in (0, 1, 3, 4)] + [output_mask[5] or output_mask[6]],
             grad_norms)
         gb_ih = gb if output_mask[5] else None
         gb_hh = (gb.clone() if output_mask[5] else gb) if output_mask[6] else None
-        return (gx, gh0, None, gw_ih, gw_hh, gb_ih, gb_hh, None), (norms, None)
+        return (gx, gh0, None, gw_ih, gw_hh, gb_ih, gb_hh, None), (norms, None, None)
     if batch_sizes is None and grad_y is not None:
         small = _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y,
-                                grad_finals, nonlinearity, reverse, output_mask, grad_norms)
+                                grad_finals, nonlinearity, reverse, output_mask, grad_norms,
+                                weight_norms)
         if small is not None:
             return small
     c0 = states[1] if len(states) > 1 else None
     grad_cn = grad_finals[1] if len(grad_finals) > 1 else None
-    *grads, norm_h, norm_c = _core.layer_backward(
+    *grads, norm_h, norm_c, norm_w = _core.layer_backward(
         cell, _numpy("input", x), _numpy("hx", states[0]), _numpy("cx", c0),
         _numpy("w_ih", w_ih), _numpy("w_hh", w_hh), _numpy("w_hr", w_hr), _numpy("y", y),
         tuple(_numpy("saved", s) for s in saved), _numpy("grad_y", grad_y),
@@ -292,11 +300,11 @@ def _backward(cell, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_finals, 
         _batch_sizes_numpy(batch_sizes), reverse, need_x=output_mask[0],
         need_h0=output_mask[1], need_c0=output_mask[2], need_w_ih=output_mask[3],
         need_w_hh=output_mask[4], need_bias=output_mask[5] or output_mask[6],
-        need_w_hr=output_mask[7], grad_norms=grad_norms, x_name="input", h0_name="hx",
-        c0_name="cx")
+        need_w_hr=output_mask[7], grad_norms=grad_norms, weight_norms=weight_norms,
+        x_name="input", h0_name="hx", c0_name="cx")
     grads = [torch.from_numpy(g) if g is not None and want else None
              for g, want in zip(grads, output_mask)]
-    norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c))
+    norms = tuple(None if n is None else torch.from_numpy(n) for n in (norm_h, norm_c, norm_w))
     return tuple(grads), norms
 
 
@@ -427,14 +435,14 @@ class _EagerLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, options):
-        # options: (cell, nonlinearity, reverse, on_grad_norms), one argument for apply
-        cell, nonlinearity, reverse, on_grad_norms = options
+        # options: (cell, nonlinearity, reverse, on_grad_norms, weight_norms), one argument
+        cell, nonlinearity, reverse, on_grad_norms, weight_norms = options
         states = (h0,) if c0 is None else (h0, c0)
         y, finals, saved = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr,
                                     nonlinearity, batch_sizes, reverse)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, batch_sizes, *saved)
         ctx.cell, ctx.nonlinearity, ctx.reverse = cell, nonlinearity, reverse
-        ctx.on_grad_norms = on_grad_norms
+        ctx.on_grad_norms, ctx.weight_norms = on_grad_norms, weight_norms
         return y, finals[0], finals[1] if len(finals) > 1 else None
 
     @staticmethod
@@ -455,9 +463,9 @@ class _EagerLayer(torch.autograd.Function):
         record = ctx.on_grad_norms is not None
         grads, norms = _backward(ctx.cell, x, states, w_ih, w_hh, w_hr, y, tuple(saved),
                                  grad_y, grad_finals, ctx.nonlinearity, batch_sizes,
-                                 ctx.reverse, list(needs[:8]), record)
+                                 ctx.reverse, list(needs[:8]), record, ctx.weight_norms)
         if record:
-            ctx.on_grad_norms(*norms)
+            ctx.on_grad_norms(*(norms if ctx.weight_norms else norms[:2]))
         return (*grads, None, None)  # _backward honours the mask
 
 
@@ -488,7 +496,8 @@ def _tracked(*tensors) -> bool:
 
 
 def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse,
-           on_grad_norms=None, own=True) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+           on_grad_norms=None, own=True, weight_norms=False
+           ) -> Tuple[Tensor, Tuple[Tensor, ...]]:
     """(y, final states) of one layer-direction: the custom op under torch.compile or a
     tracer, the reference loop where the kernels cannot serve, else eager. Without autograd,
     h_n is a view of y unless ``own``."""
@@ -504,7 +513,8 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_si
                           batch_sizes, reverse)
     if _tracked(x, *states, w_ih, w_hh, b_ih, b_hh, w_hr):
         y, h_n, c_n = _EagerLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes,
-                                        (cell, nonlinearity, reverse, on_grad_norms))
+                                        (cell, nonlinearity, reverse, on_grad_norms,
+                                         weight_norms and on_grad_norms is not None))
         return y, (h_n,) if c0 is None else (h_n, c_n)
     y, finals, _ = _forward(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
                             batch_sizes, reverse, own)
@@ -725,7 +735,8 @@ def layer(cell: str, input: Tensor, hx: Optional[States], w_ih: Tensor, w_hh: Te
           b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
           w_hr: Optional[Tensor] = None, nonlinearity: Optional[str] = None, *,
           batch_sizes: Optional[Tensor] = None, reverse: bool = False,
-          on_grad_norms: Optional[Callable[..., None]] = None) -> Tuple[Tensor, States]:
+          on_grad_norms: Optional[Callable[..., None]] = None,
+          weight_norms: bool = False) -> Tuple[Tensor, States]:
     """One layer-direction of ``cell`` (a name of :mod:`rnnkern.cells`), differentiable in
     every tensor argument.
 
@@ -743,6 +754,9 @@ def layer(cell: str, input: Tensor, hx: Optional[States], w_ih: Tensor, w_hh: Te
         on_grad_norms: eager mode only; called at each backward with the (N,) float64 norms
             ‖∂L/∂h_t‖₂ of every row, in the layout of output, and ‖∂L/∂c_t‖₂ (None for a cell
             with one state) (see rnnkern.diagnostics).
+        weight_norms: with on_grad_norms, pass it a third argument too: the (T,) float64
+            norms ‖δ_tᵀ h_{t-1}‖_F of each step's term of ∂L/∂W_hh (the gradient of step t's
+            own copy of W_hh, were the steps untied), in time order. CPU only.
 
     Returns:
         (output, h_n), or for a cell with two states (output, (h_n, c_n)): output (T, B, H)
@@ -759,7 +773,7 @@ def layer(cell: str, input: Tensor, hx: Optional[States], w_ih: Tensor, w_hh: Te
     nonlinearity = _nonlinearity(spec, nonlinearity)
     states = _initial_states(spec, input, hx, w_ih, w_hh, w_hr, batch_sizes)
     y, finals = _layer(cell, input, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
-                       batch_sizes, reverse, on_grad_norms)
+                       batch_sizes, reverse, on_grad_norms, weight_norms=weight_norms)
     return y, finals[0] if len(finals) == 1 else tuple(finals)
 
 
@@ -767,7 +781,8 @@ def layers(cell: str, input: Tensor, hx: States, weights: List[Tensor], num_laye
            bidirectional: bool, nonlinearity: Optional[str] = None, dropout: float = 0.0,
            training: bool = False, batch_first: bool = False,
            batch_sizes: Optional[Tensor] = None,
-           on_grad_norms: Optional[Callable[..., None]] = None) -> Tuple[Tensor, States]:
+           on_grad_norms: Optional[Callable[..., None]] = None,
+           weight_norms: bool = False) -> Tuple[Tensor, States]:
     """A stack of layers of ``cell``, as ``torch._VF.rnn_tanh``, ``lstm`` and ``gru`` compute
     it: layer k+1 reads layer k's output, its directions concatenated, with dropout between
     layers in training only (drawn from torch's generator in the same order as torch).
@@ -782,6 +797,8 @@ def layers(cell: str, input: Tensor, hx: States, weights: List[Tensor], num_laye
             backward; see :func:`layer`. A layer-direction whose backward will not run
             (autograd does not record it: frozen weights and an input that needs no gradient)
             is reported at forward time as on_grad_norms(index, None, None).
+        weight_norms: with on_grad_norms, call it as on_grad_norms(index, norm_h, norm_c,
+            norm_w), norm_w as :func:`layer` gives it (None at forward time as above).
 
     Returns:
         (output, h_n) or (output, (h_n, c_n)): output like input with H · D features; the
@@ -819,11 +836,11 @@ def layers(cell: str, input: Tensor, hx: States, weights: List[Tensor], num_laye
                 if _tracked(layer_input, *states, *w):
                     record = functools.partial(on_grad_norms, index)
                 else:
-                    on_grad_norms(index, None, None)
+                    on_grad_norms(index, None, None, *((None,) if weight_norms else ()))
             out, final = _layer(cell, layer_input, states, w[0], w[1],
                                 w[2] if has_bias else None, w[3] if has_bias else None,
                                 w[-1] if has_proj else None, nonlinearity, batch_sizes,
-                                direction == 1, record, own=False)
+                                direction == 1, record, own=False, weight_norms=weight_norms)
             outputs.append(out)
             finals.append(final)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)

@@ -421,10 +421,15 @@ def _compute(module, input: Tensor, hx, batch_sizes: Optional[Tensor], on_grad_n
     nonlinearity = None
     if spec.nonlinearity:
         nonlinearity = "tanh" if module.mode == "RNN_TANH" else "relu"
+    flow = module._gradient_flow
+    weight_norms = flow is not None and flow.records_weight_contributions
+    if weight_norms and input.device.type != "cpu":
+        raise RuntimeError("record_gradient_flow(..., weight_contributions=True) runs on the "
+                           f"CPU kernels only; the input is on {input.device}")
     output, hidden = _layers(spec.name, input, states if several else states[0], weights,
                              module.num_layers, module.bidirectional, nonlinearity,
                              module.dropout, module.training, module.batch_first, batch_sizes,
-                             on_grad_norms)
+                             on_grad_norms, weight_norms and on_grad_norms is not None)
     hidden = tuple(hidden) if several else (hidden,)
     if output.dtype != result_dtype:
         output = output.to(result_dtype)

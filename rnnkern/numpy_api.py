@@ -230,7 +230,7 @@ def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
     """
     batch_sizes = _batch_sizes(batch_sizes)
     h0, _ = _states("rnn", x, w_ih, batch_sizes, h0, None)
-    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _, _ = _core.layer_backward(
+    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, *_ = _core.layer_backward(
         "rnn", x, h0, None, w_ih, w_hh, None, y, (), grad_y, grad_hn, None, nonlinearity,
         batch_sizes, _flag("reverse", reverse))
     return Gradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)
@@ -316,7 +316,7 @@ def lstm_backward(x: np.ndarray, h0: ArrayOrNone, c0: ArrayOrNone, w_ih: np.ndar
     h0, c0 = _states("lstm", x, w_ih, batch_sizes, h0, c0, w_hr)
     y, c, gates, m = _output(output, LSTMOutput, "lstm_forward", (3, 4))
     saved = (gates, c) if w_hr is None else (gates, c, m)
-    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, _, _ = _core.layer_backward(
+    gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr, *_ = _core.layer_backward(
         "lstm", x, h0, c0, w_ih, w_hh, w_hr, y, saved, grad_y, grad_hn, grad_cn, None,
         batch_sizes, _flag("reverse", reverse))
     return LSTMGradients(gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, gw_hr)
@@ -342,7 +342,7 @@ def gru_backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndar
     batch_sizes = _batch_sizes(batch_sizes)
     h0, _ = _states("gru", x, w_ih, batch_sizes, h0, None)
     y, gates, hidden_n = _output(output, GRUOutput, "gru_forward", (3,))
-    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, _, _, _ = _core.layer_backward(
+    gx, gh0, _, gw_ih, gw_hh, gb_ih, gb_hh, *_ = _core.layer_backward(
         "gru", x, h0, None, w_ih, w_hh, None, y, (gates, hidden_n), grad_y, grad_hn, None, None,
         batch_sizes, _flag("reverse", reverse))
     return GRUGradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)

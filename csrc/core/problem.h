@@ -7,6 +7,7 @@
 // rows and the layout is plain time-major (T, B, I).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -195,5 +196,48 @@ void recurrent_weight_gradient(const Problem& p, K& k, const T* delta, int64_t R
     k.gemm(true, false, R, width, (p.steps - 1) * B, T(1), d, R, hp, width, T(1), grad, width);
   }
 }
+
+// Elements of T that step_weight_norms needs as workspace.
+inline int64_t step_weight_norms_size(const Problem& p) {
+  return p.batch * p.state_size() + 2 * p.batch * p.batch;
+}
+
+// out[t] = ‖δ_tᵀ h_{t-1}‖_F for every step t (in time order): the size of step t's term of
+// ∂L/∂W_hh = Σ_t δ_tᵀ h_{t-1}, as if each step had its own copy of W_hh. A dense W_hh (Dims 2)
+// has `blocks` blocks of R rows, block q's δ the (N, R) plane deltas[q]; the squared norm is
+// Σ_{b,b'} (Σ_q δ_b·δ_b')(h_b·h_b') over the step's n rows (two n × n Gram matrices, so no
+// (G·R × width) matrix per step). A diagonal W_hh (Dims 1, R = width): ‖Σ_b δ_b ⊙ h_b‖.
+template <int Dims, typename T, typename K>
+void step_weight_norms(const Problem& p, K& k, const T* const* deltas, int64_t blocks,
+                       int64_t R, const T* y, const T* h0, T* workspace, double* out) {
+  const int64_t W = p.state_size(), B = p.batch;
+  T* h = workspace;           // the step's h_{t-1}, n × W
+  T* gram_d = h + B * W;      // Σ_q δ δᵀ, n × n
+  T* gram_h = gram_d + B * B; // h hᵀ, n × n
+  for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
+    with_previous(p, RowRange{0, n}, t, off, y, static_cast<const T*>(nullptr), h0,
+                  static_cast<const T*>(nullptr),
+                  [&](int64_t a, int64_t b, const T* h_prev, const T*) {
+                    std::memcpy(h + a * W, h_prev, sizeof(T) * (b - a) * W);
+                  });
+    double sum = 0;
+    if constexpr (Dims == 1) {
+      for (int64_t j = 0; j < R; ++j) {
+        double v = 0;
+        for (int64_t r = 0; r < n; ++r) v += double(deltas[0][(off + r) * R + j]) * h[r * W + j];
+        sum += v * v;
+      }
+    } else {
+      for (int64_t q = 0; q < blocks; ++q) {
+        const T* d = deltas[q] + off * R;
+        k.gemm(false, true, n, n, R, T(1), d, R, d, R, T(q ? 1 : 0), gram_d, n);
+      }
+      k.gemm(false, true, n, n, W, T(1), h, W, h, W, T(0), gram_h, n);
+      for (int64_t i = 0; i < n * n; ++i) sum += double(gram_d[i]) * gram_h[i];
+    }
+    out[t] = sum > 0 ? std::sqrt(sum) : 0.0;
+  });
+}
+
 
 }  // namespace rnnkern

@@ -72,14 +72,15 @@ struct Outputs {
 // backward's gradients in (grad_y; grad_hn, grad_cn (B, ·) or nullptr for zero; their rows
 // belong to each sequence's last step: its last forward, step 0 in reverse) and out (nullptr:
 // not computed). norm_h / norm_c get ‖∂L/∂h_t‖₂ / ‖∂L/∂c_t‖₂ of each of the N rows (the
-// whole gradient that reaches the state).
+// whole gradient that reaches the state); norm_w the T norms ‖δ_tᵀ h_{t-1}‖_F of each step's
+// term of ∂L/∂W_hh (problem.h's step_weight_norms).
 template <typename T>
 struct Gradients {
   Rows<T> grad_y;
   const T *grad_hn = nullptr, *grad_cn = nullptr;
   T *x = nullptr, *h0 = nullptr, *c0 = nullptr, *w_ih = nullptr, *w_hh = nullptr,
     *b_ih = nullptr, *b_hh = nullptr, *w_hr = nullptr;
-  double *norm_h = nullptr, *norm_c = nullptr;
+  double *norm_h = nullptr, *norm_c = nullptr, *norm_w = nullptr;
 };
 
 // Workspace sizes, in elements of T.
@@ -89,8 +90,10 @@ int64_t forward_workspace_size(const Problem& p) {
 }
 
 template <typename C, typename T, typename K>
-int64_t backward_workspace_size(const Problem& p, bool record_norms) {
-  return C::template Backward<T, K>::workspace_size(p, record_norms);
+int64_t backward_workspace_size(const Problem& p, bool record_norms,
+                                bool record_weight_norms = false) {
+  return C::template Backward<T, K>::workspace_size(p, record_norms) +
+         (record_weight_norms ? step_weight_norms_size(p) : 0);
 }
 
 template <typename C, typename T, typename K>
@@ -147,6 +150,13 @@ void backward(const Problem& p, const Inputs<T>& in, const Outputs<const T>& out
              I);
   }
   cell.finish();
+  if (g.norm_w) {  // after the cell's workspace (backward_workspace_size)
+    const T* deltas[C::kGates];
+    for (int64_t q = 0; q < C::kGates; ++q) deltas[q] = cell.hidden_delta(q);
+    step_weight_norms<C::kWhhDims>(
+        p, k, deltas, C::kGates, H, out.y, in.h0,
+        workspace + C::template Backward<T, K>::workspace_size(p, g.norm_h != nullptr), g.norm_w);
+  }
 }
 
 }  // namespace rnnkern

@@ -132,8 +132,9 @@ int64_t forward_workspace_size(const Problem& p) {
 }
 
 template <typename Cell, typename T>
-int64_t backward_workspace_size(const Problem& p, bool record_norms) {
-  return rnnkern::backward_workspace_size<Cell, T, Backend<T>>(p, record_norms);
+int64_t backward_workspace_size(const Problem& p, bool record_norms, bool record_weight_norms) {
+  return rnnkern::backward_workspace_size<Cell, T, Backend<T>>(p, record_norms,
+                                                               record_weight_norms);
 }
 
 template <typename Cell, typename T>
@@ -280,7 +281,7 @@ template double fma_peak_gflops<double>(int, double);
 
 #define RNNKERN_INSTANTIATE_FOR(Cell, T)                                                     \
   template int64_t forward_workspace_size<Cell, T>(const Problem&);                         \
-  template int64_t backward_workspace_size<Cell, T>(const Problem&, bool);                  \
+  template int64_t backward_workspace_size<Cell, T>(const Problem&, bool, bool);            \
   template void forward<Cell, T>(const Problem&, const Inputs<T>&, const Outputs<T>&, T*);   \
   template void backward<Cell, T>(const Problem&, const Inputs<T>&, const Outputs<const T>&, \
                                   const Gradients<T>&, T*);                                 \

@@ -12,7 +12,8 @@ namespace rnnkern::cpu {
 template <typename Cell, typename T>
 int64_t forward_workspace_size(const Problem& p);
 template <typename Cell, typename T>
-int64_t backward_workspace_size(const Problem& p, bool record_norms);
+int64_t backward_workspace_size(const Problem& p, bool record_norms,
+                                bool record_weight_norms = false);
 
 template <typename Cell, typename T>
 void forward(const Problem& p, const Inputs<T>& in, const Outputs<T>& out, T* workspace);

@@ -135,7 +135,7 @@ def test_pointer_variant_matches_the_array_path(cell, dtype, reverse):
                                    p["b_ih"], p["b_hh"], None, nl, None, reverse)
     grads = _core.layer_backward(cell, p["x"], p["h0"], p["c0"], p["w_ih"], p["w_hh"], None, y,
                                  saved, p["grad_y"], p["grad_hn"], p["grad_cn"], nl, None,
-                                 reverse, grad_norms=True)
+                                 reverse, grad_norms=True, weight_norms=True)
 
     def ptr(a):
         return 0 if a is None else a.ctypes.data
@@ -150,15 +150,15 @@ def test_pointer_variant_matches_the_array_path(cell, dtype, reverse):
     for s, s2 in zip(saved, saved2):
         assert np.array_equal(s, s2)
     out = [None if g is None else np.empty_like(g) for g in grads]
-    gx, gh0, gc0, gwi, gwh, gbi, gbh, _, nh, nc = out
+    gx, gh0, gc0, gwi, gwh, gbi, gbh, _, nh, nc, nw = out
     _core.layer_backward_pointers(cell, dtype is np.float64, T, B, I, H, ptr(p["x"]),
                                   ptr(p["h0"]), ptr(p["c0"]), ptr(p["w_ih"]), ptr(p["w_hh"]),
                                   ptr(y2), [ptr(s) for s in saved2], ptr(p["grad_y"]),
                                   ptr(p["grad_hn"]), ptr(p["grad_cn"]), ptr(gx), ptr(gh0),
                                   ptr(gc0), ptr(gwi), ptr(gwh), ptr(gbi), ptr(gbh), ptr(nh),
-                                  ptr(nc), nl, reverse)
+                                  ptr(nc), ptr(nw), nl, reverse)
     for name, want, got in zip(["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr",
-                                "norm_h", "norm_c"], grads, out):
+                                "norm_h", "norm_c", "norm_w"], grads, out):
         assert (want is None) == (got is None), name
         if want is not None:
             assert np.array_equal(want, got), name

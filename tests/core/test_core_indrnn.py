@@ -349,7 +349,7 @@ def test_pointer_variant_matches_the_array_path(nonlinearity, bias, reverse, dty
                                   ptr(p["grad_y"]), ptr(p["grad_hn"]), 0, ptr(out["x"]),
                                   ptr(out["h0"]), 0, ptr(out["w_ih"]), ptr(out["w_hh"]),
                                   ptr(out["b_ih"]), ptr(out["b_hh"]), ptr(out["norm_h"]), 0,
-                                  nonlinearity, reverse)
+                                  0, nonlinearity, reverse)
     for name in GRAD_NAMES:
         assert (grads[name] is None) == (out[name] is None), name
         if grads[name] is not None:
@@ -364,7 +364,7 @@ def test_pointer_variant_matches_the_array_path(nonlinearity, bias, reverse, dty
     _core.layer_backward_pointers(CELL, dtype == np.float64, T, B, I, H, ptr(p["x"]),
                                   ptr(p["h0"]), 0, ptr(p["w_ih"]), ptr(p["w_hh"]), ptr(y2), [],
                                   ptr(p["grad_y"]), 0, 0, 0, ptr(gh0), 0, 0, ptr(gu), 0, 0, 0, 0,
-                                  nonlinearity, reverse)
+                                  0, nonlinearity, reverse)
     assert np.array_equal(gh0, part["h0"]) and np.array_equal(gu, part["w_hh"])
 
 

@@ -53,9 +53,11 @@ def make(cell, *args, nonlinearity="tanh", **options):
     return spec.module_type()(*args, **options)
 
 
-def unrolled(module, cell, x, lengths, hx):
+def unrolled(module, cell, x, lengths, hx, untied=None):
     """Every sample and step computed on its own; returns padded output, the final states
-    (h_n, or (h_n, c_n)) and the states of each step, {(index, t, b): (h_t,) or (h_t, c_t)}."""
+    (h_n, or (h_n, c_n)) and the states of each step, {(index, t, b): (h_t,) or (h_t, c_t)}.
+    With a dict ``untied``, step t of layer-direction index reads its own copy of W_hh,
+    untied[index, t] (shared by the samples), whose .grad is that step's term of ∂L/∂W_hh."""
     phi = torch.relu if getattr(module, "nonlinearity", "tanh") == "relu" else torch.tanh
     D = 2 if module.bidirectional else 1
     T, B = x.shape[:2]
@@ -71,7 +73,12 @@ def unrolled(module, cell, x, lengths, hx):
                 n = int(lengths[b])
                 state, seq = tuple(s[index, b] for s in hx), [None] * n
                 for t in (range(n - 1, -1, -1) if d else range(n)):
-                    state = step(cell, layer_in[b][t], state, weights, phi)
+                    w = weights
+                    if untied is not None:
+                        if (index, t) not in untied:
+                            untied[index, t] = weights[1].detach().clone().requires_grad_()
+                        w = (weights[0], untied[index, t], *weights[2:])
+                    state = step(cell, layer_in[b][t], state, w, phi)
                     for s in state:
                         s.retain_grad()
                     states[index, t, b] = state
@@ -386,3 +393,77 @@ def test_jacobian_norms_argument_errors():
         jacobian_norms(module, x, layer=1)
     with pytest.raises(ValueError, match=r"direction must be in \[0, 1\), got 1"):
         jacobian_norms(module, x, direction=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_weight_contributions_equal_the_gradients_of_untied_copies(case, cell):
+    """Each step's ‖δ_tᵀ h_{t-1}‖_F, recorded inside the fused backward, is the norm of the
+    gradient of that step's own copy of W_hh in the unrolled network; the horizon follows."""
+    several = len(cells.get(cell).states) > 1
+    torch.manual_seed(2)
+    T, B, I, H = case.get("size", (6, 4, 3, 5))
+    module = make(cell, I, H, num_layers=case["layers"], bidirectional=case["bidirectional"],
+                  nonlinearity=case["nonlinearity"], batch_first=case["batch_first"],
+                  dtype=torch.float64)
+    D = 2 if case["bidirectional"] else 1
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(1))
+    lengths[1] = T
+    if not case["packed"]:
+        lengths = torch.full((B,), T)
+    hx = tuple(torch.randn(case["layers"] * D, B, H, dtype=torch.float64)
+               for _ in cells.get(cell).states)
+    if case["packed"]:
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    else:
+        inp = x.transpose(0, 1) if case["batch_first"] else x
+    with record_gradient_flow(module, weight_contributions=True) as flow:
+        out, finals = module(inp, hx if several else hx[0])
+        if case["packed"]:
+            out, _ = pad_packed_sequence(out, total_length=T)
+        elif case["batch_first"]:
+            out = out.transpose(0, 1)
+        loss_of(out, finals if several else (finals,)).backward()
+    terms = flow.weight_contributions
+    assert terms.shape == (case["layers"] * D, T) and terms.dtype == torch.float64
+
+    untied = {}
+    ref_out, ref_finals, _ = unrolled(module, cell, x, lengths, hx, untied)
+    loss_of(ref_out, ref_finals).backward()
+    expected = torch.zeros_like(terms)
+    for (index, t), copy in untied.items():
+        expected[index, t] = copy.grad.norm()
+    assert_f64_close(terms, expected, "weight contributions")
+    # the terms add up to the whole ∂L/∂W_hh of each layer-direction
+    for index in range(case["layers"] * D):
+        total = sum(copy.grad for (i, _), copy in untied.items() if i == index)
+        w_hh = weights_of(module, index, D)[1]
+        assert_f64_close(w_hh.grad, total, f"∂W_hh {index}")
+
+    horizon = flow.horizon(0.9)
+    for index in range(case["layers"] * D):
+        by_distance = expected[index] if index % D == 1 else expected[index].flip(0)
+        share = torch.cumsum(by_distance, 0) / by_distance.sum()
+        assert int(horizon[index]) == int((share < 0.9 * (1 - 1e-12)).sum()), index
+    assert ((flow.horizon(1.0) >= horizon) & (flow.horizon(1.0) <= T - 1)).all()
+
+
+def test_weight_contributions_are_opt_in_and_float32_agrees(cell):
+    module = make(cell, 3, 4, dtype=torch.float32)
+    x = torch.randn(5, 2, 3)
+    with record_gradient_flow(module) as flow:
+        module(x)[0].sum().backward()
+    assert flow.weight_contributions is None and flow.norms is not None
+    with pytest.raises(RuntimeError, match="weight_contributions=True"):
+        flow.horizon()
+    double = make(cell, 3, 4, dtype=torch.float64)
+    double.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
+    found = []
+    for m, inp in ((module, x), (double, x.double())):
+        with record_gradient_flow(m, weight_contributions=True) as flow:
+            m(inp)[0].sum().backward()
+        found.append(flow.weight_contributions)
+    assert found[0].dtype == torch.float64
+    torch.testing.assert_close(found[0], found[1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        flow.horizon(0)
