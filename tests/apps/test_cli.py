@@ -333,6 +333,8 @@ BAD_ARGUMENTS = [
     (["bench", "--repeats", "0"], "expected a positive integer"),
     (["vanish", "--gains", "0.5", "nan"], "expected a positive finite number"),
     (["vanish", "--T", "-3"], "expected a positive integer"),
+    (["vanish", "--fraction", "1.5"], "expected a number in (0, 1]"),
+    (["vanish", "--panel", "tide"], "invalid choice: 'tide'"),
     (["train", "adding", "--lr", "-1"], "expected a positive finite number"),
     (["train", "adding", "--lr", "nan"], "expected a positive finite number"),
     (["train", "adding", "--lr", "inf"], "expected a positive finite number"),
@@ -412,7 +414,7 @@ def test_measure_cell(cell):
 
 @pytest.mark.cells("lstm", "gru")  # the gated cells' gain table (rnn, indrnn: test_commands.py)
 def test_vanish_cell_prints_gain_table_and_the_three_cells(tmp_path, cell):
-    proc = run_cli(["vanish", "--cell", cell, "--T", "12", "--hidden", "6",
+    proc = run_cli(["vanish", "--panel", "gains", "--cell", cell, "--T", "12", "--hidden", "6",
                     "--batch-size", "2", "--gains", "0.5", "1.5", "--out", "v"], tmp_path)
     lines = proc.stdout.splitlines()
     # two gains, and a row per state (‖∂L/∂h‖, the LSTM's ‖∂L/∂c‖) in the three cells' table

@@ -33,8 +33,8 @@ def test_vanish_rnn_and_tied_mlp_curves_are_the_same_and_under_the_bound():
 
 
 def test_vanish_command_prints_table_and_writes_png(tmp_path):
-    proc = run_cli(["vanish", "--T", "12", "--hidden", "6", "--batch-size", "2",
-                    "--gains", "0.5", "1.5", "--out", "plots/v"], tmp_path)
+    proc = run_cli(["vanish", "--panel", "gains", "--T", "12", "--hidden", "6",
+                    "--batch-size", "2", "--gains", "0.5", "1.5", "--out", "plots/v"], tmp_path)
     assert "max |RNN-MLP|/MLP" in proc.stdout
     assert len([line for line in proc.stdout.splitlines()
                 if line.strip().startswith(("tanh", "relu"))]) == 4
@@ -57,8 +57,8 @@ def test_vanish_agreement_and_bound_are_computed():
 
 def test_vanish_writes_into_the_default_results_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["vanish", "--T", "5", "--hidden", "3", "--batch-size", "1",
-                     "--gains", "1"]) == 0
+    assert cli.main(["vanish", "--panel", "gains", "--T", "5", "--hidden", "3",
+                     "--batch-size", "1", "--gains", "1"]) == 0
     assert os.listdir(tmp_path) == ["rnnkern-results"]
     assert os.listdir(tmp_path / "rnnkern-results") == ["vanish.png"]
 

@@ -1,6 +1,7 @@
-"""``rnnkern vanish``: gradient norms through time for several W_hh gains, as an RNN and as a
-tied-weight MLP; table and picture (the curves are computed in
-:mod:`rnnkern.apps.vanish.curves`)."""
+"""``rnnkern vanish``: why RNN gradients vanish, in four figures, each with its table: the gain
+sweep (an RNN against a tied-weight MLP, :mod:`rnnkern.apps.vanish.curves`), and the three
+questions of :mod:`rnnkern.apps.vanish.questions` (tied against untied depth, ∂L/∂W_hh step by
+step, a loss at every step)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,51 @@ import os
 from ..arguments import (HelpFormatter, add_out, cell_choices, has_torch, no_matplotlib,
                          positive, positive_float, wrote)
 
+PANELS = ("gains", "tied", "weight", "every-step")
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     v = sub.add_parser("vanish", formatter_class=HelpFormatter,
-                       help="gradient norms through time for several W_hh gains, "
-                            "as an RNN and as a tied-weight MLP; table and picture",
-                       description="‖∂L/∂h_t‖ against the distance from the loss for "
+                       help="why RNN gradients vanish: gradient norms through time for "
+                            "several W_hh gains, tied against untied depth, ∂L/∂W_hh step by "
+                            "step, a loss at every step; tables and pictures",
+                       description="Four figures, each with its table (--panel draws one): "
+                                   "gains: ‖∂L/∂h_t‖ against the distance from the loss for "
                                    "W_hh = gain · orthogonal, tanh and relu, as an RNN (recorded "
                                    "by the kernel) and as a deep MLP with tied weights "
-                                   "(autograd), with the gain^k bound.")
+                                   "(autograd), with the gain^k bound; tied: an RNN's one W_hh "
+                                   "against an MLP's fresh matrix per layer, to --depth; weight: "
+                                   "each step's term of ∂L/∂W_hh and the gradient horizon, for "
+                                   "the RNN, LSTM and GRU; every-step: with a loss at every "
+                                   "step, the part of ∂L/∂h_t from the loss k steps later. "
+                                   "float64, each checked against autograd.")
     v.add_argument("--T", type=positive, default=100, help="steps")
     v.add_argument("--hidden", type=positive, default=64, help="hidden size")
     v.add_argument("--batch-size", type=positive, default=16, help="samples")
     v.add_argument("--gains", type=positive_float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5],
                    help="W_hh = gain · a random orthogonal matrix, one curve per gain")
     v.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    v.add_argument("--panel", choices=("all",) + PANELS, default="all",
+                   help="draw one figure alone: gains (vanish.png: the gain sweep and the "
+                        "three cells), tied (vanish-tied.png: an RNN's one W_hh against an "
+                        "MLP's fresh matrix per layer), weight (vanish-weight.png: each step's "
+                        "term of ∂L/∂W_hh and the gradient horizon), every-step "
+                        "(vanish-every-step.png: a loss at every step)")
+    v.add_argument("--depth", type=positive, default=1000,
+                   help="depth of the tied panel (steps of the RNN, layers of the MLP)")
+    v.add_argument("--fraction", type=fraction, default=0.9,
+                   help="the weight panel's horizon: the distance within which this share "
+                        "of Σ_t ‖δ_tᵀ h_(t-1)‖ comes")
     v.add_argument("--cell", choices=cell_choices(), default="rnn",
                    help="the gain sweep's layer: rnn (tanh and relu, with the tied-weight MLP), "
                         "lstm, gru, or indrnn (tanh and relu, u = gain · U(-1, 1), the bound "
@@ -42,6 +73,49 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     if not has_torch():
         return 1
+    panels = PANELS if args.panel == "all" else (args.panel,)
+    figures = []
+    if "gains" in panels:
+        figures.append(_gains(args))
+    from . import questions
+
+    H, B, T = args.hidden, args.batch_size, args.T
+    if "tied" in panels:
+        print(f"\ntied against untied depth, at h = 0 (φ' = 1), H={H}, B={B}, depth "
+              f"{args.depth}: median over {3} draws of ‖∂L/∂h‖ / ‖∂L/∂h_out‖ (geometric mean "
+              "over the batch), and how far the draws spread", flush=True)
+        tied = questions.tied(depth=args.depth, H=H, B=B, seed=args.seed)
+        print(questions.tied_table(tied))
+        print(f"the kernel's tied RNN and autograd's tied MLP agree to {tied.agreement:.1e}")
+        figures.append(("vanish-tied.png", questions.plot_tied, tied))
+    if "weight" in panels:
+        print(f"\neach step's term ‖δ_tᵀ h_(t-1)‖_F of ∂L/∂W_hh by distance k from the loss, "
+              f"T={T}, H={H}, B={B}, torch's initialisation (gate bias +{questions.GATE_BIAS:g})",
+              flush=True)
+        weight = questions.weight(T=T, B=B, H=H, seed=args.seed, fraction=args.fraction)
+        print(questions.weight_table(weight))
+        print(f"the kernel's terms and autograd's untied copies of W_hh agree to "
+              f"{weight.agreement:.1e}")
+        figures.append(("vanish-weight.png", questions.plot_weight, weight))
+    if "every-step" in panels:
+        print(f"\na loss at every step: ‖∂ℓ_(t+k)/∂h_t‖ (mean over t and the batch) against the "
+              f"loss at the end, ‖∂ℓ_(T-1)/∂h_(T-1-k)‖, T={T}, H={H}, B={B}", flush=True)
+        every = questions.every_step(T=T, B=B, H=H, seed=args.seed)
+        print(questions.every_step_table(every))
+        print(f"the kernel and autograd on the reference loop agree to {every.agreement:.1e}")
+        figures.append(("vanish-every-step.png", questions.plot_every_step, every))
+    try:
+        for name, draw, data in figures:
+            path = os.path.join(args.out, name)
+            draw(data, path)
+            wrote(path)
+    except ImportError:
+        no_matplotlib()
+    return 0
+
+
+def _gains(args: argparse.Namespace):
+    """The gain sweep's tables; its figure as (file name, plot, curves)."""
     from . import curves as vanish
 
     print(f"‖∂L/∂h_t‖ against the distance k from the loss, T={args.T}, H={args.hidden}, "
@@ -62,10 +136,4 @@ def run(args: argparse.Namespace) -> int:
           f"forget and the GRU's update gate bias +{vanish.GATE_BIAS:g} (first / last: the "
           "gradient at the first step over the one at the last)")
     print(vanish.cells_table(curves))
-    try:
-        path = os.path.join(args.out, "vanish.png")
-        vanish.plot(curves, path)
-        wrote(path)
-    except ImportError:
-        no_matplotlib()
-    return 0
+    return "vanish.png", vanish.plot, curves
