@@ -450,9 +450,24 @@ def test_adding_model_and_runs_for_every_cell():
     for block in model.rnn.weight_hh_l0.detach().chunk(4):
         torch.testing.assert_close(block @ block.T, torch.eye(5), atol=1e-5, rtol=0)
     run = adding.train(T=6, steps=3, hidden=4, cell="gru", engine="torch")
-    assert len(run.losses) == 3 and run.reach == ()
+    assert len(run.losses) == 3 and run.reach == () and run.horizon == []
     run = adding.train(T=6, steps=3, hidden=4, cell="lstm")
     assert len(run.flow) == 3 and run.flow[0].shape == (6,) and len(run.reach) == 2
+    assert len(run.horizon) == 3 and all(0 <= h <= 5 for h in run.horizon)
+
+
+def test_train_horizon_is_the_recorded_one():
+    """The horizon of each iteration is GradientFlow.horizon of that iteration's backward:
+    replayed here on the same seed, batch and weights."""
+    from rnnkern.diagnostics import record_gradient_flow
+
+    run = adding.train(T=12, steps=1, hidden=6, cell="gru", seed=4)
+    torch.manual_seed(4)
+    model = adding.Model(6, "tanh", "default", "rnnkern", cell="gru")
+    x, y = adding.batch(12, 64, torch.Generator().manual_seed(5))
+    with record_gradient_flow(model.rnn, weight_contributions=True) as flow:
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    assert run.horizon == [int(flow.horizon(adding.HORIZON_FRACTION)[0])]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -81,6 +81,10 @@ def test_train_adding_command(tmp_path, engine):
     assert "wall time" in proc.stdout and "test MSE" in proc.stdout
     assert "20/20 loss" in proc.stderr  # the progress bar
     assert ("before training" in proc.stdout) == (engine == "rnnkern")
+    horizon = re.search(r"gradient horizon .*: (\S+) → (\S+) of T-1 = 7", proc.stdout)
+    assert (horizon is not None) == (engine == "rnnkern")
+    if horizon:
+        assert all(0 <= float(h) <= 7 for h in horizon.groups())
     stem = f"adding-T8-tanh-orthogonal-{engine}"
     assert (tmp_path / "out" / f"{stem}-loss.png").exists()
     assert (tmp_path / "out" / f"{stem}-gradient-flow.png").exists() == (engine == "rnnkern")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 
 from ...cells import get
 from ..arguments import (HelpFormatter, add_out, cell_choices, has_torch, no_matplotlib,
@@ -68,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"gradient reaching the first step, ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖ (measured in "
               f"float64): {_format_reach(run.reach[0])} before training, "
               f"{_format_reach(run.reach[1])} after")
+    if run.horizon:
+        tenth = max(1, len(run.horizon) // 10)
+        first = statistics.median(run.horizon[:tenth])
+        last = statistics.median(run.horizon[-tenth:])
+        print(f"gradient horizon ({adding.HORIZON_FRACTION:.0%} of Σ_t ‖δ_tᵀ h_(t-1)‖, the terms "
+              f"of ∂L/∂W_hh, come from within this many steps of the loss; median of the first "
+              f"and last {tenth} iterations): {first:g} → {last:g} of T-1 = {args.T - 1}")
     stem = f"adding-T{args.T}-{kind}-{args.init}-{args.engine}"
     try:
         loss_path = os.path.join(args.out, stem + "-loss.png")

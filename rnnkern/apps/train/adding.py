@@ -22,6 +22,7 @@ from ...cells import get as cell_spec
 from ...diagnostics import record_gradient_flow
 
 BASELINE_MSE = 1 / 6
+HORIZON_FRACTION = 0.9
 
 
 def batch(T: int, B: int, generator: torch.Generator):
@@ -72,6 +73,9 @@ class Model(torch.nn.Module):
 class Run:
     losses: List[float] = field(default_factory=list)
     flow: List[torch.Tensor] = field(default_factory=list)  # per iteration: (T,) mean ‖∂L/∂h_t‖
+    # per iteration: the gradient horizon, the distance from the loss within which
+    # HORIZON_FRACTION of Σ_t ‖δ_tᵀ h_{t-1}‖ (∂L/∂W_hh's terms) comes; empty for torch
+    horizon: List[int] = field(default_factory=list)
     seconds: float = 0.0
     test_mse: float = math.nan
     # ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖ before and after training, measured in float64 on a fixed batch
@@ -125,10 +129,11 @@ def train(T: int = 50, steps: int = 2000, hidden: int = 64, nonlinearity: str = 
         x, y = batch(T, batch_size, g)
         opt.zero_grad(set_to_none=True)
         if recording:
-            with record_gradient_flow(model.rnn) as flow:
+            with record_gradient_flow(model.rnn, weight_contributions=True) as flow:
                 loss = torch.nn.functional.mse_loss(model(x), y)
                 loss.backward()
             run.flow.append(flow.norms[0].mean(1))
+            run.horizon.append(int(flow.horizon(HORIZON_FRACTION)[0]))
         else:
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()
@@ -221,6 +226,14 @@ def plot_flow(run: Run, title: str, path: str) -> None:
     xlabel = "time step t (the loss reads the last one)"
     if bool(zero.any()):
         xlabel += "\ngray: the gradient underflowed to 0 in float32 (below 1e-45)"
+    if run.horizon:
+        window = max(1, len(run.horizon) // 50)
+        reach = [heat.shape[1] - 1 - h for h in smooth([float(h) for h in run.horizon], window)]
+        ax.plot(reach, range(1, len(reach) + 1), color="#00e5ff", linewidth=1.6,
+                label=f"the gradient horizon: {HORIZON_FRACTION:.0%} of ∂L/∂W_hh's terms "
+                      "come from the steps right of it")
+        ax.set_xlim(-0.5, heat.shape[1] - 0.5)
+        ax.legend(fontsize=7.5, loc="upper left", framealpha=0.85)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("training iteration")
     ax.xaxis.get_major_locator().set_params(integer=True)
