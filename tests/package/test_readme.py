@@ -1,6 +1,7 @@
-"""Every Python block of README.md runs as pasted: each on its own, in a fresh namespace and
-an empty folder of its own, all in one fresh interpreter (one torch import for all). The bash
-blocks that are the README's two commands are run by CI (.ci/run), not here."""
+"""Every Python block of README.md and of the pages in DOCUMENTS runs as pasted: each on its
+own, in a fresh namespace and an empty folder of its own, all in one fresh interpreter (one
+torch import for all). The bash blocks that are the README's two commands are run by CI
+(.ci/run), not here."""
 
 import json
 import os
@@ -13,28 +14,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = (ROOT / "README.md").read_text()
+DOCUMENTS = ("README.md", "docs/why-gradients-vanish.md")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
-def blocks(language):
-    """(id, code) of every fenced block in ``language``; the id names the section."""
+def blocks(language, document="README.md"):
+    """(id, code) of every fenced block in ``language``; the id names the page (but the
+    README) and the section."""
+    text = (ROOT / document).read_text()
+    page = "" if document == "README.md" else Path(document).stem + "-"
     found = []
-    for match in FENCE.finditer(README):
+    for match in FENCE.finditer(text):
         if match.group(1) != language:
             continue
-        prose = FENCE.sub("", README[:match.start()])  # '#' in code is no heading
+        prose = FENCE.sub("", text[:match.start()])  # '#' in code is no heading
         headings = re.findall(r"^#+ (.+)$", prose, re.MULTILINE)
         section = re.sub(r"\W+", "-", headings[-1].lower()).strip("-") if headings else "top"
-        line = README[:match.start()].count("\n") + 1
-        found.append((f"{section}-line{line}", match.group(2)))
+        line = text[:match.start()].count("\n") + 1
+        found.append((f"{page}{section}-line{line}", match.group(2)))
     return found
 
 
-PYTHON_BLOCKS = blocks("python")
+PYTHON_BLOCKS = [block for document in DOCUMENTS for block in blocks("python", document)]
 
 
-def test_readme_has_python_blocks():
-    assert len(PYTHON_BLOCKS) >= 5
+def test_readme_and_pages_have_python_blocks():
+    assert len(blocks("python")) >= 5
+    for document in DOCUMENTS[1:]:
+        assert blocks("python", document), document
 
 
 # Runs each block with exec in a fresh namespace and its own empty folder; what a block
@@ -78,7 +85,7 @@ def block_results(tmp_path_factory):
                          ids=[name for name, _ in PYTHON_BLOCKS])
 def test_python_block_runs_as_pasted(index, block_results):
     error = block_results[index]
-    assert error is None, f"README block failed:\n{PYTHON_BLOCKS[index][1]}\n---\n{error}"
+    assert error is None, f"block failed:\n{PYTHON_BLOCKS[index][1]}\n---\n{error}"
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
