@@ -96,3 +96,14 @@ def test_ci_runs_the_readme_test_command_verbatim():
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert in_venv in lines
     assert lines.index("pytest -m slow") > lines.index(in_venv)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_picture_and_link_to_a_file_exists(document):
+    """![…](path) and […](path) to a file of the repository, relative to the page."""
+    text = FENCE.sub("", (ROOT / document).read_text())
+    targets = re.findall(r"\]\(([^)#\s]+)\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, document
+    for target in local:
+        assert ((ROOT / document).parent / target).exists(), f"{document}: {target}"

@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
               f"{_format_reach(run.reach[1])} after")
     if run.horizon:
         tenth = max(1, len(run.horizon) // 10)
-        first = statistics.median(run.horizon[:tenth])
         last = statistics.median(run.horizon[-tenth:])
         print(f"gradient horizon ({adding.HORIZON_FRACTION:.0%} of Σ_t ‖δ_tᵀ h_(t-1)‖, the terms "
-              f"of ∂L/∂W_hh, come from within this many steps of the loss; median of the first "
-              f"and last {tenth} iterations): {first:g} → {last:g} of T-1 = {args.T - 1}")
+              f"of ∂L/∂W_hh, come from within this many steps of the loss; at the first "
+              f"iteration → median of the last {tenth}): {run.horizon[0]} → {last:g} of "
+              f"T-1 = {args.T - 1}")
     stem = f"adding-T{args.T}-{kind}-{args.init}-{args.engine}"
     try:
         loss_path = os.path.join(args.out, stem + "-loss.png")
