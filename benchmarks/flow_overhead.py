@@ -8,27 +8,16 @@ median of the repeats, with each variant's interquartile range over its median.
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
 import rnnkern
+from rnnkern.apps.arguments import cpu_model
 from rnnkern.diagnostics import record_gradient_flow
 
 CLASSES = {"rnn": rnnkern.RNN, "lstm": rnnkern.LSTM, "gru": rnnkern.GRU}
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _spread(values):
@@ -85,7 +74,7 @@ def main():
         parser.error(f"argument --size: expected TxBxIxH, got {args.size!r}")
     if args.repeats < 2:
         parser.error(f"argument --repeats: expected at least 2, got {args.repeats}")
-    print(f"{_cpu()}, {torch.get_num_threads()} threads, torch {torch.__version__}, float32, "
+    print(f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, float32, "
           f"T={T} B={B} I={I} H={H}; OPENBLAS_CORETYPE="
           f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
     for cell in CLASSES if args.cell == "all" else [args.cell]:

@@ -114,11 +114,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_recorded_norms_equal_autograd_on_unrolled_network(case, cell):
-    """A cell without a nonlinearity option runs its own gate functions in the relu case."""
+def run_case(case, cell, seed, **options):
+    """A case's module run forward and backward (the loss of loss_of) under
+    record_gradient_flow(module, **options): (module, flow, out, x, lengths, hx, D), out
+    padded and time-major."""
     several = len(cells.get(cell).states) > 1
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     T, B, I, H = case.get("size", (6, 4, 3, 5))
     module = make(cell, I, H, num_layers=case["layers"], bidirectional=case["bidirectional"],
                   nonlinearity=case["nonlinearity"], batch_first=case["batch_first"],
@@ -131,18 +132,26 @@ def test_recorded_norms_equal_autograd_on_unrolled_network(case, cell):
         lengths = torch.full((B,), T)
     hx = tuple(torch.randn(case["layers"] * D, B, H, dtype=torch.float64)
                for _ in cells.get(cell).states)
-
     if case["packed"]:
         inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
     else:
         inp = x.transpose(0, 1) if case["batch_first"] else x
-    with record_gradient_flow(module) as flow:
+    with record_gradient_flow(module, **options) as flow:
         out, finals = module(inp, hx if several else hx[0])
         if case["packed"]:
             out, _ = pad_packed_sequence(out, total_length=T)
         elif case["batch_first"]:
             out = out.transpose(0, 1)
         loss_of(out, finals if several else (finals,)).backward()
+    return module, flow, out, x, lengths, hx, D
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_recorded_norms_equal_autograd_on_unrolled_network(case, cell):
+    """A cell without a nonlinearity option runs its own gate functions in the relu case."""
+    several = len(cells.get(cell).states) > 1
+    module, flow, out, x, lengths, hx, D = run_case(case, cell, seed=0)
+    T, B = x.shape[:2]
     assert flow.norms.shape == (case["layers"] * D, T, B)
     assert flow.norms.dtype == torch.float64
     recorded = [flow.norms]
@@ -399,31 +408,8 @@ def test_jacobian_norms_argument_errors():
 def test_weight_contributions_equal_the_gradients_of_untied_copies(case, cell):
     """Each step's ‖δ_tᵀ h_{t-1}‖_F, recorded inside the fused backward, is the norm of the
     gradient of that step's own copy of W_hh in the unrolled network; the horizon follows."""
-    several = len(cells.get(cell).states) > 1
-    torch.manual_seed(2)
-    T, B, I, H = case.get("size", (6, 4, 3, 5))
-    module = make(cell, I, H, num_layers=case["layers"], bidirectional=case["bidirectional"],
-                  nonlinearity=case["nonlinearity"], batch_first=case["batch_first"],
-                  dtype=torch.float64)
-    D = 2 if case["bidirectional"] else 1
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(1))
-    lengths[1] = T
-    if not case["packed"]:
-        lengths = torch.full((B,), T)
-    hx = tuple(torch.randn(case["layers"] * D, B, H, dtype=torch.float64)
-               for _ in cells.get(cell).states)
-    if case["packed"]:
-        inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
-    else:
-        inp = x.transpose(0, 1) if case["batch_first"] else x
-    with record_gradient_flow(module, weight_contributions=True) as flow:
-        out, finals = module(inp, hx if several else hx[0])
-        if case["packed"]:
-            out, _ = pad_packed_sequence(out, total_length=T)
-        elif case["batch_first"]:
-            out = out.transpose(0, 1)
-        loss_of(out, finals if several else (finals,)).backward()
+    module, flow, out, x, lengths, hx, D = run_case(case, cell, seed=2, weight_contributions=True)
+    T = x.shape[0]
     terms = flow.weight_contributions
     assert terms.shape == (case["layers"] * D, T) and terms.dtype == torch.float64
 
