@@ -105,10 +105,16 @@ def _raw(dtype: torch.dtype, *tensors: Optional[Tensor]) -> bool:
 def _small_sizes(facts: _Facts, x, states, w_ih, w_hh, w_hr
                  ) -> Optional[Tuple[int, int, int, int]]:
     """(T, B, I, H) when a time-major call without projection is small and its weights and
-    states have the cell's shapes, so that data_ptr()s can go to the core; else None."""
-    if x.dim() != 3 or w_hr is not None or x.dtype not in _FLOAT_DTYPES or w_ih.dim() != 2:
+    states have the cell's shapes, so that data_ptr()s can go to the core; else None. x (T, B,
+    I), or (B, I) for one step (the one-step cells)."""
+    if w_hr is not None or x.dtype not in _FLOAT_DTYPES or w_ih.dim() != 2:
         return None
-    steps, batch, features = x.shape
+    if x.dim() == 3:
+        steps, batch, features = x.shape
+    elif x.dim() == 2:
+        steps, (batch, features) = 1, x.shape
+    else:
+        return None
     rows = w_ih.shape[0]
     hidden = rows // facts.gates
     if (not 0 < steps * batch * rows <= _SMALL_OUTPUT or rows != hidden * facts.gates
@@ -131,9 +137,10 @@ def _forward_small(facts, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
         if b is not None and b.shape != (w_ih.shape[0],):
             return None
     steps, batch, features, hidden = sizes
-    y = torch.empty(steps, batch, hidden, dtype=x.dtype)
+    lead = x.shape[:-1]  # (T, B), or (B,) for one step
+    y = torch.empty(*lead, hidden, dtype=x.dtype)
     widths = facts.saved[False]
-    saved = tuple(torch.empty(steps, batch, width * hidden, dtype=x.dtype)
+    saved = tuple(torch.empty(*lead, width * hidden, dtype=x.dtype)
                   for width in widths) if widths else ()
     _core.layer_forward_pointers(
         facts.spec.name, x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
@@ -155,7 +162,7 @@ def _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_f
     rows = w_ih.shape[0]
     # weight gradients of up to 256 KiB (float32) from torch's allocator, larger ones from the
     # core's block cache (fresh large allocations are page-faulted in at every call)
-    if y.shape != (steps, batch, hidden) or rows * max(hidden, features) > 4 * _SMALL_OUTPUT:
+    if y.shape != (*x.shape[:-1], hidden) or rows * max(hidden, features) > 4 * _SMALL_OUTPUT:
         return None
     two = len(states) > 1
     grad_hn = grad_finals[0]
@@ -492,7 +499,12 @@ def _refuse_recording(on_grad_norms) -> None:
 
 def _tracked(*tensors) -> bool:
     """Whether autograd records an operation on these tensors."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a loop, not any(...): this path is timed in microseconds
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity, batch_sizes, reverse,
@@ -532,21 +544,21 @@ class _EagerStep(torch.autograd.Function):
         cell, nonlinearity = options
         facts = _facts(cell)
         states = (h0,) if c0 is None else (h0, c0)
-        x3 = x.unsqueeze(0)
-        small = _forward_small(facts, x3, states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+        # x (B, I) is one step: y (B, H) and the saved arrays (B, ·) come as one step's rows
+        small = _forward_small(facts, x, states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
                                False)
         if small is None:  # larger sizes or other layouts: the general path, one step
-            y, _, saved = _forward(cell, x3, states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
-                                   None, False)
+            y, _, saved = _forward(cell, x.unsqueeze(0), states, w_ih, w_hh, b_ih, b_hh, None,
+                                   nonlinearity, None, False)
+            y, saved = y[0], tuple(a[0] for a in saved)
         else:
             y, saved = small
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, *saved)
         ctx.cell, ctx.nonlinearity = cell, nonlinearity
         ctx.set_materialize_grads(False)
-        h = y[0]
         if c0 is None:
-            return h, None
-        return h, saved[facts.states_at[False][0]][0]
+            return y, None
+        return y, saved[facts.states_at[False][0]]
 
     @staticmethod
     def backward(ctx, grad_h, grad_c):
@@ -555,7 +567,6 @@ class _EagerStep(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if grad_h is None and grad_c is None:
             return (None,) * 8
-        x3 = x.unsqueeze(0)
         if torch.is_grad_enabled():  # create_graph=True: the reference, differentiable again
             def outputs():
                 return _reference(ctx.cell, x.unsqueeze(0), states, w_ih, w_hh, b_ih, b_hh, None,
@@ -564,18 +575,24 @@ class _EagerStep(torch.autograd.Function):
             grads = _differentiable_grads(outputs, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), needs,
                                           (grad_h, grad_c))
             return (*grads, None)
-        grad_y = torch.zeros_like(y) if grad_h is None else grad_h.unsqueeze(0)
+        grad_y = torch.zeros_like(y) if grad_h is None else grad_h
         grad_finals = (None,) if c0 is None else (None, grad_c)
         mask = [needs[0], needs[1], needs[2], needs[3], needs[4], needs[5], needs[6], False]
-        small = _backward_small(_facts(ctx.cell), x3, states, w_ih, w_hh, None, y,
+        small = _backward_small(_facts(ctx.cell), x, states, w_ih, w_hh, None, y,
                                 tuple(saved), grad_y, grad_finals, ctx.nonlinearity, False,
                                 mask, False)
-        if small is None:
-            small = _backward(ctx.cell, x3, states, w_ih, w_hh, None, y, tuple(saved), grad_y,
+        if small is None:  # the general path, one step
+            small = _backward(ctx.cell, x.unsqueeze(0), states, w_ih, w_hh, None, y.unsqueeze(0),
+                              tuple(a.unsqueeze(0) for a in saved), grad_y.unsqueeze(0),
                               grad_finals, ctx.nonlinearity, None, False, mask)
-        gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh, _ = small[0]
-        return (None if gx is None else gx.squeeze(0), gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh,
-                None)
+            gx = small[0][0]
+            return (None if gx is None else gx[0], *small[0][1:7], None)
+        return (*small[0][:7], None)
+
+
+# Function.apply without its Python wrapper (which binds default arguments, there are none, and
+# unwraps dead torch.func wrappers, which a call made outside any transform does not get).
+_STEP_APPLY = torch._C._FunctionBase.__dict__["apply"].__get__(None, _EagerStep)
 
 
 def step(cell: str, x: Tensor, states: Tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor,
@@ -583,13 +600,20 @@ def step(cell: str, x: Tensor, states: Tuple[Tensor, ...], w_ih: Tensor, w_hh: T
          ) -> Tuple[Tensor, ...]:
     """One step of ``cell`` for the one-step modules: x (B, I), states (B, H) each, weights
     as the torch cell holds them; the new states as a tuple. In eager mode with autograd on
-    CPU tensors, one _EagerStep; else :func:`layer`'s path on one step."""
-    if (torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _traced(x)
-            and not _on_reference(x) and not _on_gpu(x)
-            and _tracked(x, *states, w_ih, w_hh, b_ih, b_hh)):
-        h, c = _EagerStep.apply(x, states[0], states[1] if len(states) > 1 else None,
-                                w_ih, w_hh, b_ih, b_hh, (cell, nonlinearity))
+    CPU tensors, one _EagerStep, and without autograd one kernel call; else :func:`layer`'s
+    path on one step."""
+    eager = x.is_cpu and _plain_eager()
+    if eager and _tracked(x, *states, w_ih, w_hh, b_ih, b_hh):
+        h, c = _STEP_APPLY(x, states[0], states[1] if len(states) > 1 else None,
+                           w_ih, w_hh, b_ih, b_hh, (cell, nonlinearity))
         return (h,) if c is None else (h, c)
+    if eager:
+        facts = _facts(cell)
+        small = _forward_small(facts, x, states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
+                               False)
+        if small is not None:
+            y, saved = small
+            return (y,) if len(states) == 1 else (y, saved[facts.states_at[False][0]])
     _, finals = _layer(cell, x.unsqueeze(0), states, w_ih, w_hh, b_ih, b_hh, None, nonlinearity,
                        None, False)
     return finals
@@ -604,6 +628,7 @@ def _plain_eager() -> bool:
 
 
 _C_FUNCTORCH = torch._C._are_functorch_transforms_active
+_GRAD_ENABLED = torch.is_grad_enabled
 _PARAMETER = torch.nn.Parameter
 
 
