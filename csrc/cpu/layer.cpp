@@ -33,6 +33,7 @@ template <typename T>
 struct Backend {
   const RecurrentKernels<T>& kernels = recurrent_kernels<T>();
   bool unpacked = false;  // the forward's steps read W_hh as it is (set by forward())
+  bool plain_backward = false;  // the backward's steps read W_hh as it is (set by backward())
 
   static int64_t packed_size(int64_t H) { return cpu::packed_size<T>(H); }
   static int64_t norm_slots(int64_t H) { return cpu::norm_slots<T>(H); }
@@ -45,16 +46,22 @@ struct Backend {
   // W_hh's block (H × H) as step() reads it: packed into `packed` (transposed for the
   // forward), or w itself where unpacked.
   const T* pack(const T* w, int64_t H, bool transpose, T* packed) const {
-    if (unpacked && transpose) return w;
+    if (transpose ? unpacked : plain_backward) return w;
     kernels.pack(w, H, transpose, packed);
     return packed;
   }
   void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* w,
             T* c, const T* h, T* d) const {
-    if (unpacked)
+    if (plain_backward) {  // the backward's epilogues: c (op)= a · W_hh, then the derivative
+      kernels.times(rows, H, H, a, H, false, w, H, e != Epilogue::kStore, c, H);
+      if (e == Epilogue::kBackwardRecord) kernels.row_square_sums(rows, H, c, d);
+      if (e == Epilogue::kBackward || e == Epilogue::kBackwardRecord)
+        kernels.scale_by_derivative(act, rows, H, c, h);
+    } else if (unpacked) {
       kernels.step_rows(e, act, rows, H, a, w, c, h, d);
-    else
+    } else {
       kernels.step(e, act, rows, H, a, w, c, h, d);
+    }
   }
   void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
     kernels.scale_by_derivative(act, rows, H, c, h);
@@ -69,6 +76,8 @@ struct Backend {
             const T* b, int64_t ldb, T beta, T* c, int64_t ldc) const {
     if (!ta && tb && m <= kDotMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
       kernels.dot(m, n, k, a, lda, b, ldb, beta == T(1), c, ldc);
+    else if (ta && !tb && k <= kDotMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
+      kernels.times(m, n, k, a, lda, true, b, ldb, beta == T(1), c, ldc);  // Σ of k outer products
     else
       cpu::gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
@@ -148,6 +157,7 @@ template <typename Cell, typename T>
 void backward(const Problem& p, const Inputs<T>& in, const Outputs<const T>& out,
               const Gradients<T>& grads, T* workspace) {
   Backend<T> k;
+  k.plain_backward = Backend<T>::reads_unpacked(p);
   rnnkern::backward<Cell, T>(p, in, out, grads, workspace, k);
 }
 

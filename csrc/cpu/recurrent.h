@@ -66,6 +66,11 @@ struct RecurrentKernels {
   // products, for a GEMM of a row or a few (an order that depends only on the shapes).
   void (*dot)(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w,
               int64_t ldw, bool accumulate, T* c, int64_t ldc);
+  // C (rows × n, ldc) = [C +] op(A) · W, W (K × n, ldw) as it is, op(A) = A (rows × K, lda) or
+  // with transpose_a Aᵀ of A (K × rows, lda): the backward's δ W_hh for a row or two without
+  // packing W_hh, and the weight gradients Σ δᵀ h of a few rows.
+  void (*times)(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
+                const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc);
   void (*scale_by_derivative)(Activation act, int64_t rows, int64_t H, T* c, const T* h);
   // Norm slots (see norm_slots) of rows whose d_t is given whole: the sum of squares goes
   // to the first slot, zero to the others.

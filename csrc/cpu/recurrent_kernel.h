@@ -491,6 +491,53 @@ void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w
   dot_serial(rows, n, K, a, lda, w, ldw, accumulate, c, ldc);
 }
 
+// C (rows × n) = [C +] op(A) (rows × K) · W, W (K × n) as it is: W's rows streamed once per row
+// of C, each added to C's row times its A entry, in the order of K (so the same sums on one
+// thread or two). op(A) = A (rows × K, lda), or with transpose_a Aᵀ, A (K × rows, lda): an outer
+// product's sum for a small K. W of kDotSplitBytes or more is split over two threads by columns
+// at a multiple of 8.
+template <typename T>
+void times_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
+                  const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc) {
+  const int64_t a_row = transpose_a ? 1 : lda, a_col = transpose_a ? lda : 1;
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* cr = c + r * ldc;
+    if (!accumulate)
+      for (int64_t j = 0; j < n; ++j) cr[j] = T(0);
+    for (int64_t i = 0; i < K; ++i) {
+      const T s = load1(a + r * a_row + i * a_col);
+      const T* wi = w + i * ldw;
+      const V sv = V{} + s;
+      int64_t j = 0;
+      for (; j + L <= n; j += L) store(cr + j, load(cr + j) + sv * load(wi + j));
+      for (; j < n; ++j) cr[j] += s * load1(wi + j);
+    }
+  }
+}
+
+template <typename T>
+void times(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
+           const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc) {
+  if (n >= 64 && n * K * int64_t(sizeof(T)) >= kDotSplitBytes && omp_get_max_threads() > 1 &&
+      !omp_in_parallel()) {
+    const int64_t half = (n / 2 + 7) / 8 * 8;
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_num_threads() == 1)
+        times_serial(rows, n, K, a, lda, transpose_a, w, ldw, accumulate, c, ldc);
+      else if (omp_get_thread_num() == 0)
+        times_serial(rows, half, K, a, lda, transpose_a, w, ldw, accumulate, c, ldc);
+      else
+        times_serial(rows, n - half, K, a, lda, transpose_a, w + half, ldw, accumulate,
+                     c + half, ldc);
+    }
+    return;
+  }
+  times_serial(rows, n, K, a, lda, transpose_a, w, ldw, accumulate, c, ldc);
+}
+
 // step() for W_hh's rows as they are (the forward's Bm = W_hhᵀ unpacked): the forward
 // epilogues only (kForward, kStore, kAccumulate), the same vector code as the packed step.
 template <typename T>
@@ -673,6 +720,7 @@ template <typename T>
 RecurrentKernels<T> make(const char* name) {
   RecurrentKernels<T> k{name,          RNNKERN_VECTOR_BYTES,    &pack<T>,
                         &step<T>,      &step_rows<T>,           &dot<T>,
+                        &times<T>,
                         &scale_by_derivative<T>,                &row_square_sums<T>,
                         &row_norms<T>, &accumulate<T>,          &fma_loop<T>,
                         {}};

@@ -60,7 +60,7 @@ struct Elman {
     const Outputs<const T>& out;
     const Gradients<T>& g;
     K& k;
-    T* packed;
+    const T* packed;  // W_hh as the backward's step reads it (k.pack: packed, or as it is)
     T* delta;      // (N, H)
     T* h_prev;     // (N, H): the gathered h_{t-1} for ∂W_hh (packed input only)
     T* slots;      // partial sums of d_t² per row, norm_slots(H) of them (norms only)
@@ -79,14 +79,13 @@ struct Elman {
              const Gradients<T>& g_, T* workspace, K& k_)
         : p(p_), in(in_), out(out_), g(g_), k(k_) {
       const int64_t H = p.hidden_size, N = p.total_rows();
-      packed = workspace;
-      delta = packed + K::packed_size(H);
+      delta = workspace + K::packed_size(H);
       h_prev = delta + N * H;
       slots = g.norm_h ? delta + N * H * (p.uniform() ? 1 : 2) : nullptr;
       slots_per_row = K::norm_slots(H);
       bias_rows = delta + N * H * (p.uniform() ? 1 : 2) + (slots ? N * slots_per_row : 0);
       bias = g.b_ih || g.b_hh;
-      k.pack(in.w_hh, H, /*transpose=*/false, packed);
+      packed = k.pack(in.w_hh, H, /*transpose=*/false, workspace);
     }
     const T* c() const { return nullptr; }
     int64_t row_align() const { return 1; }

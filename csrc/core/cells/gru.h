@@ -177,7 +177,7 @@ struct Gru {
     const Gradients<T>& g;
     K& k;
     const T *gates, *hidden_n;
-    T* packed;  // block q: W_hh rows [qH, (q+1)H) packed as they are
+    const T* w_back[3];  // block q: W_hh rows [qH, (q+1)H) as the backward's step reads them
     T* delta;   // 4 planes (N, H)
     T* d;       // B × H: the gradient reaching h_t, per row (the carry between steps)
     T* h_prev;  // (N, H): the gathered h_{t-1} for ∂W_hh (packed input only)
@@ -194,10 +194,10 @@ struct Gru {
           hidden_n(out_.saved[1]) {
       const int64_t H = p.hidden_size;
       plane = p.total_rows() * H;
-      packed = workspace;
       for (int64_t q = 0; q < 3; ++q)
-        k.pack(in.w_hh + q * H * H, H, /*transpose=*/false, packed + q * K::packed_size(H));
-      delta = packed + 3 * K::packed_size(H);
+        w_back[q] = k.pack(in.w_hh + q * H * H, H, /*transpose=*/false,
+                           workspace + q * K::packed_size(H));
+      delta = workspace + 3 * K::packed_size(H);
       d = delta + 4 * plane;
       h_prev = d + p.batch * H;
     }
@@ -210,8 +210,7 @@ struct Gru {
       const int64_t H = p.hidden_size;
       for (int64_t q = 0; q < 3; ++q)
         k.step(Epilogue::kAccumulate, Activation::kTanh, b - a, H,
-               hidden_delta(q) + (off + a) * H, packed + q * K::packed_size(H), dst, nullptr,
-               nullptr);
+               hidden_delta(q) + (off + a) * H, w_back[q], dst, nullptr, nullptr);
     }
     // d = ∂L/∂y_t + the carry d_{t+1} ⊙ z_{t+1} left in d by the step before.
     void continuing(int64_t off, int64_t prev_off, int64_t a, int64_t b) const {

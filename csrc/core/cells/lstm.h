@@ -230,7 +230,8 @@ struct Lstm {
     const Gradients<T>& g;
     K& k;
     const T *gates, *c_all, *m;
-    T* packed;  // block q: W_hh rows [qH, (q+1)H) packed as they are (without P)
+    const T* w_back[4];  // block q: W_hh rows [qH, (q+1)H) as the backward's step reads them
+                         // (k.pack; without P)
     T* delta;   // 4 planes (N, H)
     T* d;       // B × W (W = P or H): the gradient reaching h_t, per row
     T* dc;      // B × H: ∂L/∂c_t
@@ -253,11 +254,11 @@ struct Lstm {
       const int64_t H = p.hidden_size, N = p.total_rows(), B = p.batch, P = p.proj_size;
       const int64_t W = p.state_size();
       plane = N * H;
-      packed = workspace;
       if (!P)
         for (int64_t q = 0; q < 4; ++q)
-          k.pack(in.w_hh + q * H * H, H, /*transpose=*/false, packed + q * K::packed_size(H));
-      delta = packed + (P ? 0 : 4 * K::packed_size(H));
+          w_back[q] = k.pack(in.w_hh + q * H * H, H, /*transpose=*/false,
+                             workspace + q * K::packed_size(H));
+      delta = workspace + (P ? 0 : 4 * K::packed_size(H));
       d_all = delta + 4 * plane;
       d = d_all + (P ? N * P : 0);
       dc = d + B * W;
@@ -276,8 +277,7 @@ struct Lstm {
       if (!P) {
         for (int64_t q = 0; q < 4; ++q)
           k.step(Epilogue::kAccumulate, Activation::kTanh, b - a, H,
-                 delta + q * plane + (off + a) * H, packed + q * K::packed_size(H), dst,
-                 nullptr, nullptr);
+                 delta + q * plane + (off + a) * H, w_back[q], dst, nullptr, nullptr);
         return;
       }
       by_blocks(a, b, [&](int64_t a0, int64_t b0) {
