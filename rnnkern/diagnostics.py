@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -58,6 +58,7 @@ class GradientFlow:
         self.cell_history: List[Tensor] = []
         self.weight_contribution_history: List[Tensor] = []
         self.records_weight_contributions = weight_contributions
+        self._reverse: List[bool] = []  # per layer-direction, of the last forward recorded
         self.not_recorded: List[Tuple[int, int]] = []
         self._warned = False
 
@@ -74,17 +75,14 @@ class GradientFlow:
         history = self.weight_contribution_history
         return history[-1] if history else None
 
-    def horizon(self, fraction: float = 0.9, reverse: Optional[Sequence[bool]] = None
-                ) -> Tensor:
+    def horizon(self, fraction: float = 0.9) -> Tensor:
         """The gradient horizon of each layer-direction in the last backward pass: the
         smallest distance K from the end of the sequence such that the steps at distances
         0 … K carry at least ``fraction`` of Σ_t ‖δ_tᵀ h_{t-1}‖_F (the norms of
         ``weight_contributions``). The distance of step t is T-1-t for a forward direction
         and t for a reverse one (its steps run backwards): with the loss at the end, K is how
         far back W_hh learns from. An int64 tensor (num_layers · num_directions,), -1 for a
-        layer-direction whose backward did not run or whose contributions are all zero.
-        ``reverse``: which layer-directions run in reverse (default: the odd ones of a
-        bidirectional module, as recorded)."""
+        layer-direction whose backward did not run or whose contributions are all zero."""
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         terms = self.weight_contributions
@@ -92,11 +90,9 @@ class GradientFlow:
             raise RuntimeError("no weight contributions recorded: use "
                                "record_gradient_flow(rnn, weight_contributions=True) and run "
                                "a backward pass in the block")
-        if reverse is None:
-            reverse = self._reverse
         out = torch.full((terms.shape[0],), -1, dtype=torch.int64)
         for index, row in enumerate(terms):
-            by_distance = row if reverse[index] else row.flip(0)
+            by_distance = row if self._reverse[index] else row.flip(0)
             by_distance = torch.nan_to_num(by_distance, nan=0.0)
             total = float(by_distance.sum())
             if total > 0 and math.isfinite(total):
@@ -104,8 +100,6 @@ class GradientFlow:
                 out[index] = int(torch.searchsorted(share, torch.tensor(
                     [fraction * (1 - 1e-12)], dtype=torch.float64)))
         return out
-
-    _reverse: Sequence[bool] = ()
 
     def _expect(self, directions: int, count: int, shape: Tuple[int, ...],
                 to_steps: Callable[[Tensor], Tensor], history: Optional[List[Tensor]] = None):

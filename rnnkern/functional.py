@@ -628,7 +628,6 @@ def _plain_eager() -> bool:
 
 
 _C_FUNCTORCH = torch._C._are_functorch_transforms_active
-_GRAD_ENABLED = torch.is_grad_enabled
 _PARAMETER = torch.nn.Parameter
 
 
