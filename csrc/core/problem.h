@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "math.h"
 
@@ -197,24 +198,33 @@ void recurrent_weight_gradient(const Problem& p, K& k, const T* delta, int64_t R
   }
 }
 
-// Elements of T that step_weight_norms needs as workspace.
-inline int64_t step_weight_norms_size(const Problem& p) {
-  return p.batch * p.state_size() + 2 * p.batch * p.batch;
+// Elements of T that step_weight_norms needs as workspace on `threads` threads.
+inline int64_t step_weight_norms_size(const Problem& p, int threads) {
+  return threads * (p.batch * p.state_size() + 2 * p.batch * p.batch);
 }
 
 // out[t] = ‖δ_tᵀ h_{t-1}‖_F for every step t (in time order): the size of step t's term of
 // ∂L/∂W_hh = Σ_t δ_tᵀ h_{t-1}, as if each step had its own copy of W_hh. A dense W_hh (Dims 2)
 // has `blocks` blocks of R rows, block q's δ the (N, R) plane deltas[q]; the squared norm is
 // Σ_{b,b'} (Σ_q δ_b·δ_b')(h_b·h_b') over the step's n rows (two n × n Gram matrices, so no
-// (G·R × width) matrix per step). A diagonal W_hh (Dims 1, R = width): ‖Σ_b δ_b ⊙ h_b‖.
+// (G·R × width) matrix per step). A diagonal W_hh (Dims 1, R = width): ‖Σ_b δ_b ⊙ h_b‖. The
+// steps are independent: K::for_each_index spreads them over K::threads() threads, each with
+// its own part of the workspace.
 template <int Dims, typename T, typename K>
 void step_weight_norms(const Problem& p, K& k, const T* const* deltas, int64_t blocks,
                        int64_t R, const T* y, const T* h0, T* workspace, double* out) {
   const int64_t W = p.state_size(), B = p.batch;
-  T* h = workspace;           // the step's h_{t-1}, n × W
-  T* gram_d = h + B * W;      // Σ_q δ δᵀ, n × n
-  T* gram_h = gram_d + B * B; // h hᵀ, n × n
-  for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) {
+  struct Step {
+    int64_t t, off, n;
+  };
+  std::vector<Step> order;
+  order.reserve(p.steps);
+  for_each_step(p, true, [&](int64_t t, int64_t off, int64_t n) { order.push_back({t, off, n}); });
+  k.for_each_index(int64_t(order.size()), [&](int64_t i, int thread) {
+    const int64_t t = order[i].t, off = order[i].off, n = order[i].n;
+    T* h = workspace + thread * (B * W + 2 * B * B);  // the step's h_{t-1}, n × W
+    T* gram_d = h + B * W;                             // Σ_q δ δᵀ, n × n
+    T* gram_h = gram_d + B * B;                        // h hᵀ, n × n
     with_previous(p, RowRange{0, n}, t, off, y, static_cast<const T*>(nullptr), h0,
                   static_cast<const T*>(nullptr),
                   [&](int64_t a, int64_t b, const T* h_prev, const T*) {
@@ -233,7 +243,7 @@ void step_weight_norms(const Problem& p, K& k, const T* const* deltas, int64_t b
         k.gemm(false, true, n, n, R, T(1), d, R, d, R, T(q ? 1 : 0), gram_d, n);
       }
       k.gemm(false, true, n, n, W, T(1), h, W, h, W, T(0), gram_h, n);
-      for (int64_t i = 0; i < n * n; ++i) sum += double(gram_d[i]) * gram_h[i];
+      for (int64_t e = 0; e < n * n; ++e) sum += double(gram_d[e]) * gram_h[e];
     }
     out[t] = sum > 0 ? std::sqrt(sum) : 0.0;
   });

@@ -93,7 +93,7 @@ template <typename C, typename T, typename K>
 int64_t backward_workspace_size(const Problem& p, bool record_norms,
                                 bool record_weight_norms = false) {
   return C::template Backward<T, K>::workspace_size(p, record_norms) +
-         (record_weight_norms ? step_weight_norms_size(p) : 0);
+         (record_weight_norms ? step_weight_norms_size(p, K::threads()) : 0);
 }
 
 template <typename C, typename T, typename K>

@@ -116,6 +116,22 @@ struct Backend {
     }
   }
 
+  // run(i, thread) for every i < count, spread over threads() threads (thread < threads()).
+  static int threads() { return omp_get_max_threads(); }
+  template <typename F>
+  void for_each_index(int64_t count, F&& run) const {
+    const int team = threads();
+    if (team < 2 || count < 2) {
+      for (int64_t i = 0; i < count; ++i) run(i, 0);
+      return;
+    }
+#pragma omp parallel num_threads(team)
+    {
+      const int id = omp_get_thread_num(), size = omp_get_num_threads();
+      for (int64_t i = id; i < count; i += size) run(i, id);
+    }
+  }
+
   void column_sums(int64_t rows, int64_t H, const T* a, T* out) const {
     std::memset(out, 0, sizeof(T) * H);
     for (int64_t r = 0; r < rows; ++r) kernels.accumulate(H, a + r * H, out);

@@ -213,3 +213,33 @@ def test_inference_of_a_stack(cell, shape, dtype):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b), "1 vs 2 threads differ"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_weight_contributions(cell, packed):
+    """record_gradient_flow(weight_contributions=True) spreads the steps over the threads: the
+    terms are bitwise those of one thread."""
+    from rnnkern.diagnostics import record_gradient_flow
+
+    name, cell_kwargs = cell
+    found = []
+    for threads in (1, 2):
+        torch.manual_seed(7)
+        module = cells.get(name).module_type()(6, 40, bidirectional=True, **cell_kwargs)
+        x = torch.randn(30, 11, 6)
+        inp = x
+        if packed:
+            lengths = torch.randint(1, 31, (11,), generator=torch.Generator().manual_seed(3))
+            lengths[0] = 30
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with record_gradient_flow(module, weight_contributions=True) as flow:
+                y = module(inp)[0]
+                (y.data if packed else y).square().sum().backward()
+        finally:
+            torch.set_num_threads(before)
+        found.append(flow.weight_contributions)
+    assert torch.equal(found[0], found[1])

@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     H, B, T = args.hidden, args.batch_size, args.T
     if "tied" in panels:
         print(f"\ntied against untied depth, at h = 0 (φ' = 1), H={H}, B={B}, depth "
-              f"{args.depth}: median over {3} draws of ‖∂L/∂h‖ / ‖∂L/∂h_out‖ (geometric mean "
-              "over the batch), and how far the draws spread", flush=True)
+              f"{args.depth}: median over {questions.DRAWS} draws of ‖∂L/∂h‖ / ‖∂L/∂h_out‖ "
+              "(geometric mean over the batch), and how far the draws spread", flush=True)
         tied = questions.tied(depth=args.depth, H=H, B=B, seed=args.seed)
         print(questions.tied_table(tied))
         print(f"the kernel's tied RNN and autograd's tied MLP agree to {tied.agreement:.1e}")

@@ -31,6 +31,7 @@ from ...modules import GRU, LSTM, RNN
 PANELS = ("gains", "tied", "weight", "every-step")
 DISTRIBUTIONS = ("gaussian", "orthogonal")
 TIED_GAINS = (0.9, 1.0, 1.1)
+DRAWS = 3  # matrices drawn per distribution and gain in the tied panel
 CELLS = ("rnn", "lstm", "gru")
 # the gated cells' forget (LSTM) / update (GRU) gate bias, as in the gain sweep's cells panel
 GATE_BIAS = 1.0
@@ -104,7 +105,7 @@ def untied_mlp(weights: Sequence[torch.Tensor], v: torch.Tensor) -> torch.Tensor
 
 
 def tied(depth: int = 1000, H: int = 64, B: int = 16, gains: Sequence[float] = TIED_GAINS,
-         draws: int = 3, seed: int = 0) -> Tied:
+         draws: int = DRAWS, seed: int = 0) -> Tied:
     result = Tied(depth, H)
     worst = 0.0
     for kind in DISTRIBUTIONS:
