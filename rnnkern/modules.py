@@ -429,7 +429,7 @@ def _compute(module, input: Tensor, hx, batch_sizes: Optional[Tensor], on_grad_n
     output, hidden = _layers(spec.name, input, states if several else states[0], weights,
                              module.num_layers, module.bidirectional, nonlinearity,
                              module.dropout, module.training, module.batch_first, batch_sizes,
-                             on_grad_norms, weight_norms and on_grad_norms is not None)
+                             on_grad_norms, weight_norms)
     hidden = tuple(hidden) if several else (hidden,)
     if output.dtype != result_dtype:
         output = output.to(result_dtype)

@@ -63,6 +63,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     value = _float(text)
     if not (math.isfinite(value) and value >= 0):

@@ -8,20 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..arguments import (HelpFormatter, add_out, cell_choices, has_torch, no_matplotlib,
-                         positive, positive_float, wrote)
+from ..arguments import (HelpFormatter, add_out, cell_choices, fraction, has_torch,
+                         no_matplotlib, positive, positive_float, wrote)
 
 PANELS = ("gains", "tied", "weight", "every-step")
 
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

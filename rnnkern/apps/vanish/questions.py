@@ -27,14 +27,12 @@ import torch
 from ...cells import get as cell_spec
 from ...diagnostics import record_gradient_flow
 from ...modules import GRU, LSTM, RNN
+from .curves import GATE_BIAS, _format
 
-PANELS = ("gains", "tied", "weight", "every-step")
 DISTRIBUTIONS = ("gaussian", "orthogonal")
 TIED_GAINS = (0.9, 1.0, 1.1)
 DRAWS = 3  # matrices drawn per distribution and gain in the tied panel
 CELLS = ("rnn", "lstm", "gru")
-# the gated cells' forget (LSTM) / update (GRU) gate bias, as in the gain sweep's cells panel
-GATE_BIAS = 1.0
 _DTYPE = torch.float64
 
 
@@ -260,13 +258,6 @@ def every_step(T: int = 100, B: int = 16, H: int = 64, I: int = 8, seed: int = 0
 
 
 # ------------------------------------------------------------------ tables
-
-def _format(rows: List[List[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
 
 def _distances(n: int) -> List[int]:
     return sorted({k for k in (0, 10, 100, n // 2, n - 1) if 0 <= k < n})
