@@ -471,31 +471,40 @@ void dot_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, con
 // multiple of eight rows, so each sum is the same as on one thread.
 constexpr int64_t kDotSplitBytes = int64_t(1) << 19;
 
-template <typename T>
-void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
-         bool accumulate, T* c, int64_t ldc) {
+// f(first, count) for the columns of a result of n columns: all of them, or, where W (n × K
+// of T) is kDotSplitBytes or more, split over two threads at a multiple of 8 (each column's
+// sum is the same on either thread).
+template <typename T, typename F>
+void split_columns(int64_t n, int64_t K, F&& f) {
   if (n >= 64 && n * K * int64_t(sizeof(T)) >= kDotSplitBytes && omp_get_max_threads() > 1 &&
       !omp_in_parallel()) {
     const int64_t half = (n / 2 + 7) / 8 * 8;
 #pragma omp parallel num_threads(2)
     {
       if (omp_get_num_threads() == 1)
-        dot_serial(rows, n, K, a, lda, w, ldw, accumulate, c, ldc);
+        f(int64_t(0), n);
       else if (omp_get_thread_num() == 0)
-        dot_serial(rows, half, K, a, lda, w, ldw, accumulate, c, ldc);
+        f(int64_t(0), half);
       else
-        dot_serial(rows, n - half, K, a, lda, w + half * ldw, ldw, accumulate, c + half, ldc);
+        f(half, n - half);
     }
     return;
   }
-  dot_serial(rows, n, K, a, lda, w, ldw, accumulate, c, ldc);
+  f(int64_t(0), n);
+}
+
+template <typename T>
+void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
+         bool accumulate, T* c, int64_t ldc) {
+  split_columns<T>(n, K, [&](int64_t first, int64_t count) {
+    dot_serial(rows, count, K, a, lda, w + first * ldw, ldw, accumulate, c + first, ldc);
+  });
 }
 
 // C (rows × n) = [C +] op(A) (rows × K) · W, W (K × n) as it is: W's rows streamed once per row
 // of C, each added to C's row times its A entry, in the order of K (so the same sums on one
 // thread or two). op(A) = A (rows × K, lda), or with transpose_a Aᵀ, A (K × rows, lda): an outer
-// product's sum for a small K. W of kDotSplitBytes or more is split over two threads by columns
-// at a multiple of 8.
+// product's sum for a small K. Split over two threads by split_columns.
 template <typename T>
 void times_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
                   const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc) {
@@ -520,22 +529,10 @@ void times_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, b
 template <typename T>
 void times(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
            const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc) {
-  if (n >= 64 && n * K * int64_t(sizeof(T)) >= kDotSplitBytes && omp_get_max_threads() > 1 &&
-      !omp_in_parallel()) {
-    const int64_t half = (n / 2 + 7) / 8 * 8;
-#pragma omp parallel num_threads(2)
-    {
-      if (omp_get_num_threads() == 1)
-        times_serial(rows, n, K, a, lda, transpose_a, w, ldw, accumulate, c, ldc);
-      else if (omp_get_thread_num() == 0)
-        times_serial(rows, half, K, a, lda, transpose_a, w, ldw, accumulate, c, ldc);
-      else
-        times_serial(rows, n - half, K, a, lda, transpose_a, w + half, ldw, accumulate,
-                     c + half, ldc);
-    }
-    return;
-  }
-  times_serial(rows, n, K, a, lda, transpose_a, w, ldw, accumulate, c, ldc);
+  split_columns<T>(n, K, [&](int64_t first, int64_t count) {
+    times_serial(rows, count, K, a, lda, transpose_a, w + first, ldw, accumulate, c + first,
+                 ldc);
+  });
 }
 
 // step() for W_hh's rows as they are (the forward's Bm = W_hhᵀ unpacked): the forward
