@@ -14,6 +14,7 @@ from rnnkern import _core
 from rnnkern import apps as cli
 from rnnkern import cells
 from rnnkern.apps import arguments
+from rnnkern.apps.bench import peers
 from rnnkern.apps.bench import timing as bench
 from rnnkern.apps.train import adding
 from rnnkern.apps.vanish import curves as vanish
@@ -49,6 +50,8 @@ def test_bench_prints_a_table_and_writes_json_and_png(tmp_path):
         assert set(r["train_spread"]) == set(r["train_ms"])
         assert all(v is not None and v >= 0 for v in r["train_spread"].values())
     assert isinstance(data["warnings"], list)
+    assert set(data["load"]) == {"other_cpus", "steal_cpus", "cpus", "wall_s"}
+    assert any(line.startswith("load: other processes used") for line in lines)
     limits = data["limits"]
     assert limits["peak_after_gflops"] > 0
     assert limits["isa"] == _core.isa() and limits["threads"] == torch.get_num_threads()
@@ -216,7 +219,7 @@ def test_step_by_step_section(monkeypatch):
              bench.Case(1, 2, 3, 4, cell="gru"))
     _small_steps(monkeypatch, cases)
     section = bench.run_steps(bench.STEP_CASES, repeats=1, tokens=20, progress=None,
-                              onnx=False)
+                              peers=())
     assert [(r.case.cell, r.case.T, r.case.layers) for r in section.calls] == [
         ("rnn", 1, 1), ("lstm", 3, 2), ("gru", 1, 1)]
     for r in section.calls:
@@ -234,7 +237,7 @@ def test_step_by_step_section(monkeypatch):
     assert lines[0].split()[:6] == ["cell", "layers", "T", "B", "I", "H"]
     assert "infer speedup" in lines[0] and "train speedup" in lines[0]
     assert ["lstm", "2", "3", "2", "3", "4"] in [line.split()[:6] for line in lines]
-    assert "no onnxruntime column" in table
+    assert "onnxruntime" not in table and "(no " not in table
     assert "torch.nn.RNNCell, LSTMCell, GRUCell" in table
     assert table.count("20 single-token calls") == 3 and "-> LSTM 5->6 ->" in table
     data = bench.steps_as_dict(section)
@@ -247,32 +250,106 @@ def test_step_by_step_section(monkeypatch):
                                         for c in data["cases"])
 
 
+def _stand_in_peers(monkeypatch, calls=None):
+    """peers.makers giving onnxruntime's inference and JAX's inference and train step as
+    stand-ins, and saying openvino is missing."""
+    calls = [] if calls is None else calls
+
+    def makers(names, cell, module, x, hx):
+        assert list(names) == ["onnxruntime", "jax", "openvino"]
+        assert x.shape[1:] == (1, 3) and hx.shape[1:] == (1, 4)  # the row's own x and hx
+        return ({"onnxruntime": lambda: calls.append("ort"), "jax": lambda: calls.append("j")},
+                {"jax": lambda: calls.append("jt")}, {"openvino": "openvino is not installed"})
+
+    monkeypatch.setattr(peers, "makers", makers)
+    return calls
+
+
 def test_step_rows_have_a_spread_and_are_warned_about(monkeypatch):
     _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4, cell="gru"),))
-    monkeypatch.setattr(bench, "_onnx_inference", lambda module, x, hx: lambda: None)
-    section = bench.run_steps(repeats=3, tokens=5, progress=None, loop_sizes=())
+    _stand_in_peers(monkeypatch)
+    section = bench.run_steps(repeats=3, tokens=5, progress=None, loop_sizes=(),
+                              peers=["onnxruntime", "jax", "openvino"])
     r = section.calls[0]
-    assert set(r.inference_spread) == {"torch", "rnnkern", "onnxruntime"}
-    assert set(r.train_spread) == {"torch", "rnnkern"}
+    assert set(r.inference_spread) == {"torch", "rnnkern", "onnxruntime", "jax"}
+    assert set(r.train_spread) == {"torch", "rnnkern", "jax"}
     assert all(v >= 0 for v in (*r.inference_spread.values(), *r.train_spread.values()))
     # the row shows its widest spread: the others set below it (the stand-ins' own spreads vary)
     r.inference_spread = {name: 0.01 for name in r.inference_spread}
-    r.train_spread = {"torch": 0.01, "rnnkern": 0.5}
+    r.train_spread = {name: 0.01 for name in r.train_spread}
+    r.train_spread["rnnkern"] = 0.5
     table = bench.format_steps_table(section)
     assert "50%!" in table.splitlines()[2]
     assert bench.steps_as_dict(section)["cases"][0]["train_spread"]["rnnkern"] == 0.5
     assert "1 of 1 rows" in bench.warnings_for(section.calls)[0]
 
 
-def test_onnxruntime_column_when_a_session_is_at_hand(monkeypatch):
-    """With onnxruntime installed (an optional extra) its inference time gets a column."""
+def test_peer_columns_in_the_step_rows(monkeypatch):
+    """`bench --steps --peers ...`: a column pair (time, rnnkern's ratio over it) per peer for
+    inference, and for train where the peer trains; a line for the peer that is missing."""
+    _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4, cell="gru"), bench.Case(2, 1, 3, 4)))
+    calls = _stand_in_peers(monkeypatch)
+    section = bench.run_steps(repeats=1, tokens=20, progress=None, loop_sizes=(),
+                              peers=["onnxruntime", "jax", "openvino"])
+    assert {"ort", "j", "jt"} <= set(calls)
+    r = section.calls[0]
+    assert set(r.inference_us) == {"torch", "rnnkern", "onnxruntime", "jax"}
+    assert set(r.train_us) == {"torch", "rnnkern", "jax"}
+    lines = bench.format_steps_table(section).splitlines()
+    head = lines[0]
+    for column in ("onnxruntime infer us", "vs onnxruntime", "jax infer us", "vs jax",
+                   "jax train us", "vs jax train"):
+        assert column in head
+    assert head.index("vs onnxruntime") < head.index("torch train us") < head.index("vs jax train")
+    assert "openvino" not in head
+    assert "(no openvino figures at all: openvino is not installed)" in lines
+    row = lines[2].split()
+    assert len(row) == len(["cell", "layers", "T", "B", "I", "H"]) + 3 + 4 + 3 + 2 + 1
+    assert row[-2] == f"{r.speedup('train', 'jax'):.2f}x"
+    data = bench.steps_as_dict(section)["cases"][0]
+    assert data["peers_missing"] == {"openvino": "openvino is not installed"}
+    assert data["inference_us"]["jax"] == r.inference_us["jax"]
+
+
+def test_float64_steps_time_no_peer(monkeypatch):
     _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4, cell="gru"),))
-    monkeypatch.setattr(bench, "_onnx_inference", lambda module, x, hx: lambda: None)
-    section = bench.run_steps(repeats=1, tokens=20, progress=None, loop_sizes=())
-    assert set(section.calls[0].inference_us) == {"torch", "rnnkern", "onnxruntime"}
-    table = bench.format_steps_table(section)
-    assert "onnxruntime infer us" in table and "vs onnxruntime" in table
-    assert "no onnxruntime column" not in table
+    _stand_in_peers(monkeypatch)
+    section = bench.run_steps(repeats=1, tokens=5, progress=None, loop_sizes=(),
+                              dtype=torch.float64, peers=["onnxruntime", "jax", "openvino"])
+    assert set(section.calls[0].inference_us) == {"torch", "rnnkern"}
+    assert "float64" in section.calls[0].peers_missing["jax"]
+
+
+def test_the_load_of_other_processes(monkeypatch):
+    """The busy check: the machine's busy CPU time (/proc/stat) less this process's own, over
+    the wall time; a warning above LOAD_WARNING of the CPUs."""
+    load = bench.Load().stop()
+    if os.path.exists("/proc/stat"):
+        assert load.others >= 0 and load.steal >= 0 and load.wall_s >= 0
+        assert "load: other processes used" in load.line()
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: next(clock))
+    machine = iter([(1000.0, 5.0), (1016.0, 7.0)])  # 16 busy CPU seconds in 10 s, 2 stolen
+    monkeypatch.setattr(bench, "_cpu_seconds", lambda: next(machine))
+    own = iter([50.0, 54.0])  # of which this process used 4
+    monkeypatch.setattr(bench.Load, "_own", staticmethod(lambda: next(own)))
+    load = bench.Load()
+    load.cpus = 4
+    load.stop()
+    assert load.others == pytest.approx(1.2) and load.steal == pytest.approx(0.2)
+    assert load.busy() and load.as_dict() == dict(other_cpus=pytest.approx(1.2),
+                                                  steal_cpus=pytest.approx(0.2), cpus=4,
+                                                  wall_s=10.0)
+    lines = bench.warnings_for([], load=load)
+    assert "other processes used 1.20 of the 4 logical CPUs" in lines[0]
+    assert "--repeats" in lines[-1]
+    load.others = 0.3  # under 10% of 4 CPUs
+    assert bench.warnings_for([], load=load) == []
+    monkeypatch.setattr(bench, "_cpu_seconds", lambda: (math.nan, math.nan))
+    clock, own = iter([0.0, 1.0]), iter([0.0, 0.5])
+    unread = bench.Load().stop()
+    assert not unread.busy() and "not measured" in unread.line()
+    assert unread.as_dict()["other_cpus"] is None
 
 
 def test_step_sizes_are_the_requested_ones():
@@ -303,6 +380,7 @@ def test_bench_steps_command(tmp_path, monkeypatch):
     assert cli.main(["bench", "--steps", "--repeats", "1", "--out", str(out)]) == 0
     data = json.loads((out / "bench.json").read_text())
     assert "results" not in data and len(data["steps"]["cases"]) == 1
+    assert data["steps"]["load"]["cpus"] == os.cpu_count()
     assert not (out / "speedup.png").exists()
 
 

@@ -46,8 +46,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="other runtimes to time beside torch.nn, comma-separated, each when "
                         "installed: jax (lax.scan under jit: inference and train step), "
                         "onnxruntime and openvino (inference of torch.onnx.export of the "
-                        "torch.nn layer, float32); for the grid (--steps has its own ONNX "
-                        "Runtime column)")
+                        "torch.nn layer, float32); in the grid and in --steps (which times "
+                        "onnxruntime when installed without being asked)")
     b.add_argument("--cell", choices=cell_choices(all_=True), default="rnn",
                    help="which layer: rnn (torch.nn.RNN), lstm, gru, or all three; the gated "
                         "cells run their own sizes unless --size is given")
@@ -166,30 +166,35 @@ def run(args: argparse.Namespace) -> int:
     if grid:
         print(_title(args) + ": forward (no grad) and train step (forward + backward)",
               flush=True)
+        load = timing.Load()
         results = timing.run(cases, impls=impls, repeats=args.repeats, dtype=dtype,
                              device=args.device, limits=limits, peers=args.peers or ())
         print(timing.format_table(results), flush=True)
-        missing = {p: why for r in results for p, why in r.peers_missing.items()}
-        for peer, why in missing.items():
-            some = any(peer in r.forward_ms for r in results)
-            print(f"(no {peer} figures {'in some rows' if some else 'at all'}: {why})",
-                  flush=True)
+        for line in timing.missing_peers(results, "forward_ms"):
+            print(line, flush=True)
         data["results"] = timing.as_dicts(results)
         after = math.nan
         if args.device == "cpu":
             from ... import _core
             after = _core.fma_peak_gflops(dtype == torch.float64, limits.threads)
         data["limits"]["peak_after_gflops"] = None if math.isnan(after) else after
-        data["warnings"] = timing.warnings_for(results, limits.peak_gflops, after)
+        print(load.stop().line(), flush=True)
+        data["load"] = load.as_dict()
+        data["warnings"] = timing.warnings_for(results, limits.peak_gflops, after, load)
         for line in data["warnings"]:
             print(line, flush=True)
     if steps:
         print("\nstep by step: one call of a streaming or generating caller "
               "(microseconds per call)", flush=True)
-        section = timing.run_steps(repeats=args.repeats, dtype=dtype)
+        load = timing.Load()
+        section = timing.run_steps(repeats=args.repeats, dtype=dtype,
+                                   peers=list(dict.fromkeys(["onnxruntime",
+                                                             *(args.peers or ())])))
         print(timing.format_steps_table(section), flush=True)
         data["steps"] = timing.steps_as_dict(section)
-        data["steps"]["warnings"] = timing.warnings_for(section.calls)
+        print(load.stop().line(), flush=True)
+        data["steps"]["load"] = load.as_dict()
+        data["steps"]["warnings"] = timing.warnings_for(section.calls, load=load)
         for line in data["steps"]["warnings"]:
             print(line, flush=True)
     path = os.path.join(args.out, "bench.json")

@@ -193,7 +193,8 @@ def makers(peers, cell: str, module: torch.nn.Module, x: torch.Tensor, hx
     inference: Dict[str, Callable] = {}
     train: Dict[str, Callable] = {}
     missing: Dict[str, str] = {}
-    for name in peers:
+    # JAX last: OpenVINO forks while it compiles, which JAX, once loaded, warns against
+    for name in sorted(peers, key=lambda n: n == "jax"):
         try:
             if name == "jax":
                 inference[name], train[name] = jax_calls(cell, module, x)

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -224,11 +224,71 @@ def _widest(*spreads: Dict[str, float]) -> float:
     return max(values) if values else math.nan
 
 
+# Other processes' CPU use during a run, as a share of all the logical CPUs, above which the
+# command warns.
+LOAD_WARNING = 0.10
+
+
+def _cpu_seconds() -> Tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine since boot, from /proc/stat's first
+    line (Linux); NaN elsewhere. Busy counts user, nice, system, irq, softirq and steal."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan, math.nan
+    return (user + nice + system + irq + softirq + steal) / tick, steal / tick
+
+
+class Load:
+    """What other processes take of the machine while the command runs: the whole machine's
+    busy CPU time (/proc/stat) less this process's own (os.times), over the wall time, in
+    logical CPUs; ``steal`` is the time a hypervisor gave to other machines. NaN where
+    /proc/stat cannot be read."""
+
+    def __init__(self):
+        self._start = (time.monotonic(), *_cpu_seconds(), self._own())
+        self.wall_s = self.others = self.steal = math.nan
+        self.cpus = os.cpu_count() or 1
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def stop(self) -> "Load":
+        """Measure the time since the start; returns self."""
+        wall0, busy0, steal0, own0 = self._start
+        wall, (busy, steal), own = time.monotonic(), _cpu_seconds(), self._own()
+        self.wall_s = wall - wall0
+        if self.wall_s > 0 and not math.isnan(busy - busy0):
+            # clock ticks are 10 ms: a short run's figure is rough, never below zero
+            self.others = max(0.0, (busy - busy0) - (own - own0)) / self.wall_s
+            self.steal = max(0.0, steal - steal0) / self.wall_s
+        return self
+
+    def busy(self) -> bool:
+        return self.others > LOAD_WARNING * self.cpus  # False for NaN
+
+    def line(self) -> str:
+        if math.isnan(self.others):
+            return "load: not measured (no /proc/stat)"
+        return (f"load: other processes used {self.others:.2f} of the {self.cpus} logical CPUs "
+                f"on average over these {self.wall_s:.0f} s (of which {self.steal:.2f} stolen "
+                "by the hypervisor)")
+
+    def as_dict(self) -> Dict[str, object]:
+        return _finite(dict(other_cpus=self.others, steal_cpus=self.steal, cpus=self.cpus,
+                            wall_s=self.wall_s))
+
+
 def warnings_for(results: Sequence, peak_before: float = math.nan,
-                 peak_after: float = math.nan) -> List[str]:
+                 peak_after: float = math.nan, load: Optional[Load] = None) -> List[str]:
     """What makes these numbers doubtful, each as a line (empty when nothing does): rows
-    (Result or StepResult) whose repeats spread by more than SPREAD_WARNING, and an FMA peak
-    that fell during the run."""
+    (Result or StepResult) whose repeats spread by more than SPREAD_WARNING, an FMA peak
+    that fell during the run, and other processes using more than LOAD_WARNING of the CPUs."""
     out = []
     wide = [r for r in results if r.spread() > SPREAD_WARNING]
     if wide:
@@ -240,6 +300,10 @@ def warnings_for(results: Sequence, peak_before: float = math.nan,
     if peak_after < 0.9 * peak_before:
         out.append(f"warning: the FMA peak fell from {peak_before:.0f} to {peak_after:.0f} "
                    "GFLOP/s during the run: another job is using the CPU")
+    if load is not None and load.busy():
+        out.append(f"warning: other processes used {load.others:.2f} of the {load.cpus} "
+                   f"logical CPUs during the run ({load.steal:.2f} stolen by the hypervisor): "
+                   "the times include waiting for them")
     if out:
         out.append("for numbers to trust: stop other heavy jobs, then rerun with more --repeats "
                    "(and, on a machine that sets them, env -u OPENBLAS_CORETYPE -u "
@@ -452,6 +516,17 @@ def _time_peers(result: Result, names: Sequence[str], theirs: torch.nn.Module, x
             getattr(result, f"{what}_spread")[name] = ms.spread[name]
 
 
+def missing_peers(rows: Sequence, times: str) -> List[str]:
+    """A line per peer that some of ``rows`` (Result or StepResult) lack, saying why;
+    ``times`` names the rows' field that holds the peers' times."""
+    missing = {p: why for r in rows for p, why in r.peers_missing.items()}
+    out = []
+    for p, why in missing.items():
+        some = any(p in getattr(r, times) for r in rows)
+        out.append(f"(no {p} figures {'in some rows' if some else 'at all'}: {why})")
+    return out
+
+
 def _spread_cell(spread: float) -> str:
     """A table's spread: a percentage, marked ! above SPREAD_WARNING; - when not measured."""
     if math.isnan(spread):
@@ -556,6 +631,7 @@ class StepResult:
     # interquartile range over the median of the repeats, per implementation
     inference_spread: Dict[str, float] = field(default_factory=dict)
     train_spread: Dict[str, float] = field(default_factory=dict)
+    peers_missing: Dict[str, str] = field(default_factory=dict)  # peer -> why not timed
 
     def speedup(self, what: str = "train", over: str = "torch") -> float:
         times = self.train_us if what == "train" else self.inference_us
@@ -596,22 +672,12 @@ def _state(case: Case, dtype, generator) -> object:
     return (h, torch.randn_like(h)) if len(cell_spec(case.cell).states) > 1 else h
 
 
-def _onnx_inference(module: torch.nn.Module, x: torch.Tensor, hx) -> Optional[Callable]:
-    """A call of ONNX Runtime on torch.onnx.export of ``module`` (the torch class), or None
-    when onnxruntime (an optional extra of the benchmark) or the exporter is missing."""
-    from .peers import Unavailable, onnxruntime_inference
-
-    try:
-        return onnxruntime_inference(module, x, hx)
-    except Unavailable:
-        return None
-
-
 def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float32,
-                 seed: int = 0, onnx: bool = True) -> StepResult:
+                 seed: int = 0, peers: Sequence[str] = ("onnxruntime",)) -> StepResult:
     """One call of a step-by-step caller: inference (no grad, hx passed explicitly, as a
-    streaming caller does) and a train step, rnnkern's module against the torch class (and,
-    for inference, ONNX Runtime when installed and ``onnx``), interleaved."""
+    streaming caller does) and a train step, rnnkern's module against the torch class,
+    interleaved; then each of ``peers`` that can run it (see peers.py; float32 only), timed
+    apart."""
     torch.manual_seed(seed)
     torch_class, rnnkern_class = classes(case.cell)
     theirs = torch_class(case.I, case.H, num_layers=case.layers, dtype=dtype)
@@ -639,18 +705,33 @@ def measure_step(case: Case, repeats: int = 5, dtype: torch.dtype = torch.float3
 
     result = StepResult(case)
     ms = _timed_blocks({k: inference(m) for k, m in calls.items()}, repeats)
-    result.inference_spread = dict(ms.spread)
-    session = _onnx_inference(theirs, x, hx) if onnx and dtype == torch.float32 else None
-    if session is not None:
-        # timed apart: its thread pool spins between calls and would slow the others' blocks
-        apart = _timed_blocks({"onnxruntime": session}, repeats)
-        ms.update(apart)
-        result.inference_spread.update(apart.spread)
     result.inference_us = {k: 1e3 * v for k, v in ms.items()}
+    result.inference_spread = dict(ms.spread)
     ms = _timed_blocks({k: train(m) for k, m in calls.items()}, repeats)
     result.train_us = {k: 1e3 * v for k, v in ms.items()}
     result.train_spread = dict(ms.spread)
+    if peers:
+        _time_step_peers(result, peers, theirs, x, hx, repeats)
     return result
+
+
+def _time_step_peers(result: StepResult, names: Sequence[str], theirs: torch.nn.Module,
+                     x: torch.Tensor, hx, repeats: int) -> None:
+    """The peers' times of a step row, each timed apart: their thread pools spin between
+    calls and would slow the others' blocks."""
+    from . import peers
+
+    if x.dtype != torch.float32:
+        result.peers_missing = {n: "not timed in float64 (the peers run float32)"
+                                for n in names}
+        return
+    inference, train, result.peers_missing = peers.makers(names, result.case.cell, theirs,
+                                                          x, hx)
+    for what, made in (("inference", inference), ("train", train)):
+        for name, call in made.items():
+            ms = _timed_blocks({name: call}, repeats)
+            getattr(result, f"{what}_us")[name] = 1e3 * ms[name]
+            getattr(result, f"{what}_spread")[name] = ms.spread[name]
 
 
 def measure_cell_loop(cell: str, B: int, H: int, steps: Optional[int] = None,
@@ -740,10 +821,12 @@ class StepsSection:
 def run_steps(cases: Optional[Sequence[Case]] = None, repeats: int = 5,
               dtype: torch.dtype = torch.float32, tokens: Optional[int] = None,
               progress=sys.stderr, loop_sizes: Optional[Sequence[tuple]] = None,
-              loop_steps: Optional[int] = None, onnx: bool = True) -> StepsSection:
+              loop_steps: Optional[int] = None,
+              peers: Sequence[str] = ("onnxruntime",)) -> StepsSection:
     """The step-by-step section: every case of ``cases`` (default STEP_CASES), the cells'
     loops (CELL_LOOP_SIZES for each cell of the cases), then each cell's generate loop of
-    ``tokens`` calls (default GENERATE_TOKENS)."""
+    ``tokens`` calls (default GENERATE_TOKENS). ``peers`` (see peers.py) are timed on the
+    cases, each where installed."""
     cases = STEP_CASES if cases is None else cases
     tokens = GENERATE_TOKENS if tokens is None else tokens
     loop_sizes = CELL_LOOP_SIZES if loop_sizes is None else loop_sizes
@@ -757,7 +840,7 @@ def run_steps(cases: Optional[Sequence[Case]] = None, repeats: int = 5,
     for i, case in enumerate(cases, 1):
         say(f"[step {i}/{len(cases)}] {case.cell} {case.T}x{case.B}x{case.I}x{case.H} "
             f"L{case.layers} ...")
-        calls.append(measure_step(case, repeats=repeats, dtype=dtype, onnx=onnx))
+        calls.append(measure_step(case, repeats=repeats, dtype=dtype, peers=peers))
     loops = []
     for cell in step_cells:
         for B, H in loop_sizes:
@@ -770,29 +853,44 @@ def run_steps(cases: Optional[Sequence[Case]] = None, repeats: int = 5,
     return StepsSection(calls, loops, generate)
 
 
+def _step_peers(section: StepsSection, what: str) -> List[str]:
+    """The peers with a time in some row of ``section`` for ``what`` (inference or train),
+    in peers.PEERS' order."""
+    from .peers import PEERS
+
+    return [p for p in PEERS if any(p in getattr(r, f"{what}_us") for r in section.calls)]
+
+
 def format_steps_table(section: StepsSection) -> str:
-    onnx = any("onnxruntime" in r.inference_us for r in section.calls)
+    infer_peers, train_peers = _step_peers(section, "inference"), _step_peers(section, "train")
     head = ["cell", "layers", "T", "B", "I", "H", "torch infer us", "rnnkern infer us",
             "infer speedup"]
-    if onnx:
-        head += ["onnxruntime infer us", "vs onnxruntime"]
-    head += ["torch train us", "rnnkern train us", "train speedup", "spread"]
+    for p in infer_peers:
+        head += [f"{p} infer us", f"vs {p}"]
+    head += ["torch train us", "rnnkern train us", "train speedup"]
+    for p in train_peers:
+        head += [f"{p} train us", f"vs {p} train"]
+    head += ["spread"]
+
+    def peer_cells(r: StepResult, what: str, names: List[str]) -> List[str]:
+        times, out = getattr(r, f"{what}_us"), []
+        for p in names:
+            out += [f"{times[p]:.1f}", f"{r.speedup(what, p):.2f}x"] if p in times \
+                else ["-", "-"]
+        return out
+
     rows = [head]
     for r in section.calls:
         c = r.case
         row = [c.cell, str(c.layers), str(c.T), str(c.B), str(c.I), str(c.H),
                f"{r.inference_us['torch']:.1f}", f"{r.inference_us['rnnkern']:.1f}",
                f"{r.speedup('inference'):.2f}x"]
-        if onnx:
-            ort = r.inference_us.get("onnxruntime")
-            row += [f"{ort:.1f}", f"{r.speedup('inference', 'onnxruntime'):.2f}x"] if ort \
-                else ["-", "-"]
+        row += peer_cells(r, "inference", infer_peers)
         row += [f"{r.train_us['torch']:.1f}", f"{r.train_us['rnnkern']:.1f}",
-                f"{r.speedup('train'):.2f}x", _spread_cell(r.spread())]
+                f"{r.speedup('train'):.2f}x"]
+        row += peer_cells(r, "train", train_peers) + [_spread_cell(r.spread())]
         rows.append(row)
-    text = _fmt_table(rows)
-    if not onnx:
-        text += "\n(no onnxruntime column: pip install onnxruntime to add one)"
+    text = "\n".join([_fmt_table(rows), *missing_peers(section.calls, "inference_us")])
     if section.loops:
         loop_rows = [["cell", "B", "H", "steps", "torch loop us", "rnnkern loop us", "speedup"]]
         for r in section.loops:
@@ -819,7 +917,8 @@ def steps_as_dict(section: StepsSection) -> dict:
                     I=r.case.I, H=r.case.H, inference_us=r.inference_us, train_us=r.train_us,
                     inference_spread=_finite(r.inference_spread),
                     train_spread=_finite(r.train_spread),
-                    inference_speedup=r.speedup("inference"), train_speedup=r.speedup("train"))
+                    inference_speedup=r.speedup("inference"), train_speedup=r.speedup("train"),
+                    peers_missing=dict(r.peers_missing))
                for r in section.calls],
         cell_loops=[dict(cell=r.cell, B=r.B, H=r.H, steps=r.steps, loop_us=r.loop_us,
                          speedup=r.speedup()) for r in section.loops],
