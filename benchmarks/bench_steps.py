@@ -1,5 +1,5 @@
 """rnnkern against torch.nn at the sizes of a step-by-step caller; the same as
-`rnnkern bench --steps`.
+`rnnkern bench --step-by-step`.
 
 For the RNN, LSTM and GRU at I = 128: T = 1 with B = 1 and 32, H = 256 and 512, 1 and 2 layers,
 and T = 10: inference (no grad, hx passed; and ONNX Runtime on torch.onnx.export of the torch
@@ -16,4 +16,4 @@ import sys
 from rnnkern.apps import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "--steps", *sys.argv[1:]]))
+    sys.exit(main(["bench", "--step-by-step", *sys.argv[1:]]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import sys
 import warnings
 from typing import Optional, Tuple, Union
@@ -114,6 +115,12 @@ def _warn_if_quantized(module, qconfig) -> None:
 class _DropIn:
     """What all of rnnkern's drop-ins add to their torch class: the hand-off to torch's class
     for scripting, and the warning when torch's quantization would skip them."""
+
+    def _get_name(self) -> str:
+        """The name repr and print(model) show: rnnkern.LSTM(...) for rnnkern's own classes,
+        so that a model shows what runs on rnnkern (a subclass shows its own name)."""
+        name = type(self).__name__
+        return f"rnnkern.{name}" if type(self) in _DROP_INS.values() else name
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` compiles torch's own class: a shallow copy of this module as
@@ -365,8 +372,11 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
 
     Each module keeps its identity, Parameter objects, hooks and state, so an optimizer made
     before the call keeps training the same tensors; only the class changes, the way
-    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` swaps batch norms. Subclasses of
-    the torch classes are left alone (their forward may differ). Undo with :func:`revert`.
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` swaps batch norms. ``print(model)``
+    then shows ``rnnkern.LSTM(...)`` where rnnkern runs. Subclasses of the torch classes
+    (their forward may differ) and parametrized modules (``torch.nn.utils.parametrize``, e.g.
+    ``weight_norm``) are left alone, with a ``UserWarning`` naming each and why; the converted
+    ones are logged on the ``rnnkern`` logger (INFO). Undo with :func:`revert`.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -374,9 +384,43 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
         if type(module) in _DROP_INS:
             _let_dynamo_trace_rnn_modules()
             break
+    converted = [f"{name or '(the model)'}: {_torch_name(type(module))}"
+                 for name, module in model.named_modules() if type(module) in _DROP_INS]
+    skipped = _left_on_torch(model)
     for theirs, ours in _DROP_INS.items():
         _swap_classes(model, theirs, ours)
+    if converted:
+        logging.getLogger("rnnkern").info("rnnkern.convert: now on rnnkern: %s",
+                                          "; ".join(converted))
+    if skipped:
+        warnings.warn(f"rnnkern.convert left {len(skipped)} recurrent module"
+                      f"{'s' if len(skipped) > 1 else ''} on torch: " + "; ".join(skipped),
+                      stacklevel=2)
     return model
+
+
+def _torch_name(cls: type) -> str:
+    return f"{cls.__module__.replace('torch.nn.modules.rnn', 'torch.nn')}.{cls.__name__}"
+
+
+def _left_on_torch(model: torch.nn.Module) -> list:
+    """'name (class: why)' for each module of ``model`` that is a torch recurrent class that
+    convert does not swap."""
+    from torch.nn.utils import parametrize
+
+    ours = tuple(_DROP_INS.values())
+    out = []
+    for name, module in model.named_modules():
+        if type(module) in _DROP_INS or isinstance(module, ours):
+            continue
+        base = next((t for t in _DROP_INS if isinstance(module, t)), None)
+        if base is None:
+            continue
+        why = ("its weights are parametrized (torch.nn.utils.parametrize, e.g. weight_norm)"
+               if parametrize.is_parametrized(module) else
+               f"a subclass of {_torch_name(base)}, whose forward may differ")
+        out.append(f"{name or '(the model)'} ({type(module).__name__}: {why})")
+    return out
 
 
 def revert(model: torch.nn.Module) -> torch.nn.Module:

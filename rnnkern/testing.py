@@ -616,6 +616,12 @@ class _FiniteDifferences(_ModuleRunner):
         return result
 
 
+def check_finite_differences_size(config: Config) -> None:
+    """A ValueError saying so when ``config`` has more inputs and weights than finite
+    differences take (FD_MAX_ELEMENTS)."""
+    _FiniteDifferences.check_size(config)
+
+
 class _BpttRunner:
     """Runs a NumPy bptt of one layer, one direction (see the module docstring for each
     cell's arguments and keys), and optionally its forward."""

@@ -84,6 +84,40 @@ def size(text: str):
     return tuple(int(p) for p in parts)
 
 
+def memory_bytes() -> float:
+    """The memory the machine has free now (MemAvailable, Linux), else all of it; inf when
+    neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return math.inf
+
+
+def recurrent_bytes(T: int, B: int, I: int, H: int, gates: int, layers: int = 1,  # noqa: E741
+                    directions: int = 1, itemsize: int = 4) -> int:
+    """A rough lower bound on one train step's memory: the input and its gradient, each
+    layer-direction's gates and states kept for backward, and the weights."""
+    rows = T * B
+    saved = rows * (2 * I + layers * directions * (gates + 2) * H)
+    weights = layers * directions * gates * H * (I + (directions + 1) * H)
+    return (saved + weights) * itemsize
+
+
+def check_memory(parser: argparse.ArgumentParser, option: str, what: str, needed: float) -> None:
+    """A usage error when ``needed`` bytes are more than the machine has free."""
+    free = memory_bytes()
+    if needed > free:
+        parser.error(f"argument {option}: {what} needs at least {needed / 2**30:.3g} GiB of "
+                     f"memory, more than the {free / 2**30:.3g} GiB free on this machine")
+
+
 def add_out(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                    help=f"folder to write {what} into, created if missing")

@@ -213,7 +213,7 @@ def _small_steps(monkeypatch, cases):
 
 
 def test_step_by_step_section(monkeypatch):
-    """`bench --steps`: the step cases of every cell asked for (layers, T, B), the one-step
+    """`bench --step-by-step`: the step cases of every cell asked for (layers, T, B), the one-step
     cells' loops and a generate loop per cell, timed for the torch class and rnnkern's."""
     cases = (bench.Case(1, 1, 3, 4), bench.Case(3, 2, 3, 4, layers=2, cell="lstm"),
              bench.Case(1, 2, 3, 4, cell="gru"))
@@ -285,7 +285,7 @@ def test_step_rows_have_a_spread_and_are_warned_about(monkeypatch):
 
 
 def test_peer_columns_in_the_step_rows(monkeypatch):
-    """`bench --steps --peers ...`: a column pair (time, rnnkern's ratio over it) per peer for
+    """`bench --step-by-step --peers ...`: a column pair (time, rnnkern's ratio over it) per peer for
     inference, and for train where the peer trains; a line for the peer that is missing."""
     _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4, cell="gru"), bench.Case(2, 1, 3, 4)))
     calls = _stand_in_peers(monkeypatch)
@@ -377,7 +377,7 @@ def test_generate_loop_feeds_back_tokens_and_passes_the_state():
 def test_bench_steps_command(tmp_path, monkeypatch):
     _small_steps(monkeypatch, (bench.Case(1, 1, 3, 4),))
     out = tmp_path / "steps"
-    assert cli.main(["bench", "--steps", "--repeats", "1", "--out", str(out)]) == 0
+    assert cli.main(["bench", "--step-by-step", "--repeats", "1", "--out", str(out)]) == 0
     data = json.loads((out / "bench.json").read_text())
     assert "results" not in data and len(data["steps"]["cases"]) == 1
     assert data["steps"]["load"]["cpus"] == os.cpu_count()
@@ -412,7 +412,7 @@ BAD_ARGUMENTS = [
     (["bench", "--layers", "2"], "--layers: applies to --size only"),
     (["bench", "--repeats", "0"], "expected a positive integer"),
     (["vanish", "--gains", "0.5", "nan"], "expected a positive finite number"),
-    (["vanish", "--T", "-3"], "expected a positive integer"),
+    (["vanish", "--seq-len", "-3"], "expected a positive integer"),
     (["vanish", "--fraction", "1.5"], "expected a number in (0, 1]"),
     (["vanish", "--panel", "tide"], "invalid choice: 'tide'"),
     (["train", "adding", "--lr", "-1"], "expected a positive finite number"),
@@ -420,6 +420,16 @@ BAD_ARGUMENTS = [
     (["train", "adding", "--lr", "inf"], "expected a positive finite number"),
     (["train", "adding", "--batch-size", "0"], "expected a positive integer"),
     (["train", "copying"], "invalid choice: 'copying'"),
+    # a value that starts with a minus is the option's value, and its type says what is wrong
+    (["bench", "--size", "-5x2x3x4"], "expected TxBxIxH with positive integers, got '-5x2x3x4'"),
+    (["check", "--size", "-5x2x3x4"], "expected TxBxIxH with positive integers"),
+    # sizes that cannot fit in memory, refused before any allocation
+    (["bench", "--size", "100000000x1000x1000x1000"], "GiB of memory, more than the"),
+    (["check", "--size", "100000000x1000x1000x1000", "--cell", "all"], "needs at least"),
+    (["check", "--reference", "finite-differences", "--size", "100x10x10x100"],
+     "argument --reference: finite differences are for small sizes"),
+    (["vanish", "--seq-len", "5000"], "expected at most 1000, got 5000"),
+    (["vanish", "--T", "5000", "--panel", "every-step"], "--panel gains, tied or weight"),
 ]
 
 
@@ -494,14 +504,54 @@ def test_measure_cell(cell):
 
 @pytest.mark.cells("lstm", "gru")  # the gated cells' gain table (rnn, indrnn: test_commands.py)
 def test_vanish_cell_prints_gain_table_and_the_three_cells(tmp_path, cell):
-    proc = run_cli(["vanish", "--panel", "gains", "--cell", cell, "--T", "12", "--hidden", "6",
-                    "--batch-size", "2", "--gains", "0.5", "1.5", "--out", "v"], tmp_path)
+    proc = run_cli(["vanish", "--panel", "gains", "--cell", cell, "--seq-len", "12",
+                    "--hidden", "6", "--batch-size", "2", "--gains", "0.5", "1.5", "--out", "v"], tmp_path)
     lines = proc.stdout.splitlines()
     # two gains, and a row per state (‖∂L/∂h‖, the LSTM's ‖∂L/∂c‖) in the three cells' table
     states = len(cells.get(cell).states)
     assert len([line for line in lines if line.split()[:1] == [cell]]) == 2 + states
     assert any(line.split()[:2] == [cell, "‖∂L/∂c‖"] for line in lines) == (states > 1)
     assert (tmp_path / "v" / "vanish.png").stat().st_size > 0
+
+
+def test_old_spellings_still_work_with_a_note(capsys):
+    """--T, bench's --steps and train's --engine: aliases of --seq-len, --step-by-step and
+    --impl for one release, each with a note on stderr."""
+    parser = cli.build_parser()
+    for old, new in ((["train", "adding", "--T", "8", "--engine", "torch"],
+                      ["train", "adding", "--seq-len", "8", "--impl", "torch"]),
+                     (["vanish", "--T=7"], ["vanish", "--seq-len", "7"]),
+                     (["bench", "--steps"], ["bench", "--step-by-step"])):
+        a, b = vars(parser.parse_args(old)), vars(parser.parse_args(new))
+        a.pop("parser"), b.pop("parser")
+        assert a == b, old
+    with pytest.raises(SystemExit):  # stops at the check of --device, after the note
+        cli.main(["bench", "--steps", "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert "note: --steps is deprecated and goes in the next release; use --step-by-step" in err
+    assert "argument --step-by-step:" in err
+    assert cli._negative_values(["--seed", "-3", "--gains", "0.5", "-1"]) == [
+        "--seed=-3", "--gains", "0.5", "-1"]
+
+
+def test_vanish_past_floats_range_and_for_every_cell(tmp_path):
+    """gain^k past float64's range is inf, not an OverflowError (--seq-len 5000 used to die
+    after the work); --cell all draws the gain sweep of each cell."""
+    curves = vanish.compute(T=1800, B=1, H=2, I=2, gains=(1.5,))
+    assert math.isinf(float(curves.bound[1.5][-1])) and curves.bound[1.5][1] == 1.5
+    proc = run_cli(["vanish", "--panel", "gains", "--cell", "all", "--seq-len", "6",
+                    "--hidden", "3", "--batch-size", "2", "--gains", "0.5", "--out", "v"],
+                   tmp_path)
+    for cell in cells.NAMES:
+        assert (tmp_path / "v" / f"vanish-{cell}.png").stat().st_size > 0
+        assert f"from the loss, {cells.get(cell).title}, T=6" in proc.stdout
+    assert proc.stdout.count("the three cells at the same T=6") == 1
+
+
+def test_the_three_cells_panel_says_how_far_each_falls():
+    assert vanish.decades_lost(torch.tensor([1.0, 1e-3, 1e-7])) == pytest.approx(7)
+    gains = set(vanish.GAIN_COLORS)
+    assert not gains & {color for _, color, _ in vanish.CELL_STYLES.values()}
 
 
 def test_vanish_three_cells_at_the_same_t():
@@ -519,7 +569,7 @@ def test_vanish_three_cells_at_the_same_t():
 @pytest.mark.cells("gru")  # the LSTM: test_adding_model_and_runs_for_every_cell; the
 # Elman RNN: test_commands.py
 def test_train_adding_cell(tmp_path, cell):
-    proc = run_cli(["train", "adding", "--cell", cell, "--T", "8", "--steps", "10",
+    proc = run_cli(["train", "adding", "--cell", cell, "--seq-len", "8", "--steps", "10",
                     "--hidden", "6", "--init", "orthogonal", "--out", "a"], tmp_path)
     assert f"adding problem T=8, {cell}, init orthogonal" in proc.stdout
     assert (tmp_path / "a" / f"adding-T8-{cell}-orthogonal-rnnkern-gradient-flow.png").exists()

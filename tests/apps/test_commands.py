@@ -33,7 +33,7 @@ def test_vanish_rnn_and_tied_mlp_curves_are_the_same_and_under_the_bound():
 
 
 def test_vanish_command_prints_table_and_writes_png(tmp_path):
-    proc = run_cli(["vanish", "--panel", "gains", "--T", "12", "--hidden", "6",
+    proc = run_cli(["vanish", "--panel", "gains", "--seq-len", "12", "--hidden", "6",
                     "--batch-size", "2", "--gains", "0.5", "1.5", "--out", "plots/v"], tmp_path)
     assert "max |RNN-MLP|/MLP" in proc.stdout
     assert len([line for line in proc.stdout.splitlines()
@@ -57,7 +57,7 @@ def test_vanish_agreement_and_bound_are_computed():
 
 def test_vanish_writes_into_the_default_results_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["vanish", "--panel", "gains", "--T", "5", "--hidden", "3",
+    assert cli.main(["vanish", "--panel", "gains", "--seq-len", "5", "--hidden", "3",
                      "--batch-size", "1", "--gains", "1"]) == 0
     assert os.listdir(tmp_path) == ["rnnkern-results"]
     assert os.listdir(tmp_path / "rnnkern-results") == ["vanish.png"]
@@ -76,8 +76,8 @@ def test_adding_batch():
 
 @pytest.mark.parametrize("engine", ["rnnkern", "torch"])
 def test_train_adding_command(tmp_path, engine):
-    proc = run_cli(["train", "adding", "--T", "8", "--steps", "20", "--hidden", "8",
-                    "--engine", engine, "--init", "orthogonal", "--out", "out"], tmp_path)
+    proc = run_cli(["train", "adding", "--seq-len", "8", "--steps", "20", "--hidden", "8",
+                    "--impl", engine, "--init", "orthogonal", "--out", "out"], tmp_path)
     assert "wall time" in proc.stdout and "test MSE" in proc.stdout
     assert "20/20 loss" in proc.stderr  # the progress bar
     assert ("before training" in proc.stdout) == (engine == "rnnkern")

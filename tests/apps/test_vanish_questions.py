@@ -90,7 +90,7 @@ def test_every_step_splits_the_gradient_by_the_loss_it_comes_from():
 
 def test_vanish_draws_every_panel_or_one(tmp_path):
     def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "rnnkern", "vanish", "--T", "8",
+        proc = subprocess.run([sys.executable, "-m", "rnnkern", "vanish", "--seq-len", "8",
                                "--hidden", "6", "--batch-size", "2", "--depth", "20", *args],
                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -180,6 +180,6 @@ def test_bench_device_cuda_without_a_gpu(capsys):
     assert cli.main(["bench", "--device", "cuda"]) == 1
     assert "rnnkern bench --device cuda: " in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["bench", "--device", "cuda", "--steps"])
+        cli.main(["bench", "--device", "cuda", "--step-by-step"])
     assert exit_info.value.code == 2
     assert "step-by-step section runs on the CPU only" in capsys.readouterr().err

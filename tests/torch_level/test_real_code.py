@@ -1,6 +1,7 @@
 """rnnkern.RNN in real code: save and load, converting a model, autograd features beyond
 backward, gradient flow on partly frozen models. Answers are torch.nn.RNN's, in float64."""
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -146,13 +147,43 @@ def test_convert_a_bare_rnn_and_leave_subclasses_alone():
 
     rnn = torch.nn.RNN(2, 3)
     custom = Custom(2, 3)
-    rnnkern.convert(rnn)
-    rnnkern.convert(custom)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left on torch: no warning
+        rnnkern.convert(rnn)
+    with pytest.warns(UserWarning, match=r"left 1 recurrent module on torch: \(the model\) "
+                      r"\(Custom: a subclass of torch.nn.RNN, whose forward may differ\)"):
+        rnnkern.convert(custom)
     assert type(rnn) is rnnkern.RNN and type(custom) is Custom
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got int"):
         rnnkern.convert(3)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         rnnkern.revert("model")
+
+
+def test_convert_says_what_it_converted_and_what_it_left(caplog):
+    """What runs on rnnkern shows in print(model); what convert leaves on torch (a subclass,
+    a parametrized layer) is named in a warning with the reason; what it swaps is logged."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    class Custom(torch.nn.LSTM):
+        pass
+
+    model = torch.nn.ModuleDict(dict(enc=torch.nn.LSTM(2, 3), cell=torch.nn.GRUCell(3, 3),
+                                     custom=Custom(2, 3),
+                                     normed=weight_norm(torch.nn.GRU(2, 3), "weight_hh_l0")))
+    with caplog.at_level(logging.INFO, logger="rnnkern"):
+        with pytest.warns(UserWarning) as record:
+            rnnkern.convert(model)
+    (message,) = [str(w.message) for w in record if "rnnkern.convert" in str(w.message)]
+    assert "left 2 recurrent modules on torch" in message
+    assert "custom (Custom: a subclass of torch.nn.LSTM, whose forward may differ)" in message
+    assert "normed (ParametrizedGRU: its weights are parametrized" in message
+    assert "enc: torch.nn.LSTM; cell: torch.nn.GRUCell" in caplog.text
+    shown = str(model)
+    assert "(enc): rnnkern.LSTM(2, 3)" in shown and "(cell): rnnkern.GRUCell(3, 3)" in shown
+    assert "(custom): Custom(2, 3)" in shown
+    rnnkern.revert(model)
+    assert "(enc): LSTM(2, 3)" in str(model) and "rnnkern" not in str(model)
 
 
 # Autograd features --------------------------------------------------------------------------

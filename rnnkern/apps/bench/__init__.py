@@ -13,8 +13,8 @@ import time
 from typing import List
 
 from ...cells import CELLS, get
-from ..arguments import (HelpFormatter, add_out, cell_choices, cpu_model, has_torch,
-                         no_matplotlib, positive, size, wrote)
+from ..arguments import (HelpFormatter, add_out, cell_choices, check_memory, cpu_model,
+                         has_torch, no_matplotlib, positive, recurrent_bytes, size, wrote)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -27,12 +27,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--full", action="store_true",
                    help="the whole grid, with the autograd loop and its torch.compile, and "
                         "the step-by-step section")
-    b.add_argument("--steps", action="store_true",
+    b.add_argument("--step-by-step", "--steps", dest="steps", action="store_true",
                    help="the step-by-step section, for the RNN, LSTM and GRU: calls of T = 1 "
                         "and 10 with hx passed (and ONNX Runtime when onnxruntime is "
                         "installed), a Python loop over the one-step cells, and a generate "
                         "loop of 1000 single-token calls (alone unless --size or --full is "
-                        "given)")
+                        "given; --steps: its old spelling, deprecated)")
     b.add_argument("--size", type=size, action="append", metavar="TxBxIxH",
                    help="a size to time (repeatable); without it: a short built-in grid")
     b.add_argument("--layers", type=positive, default=1, help="layers, for --size")
@@ -46,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="other runtimes to time beside torch.nn, comma-separated, each when "
                         "installed: jax (lax.scan under jit: inference and train step), "
                         "onnxruntime and openvino (inference of torch.onnx.export of the "
-                        "torch.nn layer, float32); in the grid and in --steps (which times "
+                        "torch.nn layer, float32); in the grid and in --step-by-step (which times "
                         "onnxruntime when installed without being asked)")
     b.add_argument("--cell", choices=cell_choices(all_=True), default="rnn",
                    help="which layer: rnn (torch.nn.RNN), lstm, gru, or all three; the gated "
@@ -83,6 +83,14 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
                                        ("--packed", args.packed)) if on]
         if given:
             parser.error(f"argument {given[0]}: applies to --size only; give a --size TxBxIxH")
+    itemsize = 8 if args.dtype == "float64" else 4
+    for T, B, I, H in args.size or ():  # noqa: E741
+        for cell in _cells(args):
+            # torch's layer and rnnkern's, each with its saved state
+            needed = 2 * recurrent_bytes(T, B, I, H, get(cell).gate_count, args.layers,
+                                         2 if args.bidirectional else 1, itemsize)
+            check_memory(parser, "--size", f"{T}x{B}x{I}x{H} ({get(cell).title}, "
+                         f"{args.dtype})", needed)
     if args.device != "cpu":
         if any(args.device not in get(c).backends for c in _cells(args)):
             off = [c.title for c in CELLS if args.device not in c.backends]
@@ -90,8 +98,8 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             parser.error(f"argument --cell: the {names} run{'' if len(off) > 1 else 's'} on "
                          "the CPU only (--device cpu)")
         if args.steps:
-            parser.error("argument --steps: the step-by-step section runs on the CPU only "
-                         "(--device cpu)")
+            parser.error("argument --step-by-step: the step-by-step section runs on the CPU "
+                         "only (--device cpu)")
 
 
 def _has_cuda_module() -> bool:

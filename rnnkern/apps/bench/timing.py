@@ -605,7 +605,7 @@ def run(cases: Sequence[Case] = DEFAULT_CASES, impls: Sequence[str] = ("torch", 
     return results
 
 
-# `rnnkern bench --steps`: the sizes of a step-by-step caller (a stream, a decoder, an RL
+# `rnnkern bench --step-by-step`: the sizes of a step-by-step caller (a stream, a decoder, an RL
 # agent), where the fixed cost of a call is most of its time: per cell, T = 1 with B = 1 and
 # 32, H = 256 and 512, 1 and 2 layers, and T = 10 (a chunk of a stream), I = 128.
 STEP_CELLS = ("rnn", "lstm", "gru")
@@ -811,7 +811,7 @@ def measure_generate(tokens: Optional[int] = None, repeats: int = 5,
 
 @dataclass
 class StepsSection:
-    """Everything `bench --steps` measures."""
+    """Everything `bench --step-by-step` measures."""
 
     calls: List[StepResult]
     loops: List[CellLoopResult]
@@ -950,8 +950,9 @@ def as_dicts(results: Sequence[Result]) -> List[dict]:
 
 def plot(records: Sequence[dict], path: str, title: str) -> None:
     """Bars of the speedup over the torch.nn layer of each row (torch.nn.RNN for an RNN or an
-    IndRNN, LSTM, GRU), one group per cell and size, the value on each bar; on a log axis,
-    each bar rises or falls from 1x, so a slowdown points down.
+    IndRNN, LSTM, GRU) of rnnkern and of each implementation and peer timed, one group per
+    cell and size, the value on each bar; on a log axis, each bar rises or falls from 1x, so
+    a slowdown points down.
 
     ``records`` are :func:`as_dicts` rows (what bench.json holds); ``title`` names the machine.
     """
@@ -963,12 +964,16 @@ def plot(records: Sequence[dict], path: str, title: str) -> None:
     series = [("rnnkern", "train", "rnnkern: train step", "tab:blue"),
               ("rnnkern", "forward", "rnnkern: forward (no grad)", "tab:cyan"),
               ("reference", "train", "autograd loop: train step", "tab:orange"),
-              ("compiled", "train", "compiled autograd loop: train step", "tab:green")]
+              ("compiled", "train", "compiled autograd loop: train step", "tab:green"),
+              ("jax", "train", "JAX: train step", "tab:purple"),
+              ("jax", "forward", "JAX: forward", "plum"),
+              ("onnxruntime", "forward", "ONNX Runtime: forward", "tab:gray"),
+              ("openvino", "forward", "OpenVINO: forward (f32)", "tab:olive")]
     series = [s for s in series if any(s[0] in r[f"{s[1]}_speedup"] for r in records)]
     cells = list(dict.fromkeys(r.get("cell", "rnn") for r in records))
     order = sorted(records, key=lambda r: (cells.index(r.get("cell", "rnn")), r["train_flop"]))
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(order) + 2), 5))
+    fig, ax = plt.subplots(figsize=(max(7.0, (0.6 + 0.2 * len(series)) * len(order) + 2), 5))
     for j, (impl, what, label, color) in enumerate(series):
         xs, values = [], []
         for i, r in enumerate(order):
@@ -978,7 +983,7 @@ def plot(records: Sequence[dict], path: str, title: str) -> None:
                 values.append(value)
         bars = ax.bar(xs, [v - 1 for v in values], width, bottom=1.0, label=label, color=color)
         ax.bar_label(bars, [f"{v:.2f}x" if v < 1 else f"{v:.1f}x" if v < 10 else f"{v:.0f}x"
-                            for v in values], fontsize=7, padding=1)
+                            for v in values], fontsize=7 if len(series) < 5 else 6, padding=1)
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", linewidth=0.8)
     names = []

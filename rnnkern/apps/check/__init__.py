@@ -9,8 +9,9 @@ import os
 import sys
 
 from ...cells import CELLS, NAMES, get
-from ..arguments import (HelpFormatter, add_out, cell_choices, has_torch, nonnegative_float,
-                         nonnegative_int, positive, size, wrote)
+from ..arguments import (HelpFormatter, add_out, cell_choices, check_memory, has_torch,
+                         nonnegative_float, nonnegative_int, positive, recurrent_bytes, size,
+                         wrote)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -133,6 +134,24 @@ def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if args.reference and "torch" in args.reference and spec and not spec.drop_in:
         parser.error(f"argument --reference: torch does not exist for --cell {args.cell}: "
                      f"rnnkern.{spec.title} is not a drop-in for its torch class")
+    for T, B, I, H in args.size or ():  # noqa: E741
+        for cell in NAMES if args.cell == "all" else [args.cell]:
+            # the candidate, the reference and torch, float64 unless --dtype float32
+            needed = 3 * recurrent_bytes(T, B, I, H, get(cell).gate_count, args.layers or 1,
+                                         2 if args.bidirectional else 1,
+                                         4 if args.dtype == "float32" else 8)
+            check_memory(parser, "--size", f"{T}x{B}x{I}x{H} ({get(cell).title})", needed)
+    if args.reference and "finite-differences" in args.reference:
+        for cell in NAMES if args.cell == "all" else [args.cell]:
+            for size in args.size or [check.DEFAULT_SIZE]:
+                config = check.Config(*size, num_layers=args.layers or 1,
+                                      bidirectional=args.bidirectional, packed=args.packed,
+                                      nonlinearity=args.nonlinearity or "tanh", cell=cell,
+                                      proj_size=args.proj_size or 0)
+                try:
+                    check.testing.check_finite_differences_size(config)
+                except ValueError as error:
+                    parser.error(f"argument --reference: {error}")
     if not args.impl:
         return
     try:

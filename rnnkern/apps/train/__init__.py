@@ -19,7 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Trains on the adding problem (two marked values among T; "
                                    "the target is their sum) with Adam and gradient clipping.")
     t.add_argument("task", choices=["adding"], help="adding: the adding problem")
-    t.add_argument("--T", type=positive, default=50, help="sequence length")
+    t.add_argument("--seq-len", "--T", dest="T", type=positive, default=50,
+                   help="sequence length (--T: its old spelling, deprecated)")
     t.add_argument("--steps", type=positive, default=2000, help="training iterations")
     t.add_argument("--hidden", type=positive, default=64, help="hidden size")
     t.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh",
@@ -28,8 +29,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="W_hh initialisation; identity with relu is the IRNN")
     t.add_argument("--cell", choices=cell_choices(), default="rnn",
                    help="the recurrent layer: Elman RNN (--nonlinearity applies), LSTM or GRU")
-    t.add_argument("--engine", choices=["rnnkern", "torch"], default="rnnkern",
-                   help="rnnkern.RNN or torch.nn.RNN (no gradient-flow map)")
+    t.add_argument("--impl", "--engine", dest="engine", choices=["rnnkern", "torch"],
+                   default="rnnkern",
+                   help="rnnkern.RNN or torch.nn.RNN (no gradient-flow map; --engine: its old "
+                        "spelling, deprecated)")
     t.add_argument("--batch-size", type=positive, default=64, help="samples per iteration")
     t.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
     t.add_argument("--seed", type=int, default=0, help="seed of weights and data")
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             wrote(flow_path)
         else:
             print(f"no gradient-flow heat map: torch.nn.{get(args.cell).title} cannot "
-                  "record it (use --engine rnnkern)")
+                  "record it (use --impl rnnkern)")
     except ImportError:
         no_matplotlib()
     return 0

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from ...cells import get as cell_spec
 from ..arguments import (HelpFormatter, add_out, cell_choices, fraction, has_torch,
                          no_matplotlib, positive, positive_float, wrote)
 
 PANELS = ("gains", "tied", "weight", "every-step")
-
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -30,7 +30,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "the RNN, LSTM and GRU; every-step: with a loss at every "
                                    "step, the part of ∂L/∂h_t from the loss k steps later. "
                                    "float64, each checked against autograd.")
-    v.add_argument("--T", type=positive, default=100, help="steps")
+    v.add_argument("--seq-len", "--T", dest="T", type=positive, default=100,
+                   help="steps of the sequence (--T: its old spelling, deprecated)")
     v.add_argument("--hidden", type=positive, default=64, help="hidden size")
     v.add_argument("--batch-size", type=positive, default=16, help="samples")
     v.add_argument("--gains", type=positive_float, nargs="+", default=[0.5, 0.9, 1.0, 1.1, 1.5],
@@ -47,18 +48,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--fraction", type=fraction, default=0.9,
                    help="the weight panel's horizon: the distance within which this share "
                         "of Σ_t ‖δ_tᵀ h_(t-1)‖ comes")
-    v.add_argument("--cell", choices=cell_choices(), default="rnn",
+    v.add_argument("--cell", choices=cell_choices(all_=True), default="rnn",
                    help="the gain sweep's layer: rnn (tanh and relu, with the tied-weight MLP), "
                         "lstm, gru, or indrnn (tanh and relu, u = gain · U(-1, 1), the bound "
-                        "per unit); the three drop-in cells side by side are shown for every "
-                        "choice")
+                        "per unit), or all (vanish-<cell>.png for each); the three drop-in "
+                        "cells side by side are shown for every choice")
     add_out(v, "vanish.png")
     v.set_defaults(parser=v)
     return v
 
 
+# The every-step panel runs a forward and a backward per loss step: T²/2 steps per cell.
+EVERY_STEP_MAX_T = 1000
+
+
 def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    pass
+    if args.panel in ("all", "every-step") and args.T > EVERY_STEP_MAX_T:
+        parser.error(f"argument --seq-len: the every-step panel (in --panel {args.panel}) runs "
+                     f"one backward per loss step, T²/2 steps per cell; expected at most "
+                     f"{EVERY_STEP_MAX_T}, got {args.T}; draw the others alone with --panel "
+                     "gains, tied or weight")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     panels = PANELS if args.panel == "all" else (args.panel,)
     figures = []
     if "gains" in panels:
-        figures.append(_gains(args))
+        cells = cell_choices() if args.cell == "all" else [args.cell]
+        for i, cell in enumerate(cells):
+            name = "vanish.png" if len(cells) == 1 else f"vanish-{cell}.png"
+            figures.append(_gains(args, cell, name, three_cells=i == 0))
     from . import questions
 
     H, B, T = args.hidden, args.batch_size, args.T
@@ -105,26 +117,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gains(args: argparse.Namespace):
-    """The gain sweep's tables; its figure as (file name, plot, curves)."""
+def _gains(args: argparse.Namespace, cell: str, name: str, three_cells: bool = True):
+    """The gain sweep's tables for ``cell`` (and, with ``three_cells``, the drop-in cells side
+    by side); its figure as (file name, plot, curves)."""
     from . import curves as vanish
 
-    print(f"‖∂L/∂h_t‖ against the distance k from the loss, T={args.T}, H={args.hidden}, "
-          f"B={args.batch_size}, "
-          + ("u = W_hh ~ gain · U(-1, 1)" if args.cell == "indrnn" else "W_hh = gain · orthogonal"),
+    print(("" if three_cells else "\n") + "‖∂L/∂h_t‖ against the distance k from the loss, "
+          f"{cell_spec(cell).title}, T={args.T}, H={args.hidden}, B={args.batch_size}, "
+          + ("u = W_hh ~ gain · U(-1, 1)" if cell == "indrnn" else "W_hh = gain · orthogonal"),
           flush=True)
     curves = vanish.compute(T=args.T, B=args.batch_size, H=args.hidden, gains=args.gains,
-                            seed=args.seed, cell=args.cell)
+                            seed=args.seed, cell=cell)
     print(vanish.table(curves))
-    if args.cell == "rnn":
+    if cell == "rnn":
         print(f"the RNN (kernel) and the MLP (autograd) agree to a relative difference of "
               f"{vanish.agreement(curves):.1e} at most")
-    if args.cell == "indrnn":
+    if cell == "indrnn":
         print("each unit j's gradient changes by |u_j| · φ' per step (its bound |u_j|^k); "
               + ("every curve stays under max |u_j|^k = gain^k" if vanish.within_bound(curves)
                  else "some curves cross gain^k"))
-    print(f"\nthe three cells at the same T={args.T}, as torch initialises them, the LSTM's "
-          f"forget and the GRU's update gate bias +{vanish.GATE_BIAS:g} (first / last: the "
-          "gradient at the first step over the one at the last)")
-    print(vanish.cells_table(curves))
-    return "vanish.png", vanish.plot, curves
+    if three_cells:
+        print(f"\nthe three cells at the same T={args.T}, as torch initialises them, the LSTM's "
+              f"forget and the GRU's update gate bias +{vanish.GATE_BIAS:g} (first / last: the "
+              "gradient at the first step over the one at the last)")
+        print(vanish.cells_table(curves))
+    return name, vanish.plot, curves

@@ -172,7 +172,9 @@ def compute(T: int = 100, B: int = 16, H: int = 64, I: int = 8,
         for nl in NONLINEARITIES if cell == "rnn" else ():
             rnn[nl, gain] = rnn_norms(nl, gain, T, B, H, I, seed)
             mlp[nl, gain] = mlp_norms(nl, gain, T, B, H, I, seed)
-        bound[gain] = torch.tensor([gain ** k for k in range(T)], dtype=torch.float64)
+        # gain^k as a tensor: inf past float64's range (a float's ** raises there)
+        bound[gain] = torch.tensor(gain, dtype=torch.float64) ** torch.arange(
+            T, dtype=torch.float64)
     return Curves(T, rnn, mlp, bound, cell, cells_norms(T, B, H, I, seed))
 
 
@@ -239,20 +241,34 @@ def table(curves: Curves, distances: Sequence[int] = (0, 10, 25, 50, 99)) -> str
     return "\n".join(lines)
 
 
+# Dark, distinct colours from contracting (blue) to expanding (red); none pale on white.
+GAIN_COLORS = ["#1f4e9c", "#2a9d8f", "#222222", "#e07b00", "#c1121f", "#7b2cbf", "#6b4f1d"]
+# The cells' colours in the panel of the three cells: none of the gains'.
+CELL_STYLES = {"rnn": ("tanh RNN ‖∂L/∂h‖", "#d00070", "-"),
+               "lstm": ("LSTM ‖∂L/∂h‖", "#38a000", "-"),
+               "lstm c": ("LSTM ‖∂L/∂c‖ (cell state)", "#38a000", ":"),
+               "gru": ("GRU ‖∂L/∂h‖", "#b8860b", "-")}
+
+
+def decades_lost(norms: torch.Tensor) -> float:
+    """How many orders of magnitude a curve falls from the loss (k = 0) to k = T-1."""
+    return float(torch.log10(norms[0].clamp_min(1e-300) / norms[-1].clamp_min(1e-300)))
+
+
 def _plot_cells(ax, curves: Curves) -> None:
-    """The panel with the three cells side by side (recorded by the kernel)."""
+    """The panel with the three cells side by side (recorded by the kernel); its title says
+    how far each cell's gradient falls over the T steps."""
     k = torch.arange(curves.T)
-    styles = {"rnn": ("tanh RNN ‖∂L/∂h‖", "#c1121f", "-"),
-              "lstm": ("LSTM ‖∂L/∂h‖", "#1f4e9c", "-"),
-              "lstm c": ("LSTM ‖∂L/∂c‖ (cell state)", "#1f4e9c", ":"),
-              "gru": ("GRU ‖∂L/∂h‖", "#2a9d8f", "-")}
     for name, norms in curves.cells.items():
-        label, color, style = styles[name]
+        label, color, style = CELL_STYLES[name]
         ax.semilogy(k, norms.clamp_min(1e-300), color=color, linestyle=style, linewidth=2,
                     label=label)
-    ax.set_title(f"the three cells at the same T = {curves.T}, torch's initialisation\n(LSTM "
-                 f"forget and GRU update gate bias +{GATE_BIAS:g}): the gated cells keep the "
-                 "gradient", fontsize=10)
+    falls = ", ".join(f"{CELL_STYLES[name][0].split(' ‖')[0]} "
+                      f"{'≥ ' if norms[-1] == 0 else ''}{decades_lost(norms):.0f}"  # underflow
+                      for name, norms in curves.cells.items() if name != "lstm c")
+    ax.set_title(f"the three cells at the same T = {curves.T}, torch's initialisation (LSTM "
+                 f"forget and GRU update\ngate bias +{GATE_BIAS:g}); orders of magnitude "
+                 f"‖∂L/∂h‖ falls over the T steps: {falls}", fontsize=9)
     ax.set_xlabel("distance from the loss k = T-1-t (steps)")
     ax.set_ylabel("‖∂L/∂h‖, mean over the batch")
     ax.grid(True, which="major", alpha=0.3)
@@ -265,11 +281,11 @@ def _plot_gated(curves: Curves, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.4))
     k = torch.arange(curves.T)
     indrnn = curves.cell == "indrnn"
     for i, ((name, gain), norms) in enumerate(curves.rnn.items()):
-        color = f"C{i // 2 if indrnn else i}"
+        color = GAIN_COLORS[(i // 2 if indrnn else i) % len(GAIN_COLORS)]
         # a relu unit that is off passes nothing back: its curve ends there (no log of 0)
         shown = torch.where(norms > 0, norms, torch.nan) if indrnn else norms.clamp_min(1e-300)
         line = axes[0].semilogy(k, shown, linewidth=2, color=color,
@@ -281,8 +297,8 @@ def _plot_gated(curves: Curves, path: str) -> None:
     axes[0].set_title("IndRNN, u = W_hh ~ gain · U(-1, 1): ‖∂L/∂h_t‖ recorded by the kernel\n"
                       "dashed: the bound gain^k = max |u_j|^k (each unit's is |u_j|^k)"
                       if indrnn else
-                      f"{curves.cell.upper()}: ‖∂L/∂h_t‖ recorded by the kernel, each gate's "
-                      "W_hh block = gain · orthogonal", fontsize=10)
+                      f"{curves.cell.upper()}: ‖∂L/∂h_t‖ recorded by the kernel,\neach gate's "
+                      "W_hh block = gain · orthogonal", fontsize=9)
     axes[0].set_xlabel("distance from the loss k = T-1-t (steps)")
     axes[0].grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -306,9 +322,7 @@ def plot(curves: Curves, path: str) -> None:
     from matplotlib.ticker import LogLocator, NullFormatter
 
     gains = sorted(curves.bound)
-    # Dark, distinct colours from contracting (blue) to expanding (red); none pale on white.
-    palette = ["#1f4e9c", "#2a9d8f", "#222222", "#e07b00", "#c1121f", "#7b2cbf", "#6b4f1d"]
-    colors = {g: palette[i % len(palette)] for i, g in enumerate(gains)}
+    colors = {g: GAIN_COLORS[i % len(GAIN_COLORS)] for i, g in enumerate(gains)}
     k = torch.arange(curves.T)
     fig = plt.figure(figsize=(11, 12.4))
     grid = fig.add_gridspec(2, 1, height_ratios=(2, 0.95))

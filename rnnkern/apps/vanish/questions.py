@@ -27,7 +27,7 @@ import torch
 from ...cells import get as cell_spec
 from ...diagnostics import record_gradient_flow
 from ...modules import GRU, LSTM, RNN
-from .curves import GATE_BIAS, _format
+from .curves import CELL_STYLES, GAIN_COLORS, GATE_BIAS, _format
 
 DISTRIBUTIONS = ("gaussian", "orthogonal")
 TIED_GAINS = (0.9, 1.0, 1.1)
@@ -301,9 +301,8 @@ def every_step_table(result: EveryStep) -> str:
 
 # ------------------------------------------------------------------ figures
 
-_COLORS = {"rnn": "#c1121f", "lstm": "#1f4e9c", "gru": "#2a9d8f"}
+_COLORS = {cell: CELL_STYLES[cell][1] for cell in ("rnn", "lstm", "gru")}
 _TITLES = {"rnn": "tanh RNN", "lstm": "LSTM", "gru": "GRU"}
-_GAIN_COLORS = ["#1f4e9c", "#222222", "#c1121f", "#2a9d8f", "#e07b00", "#7b2cbf"]
 
 
 def _pyplot():
@@ -320,7 +319,7 @@ def plot_tied(result: Tied, path: str) -> None:
     from matplotlib.lines import Line2D
 
     gains = sorted({g for _, g, _ in result.tied})
-    colors = {g: _GAIN_COLORS[i % len(_GAIN_COLORS)] for i, g in enumerate(gains)}
+    colors = {g: GAIN_COLORS[i % len(GAIN_COLORS)] for i, g in enumerate(gains)}
     k = torch.arange(result.depth + 1, dtype=_DTYPE)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
     for ax, kind in zip(axes, DISTRIBUTIONS):
