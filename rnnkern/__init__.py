@@ -10,7 +10,7 @@ use: ``rnnkern.RNN``, ``LSTM``, ``GRU`` (drop-ins for torch.nn's), ``rnnkern.fun
 import os as _os
 import sys
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -86,6 +86,12 @@ def empty_cache() -> int:
     cached block back to the system.
     """
     return _core.empty_cache()
+
+
+if TYPE_CHECKING:  # what __getattr__ loads on first use, for mypy and pyright
+    from . import diagnostics, functional, reference, testing
+    from .indrnn import IndRNN
+    from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert, revert
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,14 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # A fresh compile cache per run: a cache left by another build could hold a stale op schema.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="rnnkern-inductor-"))
+# Removed when the run ends (subprocesses of the tests inherit it while it runs).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="rnnkern-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+    atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -33,8 +33,11 @@ DEPRECATED = {("bench", "--steps"): "--step-by-step", ("vanish", "--T"): "--seq-
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="rnnkern", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rnnkern {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for command in COMMANDS:
         command.add_parser(sub).set_defaults(command_module=command)

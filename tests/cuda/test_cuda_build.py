@@ -30,7 +30,8 @@ def _cuda_module():
 
 
 def _cuobjdump() -> str:
-    """PyPI's nvidia-cuda-cuobjdump (requirements-test.txt), else one on PATH."""
+    """PyPI's nvidia-cuda-cuobjdump (requirements-cuda.txt), else one on PATH; a skip where
+    neither is, except in CI, which installs it."""
     for entry in sys.path:
         candidate = Path(entry) / "nvidia" / "cu13" / "bin" / "cuobjdump"
         if candidate.is_file():
@@ -39,7 +40,8 @@ def _cuobjdump() -> str:
             return str(candidate)
     found = shutil.which("cuobjdump")
     if not found:
-        pytest.fail("no cuobjdump: pip install -r requirements-test.txt")
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            "no cuobjdump: pip install -r requirements-cuda.txt")
     return found
 
 

@@ -145,3 +145,40 @@ def test_manylinux_wheel(tmp_path):
     if shutil.which("readelf"):
         dynamic = _run(["readelf", "-d", str(tmp_path / "x" / core)]).stdout
         assert "[libgomp.so.1]" in dynamic and "[$ORIGIN]" in dynamic
+
+
+def test_version_option_and_changelog(capsys):
+    from rnnkern import apps
+
+    with pytest.raises(SystemExit) as exit_:
+        apps.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"rnnkern {rnnkern.__version__}\n"
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "## [Unreleased]" in changelog and f"## [{rnnkern.__version__}] - " in changelog
+    summary = metadata.metadata("rnnkern")["Summary"]
+    assert all(name in summary for name in ("Elman RNN", "LSTM", "GRU"))
+    assert all(f"the {name}" in apps.DESCRIPTION for name in ("RNN", "LSTM", "GRU"))
+
+
+def test_supported_pythons_are_said_once():
+    """requires-python, the classifiers and the README agree on the oldest Python."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    oldest = re.search(r'requires-python = ">=(3\.\d+)"', pyproject).group(1)
+    listed = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
+    assert listed and min(listed, key=lambda v: int(v.split(".")[1])) == oldest
+    assert f"Python ≥ {oldest}" in (ROOT / "README.md").read_text()
+    assert sys.version_info >= tuple(map(int, oldest.split(".")))
+    # the CUDA-only tool is not a test requirement of every machine
+    assert "cuobjdump" not in (ROOT / "requirements-test.txt").read_text()
+    assert "nvidia-cuda-cuobjdump" in (ROOT / "requirements-cuda.txt").read_text()
+
+
+def test_a_test_run_leaves_no_compile_cache_behind(tmp_path):
+    """tests/conftest.py's fresh TORCHINDUCTOR_CACHE_DIR is removed when the run ends."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "package" / "test_layout.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("rnnkern-inductor-")]
