@@ -1,4 +1,4 @@
-"""One Elman layer-direction on CUDA tensors (DESIGN.md section 4).
+"""One Elman layer-direction on CUDA tensors (docs/design.md section 4).
 
 The one-shot products (the input projection before the loop; ∂W_ih, ∂W_hh, ∂x and the bias
 sum after it) are torch ops, i.e. cuBLAS through torch. The two sequential loops are the

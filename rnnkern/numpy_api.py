@@ -2,7 +2,7 @@
 :mod:`rnnkern.cells` (:func:`layer_forward`, :func:`layer_backward`), and in today's per-cell
 forms for the Elman RNN (:func:`forward`), the LSTM and the GRU.
 
-No torch needed. See DESIGN.md section 1 for the math and the packed layout.
+No torch needed. See docs/design.md section 1 for the math and the packed layout.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def backward(x: np.ndarray, h0: ArrayOrNone, w_ih: np.ndarray, w_hh: np.ndarray,
     return Gradients(gx, gh0, gw_ih, gw_hh, gb_ih, gb_hh)
 
 
-# The gated cells (DESIGN.md section 1b). Weights in torch's layout: w_ih (G·H, I), w_hh (G·H, H),
+# The gated cells (docs/design.md, 1b). Weights in torch's layout: w_ih (G·H, I), w_hh (G·H, H),
 # b_ih, b_hh (G·H,), G = 4 blocks i, f, g, o (LSTM) or 3 blocks r, z, n (GRU).
 
 class LSTMOutput(NamedTuple):

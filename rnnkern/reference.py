@@ -1,4 +1,4 @@
-"""The oracle: plain PyTorch autograd loops, written line by line from DESIGN.md sections 1 and 1b.
+"""The oracle: plain PyTorch autograd loops, written line by line from docs/design.md, 1 and 1b.
 
 Slow on purpose. Every kernel result in the tests is checked against it.
 """
@@ -71,7 +71,7 @@ def rnn(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
     return output, torch.stack(last)
 
 
-# The gated cells (DESIGN.md section 1b).
+# The gated cells (docs/design.md section 1b).
 
 def _scan(rows: Tensor, sizes: List[int], reverse: bool, state0: Tuple[Tensor, ...],
           cell: Callable[..., Tuple[Tensor, ...]]) -> Tuple[List[Tensor], List[Tensor]]:

@@ -11,7 +11,7 @@ its spec. A *candidate* is one of:
   as ``module(input, hx)`` → ``(output, h_n)`` (the LSTM: ``module(input, (h0, c0))`` →
   ``(output, (h_n, c_n))``) with time-major input or a ``PackedSequence``;
 - a NumPy function that returns the gradients of ``L = Σ y ⊙ grad_y`` for one layer, one
-  direction (shapes as in DESIGN.md sections 1 and 1b, weights with torch's gate order):
+  direction (shapes as in docs/design.md sections 1 and 1b, weights with torch's gate order):
   ``bptt(x, h0, w_ih, w_hh, b_ih, b_hh, grad_y) -> dict`` with the keys
   ``x, h0, w_ih, w_hh, b_ih, b_hh`` for the RNN and the GRU, and for the LSTM
   ``bptt(x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_y) -> dict`` with the keys
@@ -63,7 +63,7 @@ def references(cell: str = "rnn") -> Tuple[str, ...]:
     cell whose module is not a drop-in for its torch class."""
     return tuple(r for r in REFERENCES if r != "torch" or _cells.get(cell).drop_in)
 
-# DESIGN.md section 5: float64 within 1e-10 (relative to the largest value of the tensor);
+# docs/design.md section 5: float64 within 1e-10 (relative to the largest value of the tensor);
 # float32 within F32_FACTOR times torch's own float32 error against float64 (and at least
 # F32_FACTOR * F32_FLOOR, so that a tensor torch gets exact by luck still has room).
 F64_RTOL = 1e-10
@@ -728,7 +728,7 @@ def _runner(candidate: Any, forward: Optional[Callable[..., Any]] = None,
 class TensorError:
     """How far one tensor of the candidate is from the reference.
 
-    ``max_abs``: max |candidate − reference|; ``rel``: that over max |reference|;
+    ``max_abs``: max abs(candidate − reference); ``rel``: that over max abs(reference);
     ``allowed_rel``: the bound on ``rel``; ``where``: the worst element in words
     (e.g. ``step 4, row 2, unit 0``) and ``index`` its index."""
 
@@ -958,7 +958,7 @@ def compare(candidate: Candidate, reference: Candidate = "reference", *,
         cell: a cell of :mod:`rnnkern.cells`: ``"rnn"`` (torch.nn.RNN), ``"lstm"``
             (torch.nn.LSTM), ``"gru"`` (torch.nn.GRU), ….
         dtype: ``"float64"`` or ``"float32"``, the candidate's dtype.
-        atol, rtol: a tensor passes when max |error| ≤ atol + rtol · max |reference|.
+        atol, rtol: a tensor passes when max abs(error) ≤ atol + rtol · max abs(reference).
             Default: float64 rtol 1e-10 (1e-8 against finite differences); float32 relative
             error within 8 times the torch class's own float32 error.
         seed: seed of the random weights, inputs and loss.
@@ -1185,7 +1185,7 @@ def _reproduced(candidate_runner, reference_runner, problem: _Problem, restart, 
 
 
 # What δ_t is, where an error in it arises and what step t sends back to step t - 1 are
-# each cell's spec's (delta, error_inside, hand_offs: DESIGN.md 1, 1b).
+# each cell's spec's (delta, error_inside, hand_offs: docs/design.md 1, 1b).
 
 
 # A NumPy bptt given without its forward: its own forward was never compared.

@@ -1,4 +1,4 @@
-// The sizes of one layer-direction and the walk over its steps (DESIGN.md section 1), shared
+// The sizes of one layer-direction and the walk over its steps (docs/design.md section 1), shared
 // by every cell: packed rows, reverse order, row ranges, each row's previous state, and the
 // recurrent weight gradient Σ δ_tᵀ h_{t-1}.
 //

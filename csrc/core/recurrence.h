@@ -1,4 +1,4 @@
-// Forward and backward of one layer in one direction, for every cell (DESIGN.md sections 1
+// Forward and backward of one layer in one direction, for every cell (docs/design.md sections 1
 // and 1b): ONE walk over the steps, templated on a cell policy (core/cells/), the scalar type T
 // and a backend K that supplies the primitives (GEMM, packed recurrent step, the policy's
 // pointwise passes, row ranges). Raw pointers to C-contiguous row-major arrays, sizes, and a

@@ -1,4 +1,4 @@
-// Kernels v1 for the two Elman loops (DESIGN.md sections 1 and 4): one launch per sequence, a
+// Kernels v1 for the two Elman loops (docs/design.md sections 1 and 4): one launch per sequence, a
 // block owns R batch rows for all steps, its threads own hidden units, h_{t-1} (or δ_{t+1}) sits
 // in shared memory, and W_hh too when it fits. Only block barriers and shared memory: the same
 // source also compiles with g++ and runs on the CPU under HIP-CPU (tests/cuda/cuda_on_cpu), whose

@@ -1,4 +1,4 @@
-// The two sequential loops of one Elman layer-direction on an NVIDIA GPU (DESIGN.md section 4).
+// The two sequential loops of one Elman layer-direction on an NVIDIA GPU (docs/design.md, 4).
 // Everything else (the input projection, the weight and input gradients, the bias sums) is
 // done by the caller with its own GEMMs. Plain C++: no CUDA or Python types, so that the
 // binding file compiles with the host compiler.

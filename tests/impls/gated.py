@@ -1,4 +1,4 @@
-"""Hand-written NumPy BPTTs of the gated cells for rnnkern.testing's tests (DESIGN.md 1b,
+"""Hand-written NumPy BPTTs of the gated cells for rnnkern.testing's tests (docs/design.md 1b,
 torch's gate order), correct or with one classic bug, and torch.nn.LSTM / torch.nn.GRU
 subclasses whose backward is one of them.
 

@@ -1,4 +1,4 @@
-"""The package's layout (DESIGN.md section 2): imports go one way, apps → library → compiled
+"""The package's layout (docs/design.md section 2): imports go one way, apps → library → compiled
 modules, with no circle; every cell of the registry resolves to its classes and functions."""
 
 import ast

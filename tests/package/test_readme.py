@@ -14,7 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = (ROOT / "README.md").read_text()
-DOCUMENTS = ("README.md", "docs/why-gradients-vanish.md")
+DOCUMENTS = ("README.md", "docs/quickstart.md", "docs/deployment.md", "docs/cli.md",
+             "docs/benchmarks.md", "docs/checking-gradients.md", "docs/gradient-flow.md",
+             "docs/why-gradients-vanish.md", "docs/limitations.md", "docs/cuda.md",
+             "docs/developing.md")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -39,13 +42,13 @@ PYTHON_BLOCKS = [block for document in DOCUMENTS for block in blocks("python", d
 
 
 def test_readme_and_pages_have_python_blocks():
-    assert len(blocks("python")) >= 5
-    for document in DOCUMENTS[1:]:
+    assert blocks("python")  # the quickstart
+    for document in ("docs/quickstart.md", "docs/why-gradients-vanish.md"):
         assert blocks("python", document), document
 
 
 # Runs each block with exec in a fresh namespace and its own empty folder; what a block
-# changes in torch (README: `torch.nn.RNN = rnnkern.RNN`) is undone before the next one.
+# changes in torch (say, `torch.nn.RNN = rnnkern.RNN`) is undone before the next one.
 DRIVER = """
 import json, os, sys, traceback, types
 import torch
@@ -104,6 +107,5 @@ def test_every_picture_and_link_to_a_file_exists(document):
     text = FENCE.sub("", (ROOT / document).read_text())
     targets = re.findall(r"\]\(([^)#\s]+)\)", text)
     local = [t for t in targets if "://" not in t]
-    assert local, document
     for target in local:
         assert ((ROOT / document).parent / target).exists(), f"{document}: {target}"

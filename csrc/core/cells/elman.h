@@ -1,4 +1,4 @@
-// The Elman RNN cell (DESIGN.md section 1): h_t = φ(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh).
+// The Elman RNN cell (docs/design.md section 1): h_t = φ(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh).
 // Its whole step is the backend's packed step kernel with the activation fused into its
 // epilogue (kForward; backward kBackward / kBackwardRecord): no pass of its own, nothing
 // saved but y. Backward's δ is one (N, H) plane that starts as ∂L/∂y.

@@ -1,4 +1,4 @@
-// The GRU cell (DESIGN.md section 1b), torch's gate order r, z, n.
+// The GRU cell (docs/design.md section 1b), torch's gate order r, z, n.
 //
 // Its step: h_{t-1} W_hhᵀ block by block (the backend's packed H × H step, kStore), then its
 // pointwise pass. Layouts, N = total rows:

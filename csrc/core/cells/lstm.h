@@ -1,4 +1,4 @@
-// The LSTM cell (DESIGN.md section 1b), torch's gate order i, f, g, o, with the optional
+// The LSTM cell (docs/design.md section 1b), torch's gate order i, f, g, o, with the optional
 // projection (proj_size P: h_t = m_t W_hrᵀ, m_t = o ⊙ tanh(c_t), W_hh (4H, P)).
 //
 // Its step: the recurrent product h_{t-1} W_hhᵀ, block by block (the backend's packed H × H
