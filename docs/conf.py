@@ -1,7 +1,15 @@
 """Sphinx configuration of rnnkern's documentation: python -m sphinx -W -b html docs OUT
 (requirements-docs.txt). The API pages come from the docstrings of the installed package."""
 
-import rnnkern
+import os
+import sys
+
+# `python -m sphinx` run in the checkout's root puts that folder first on sys.path, and its
+# rnnkern/ (no compiled part) would shadow the installed package the API pages document.
+_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _checkout]
+
+import rnnkern  # noqa: E402
 
 project = "rnnkern"
 author = "The rnnkern authors"
