@@ -27,6 +27,9 @@ constexpr int64_t kUnpackedMaxSteps = 16;
 constexpr int64_t kUnpackedMaxWork = int64_t(1) << 19;
 // GEMMs C = A · Bᵀ of up to this many rows are dot products too (BLAS packs B for them).
 constexpr int64_t kDotMaxRows = 4;
+// A forward of one step and more rows runs it as BLAS GEMMs on W_hh as it is: packing W_hh
+// costs more than one step gains (measured; at two steps the packed step is as fast or faster).
+constexpr int64_t kBlasMaxSteps = 1;
 
 // The primitives core/recurrence.h and the cells ask of a backend.
 template <typename T>
@@ -34,6 +37,7 @@ struct Backend {
   const RecurrentKernels<T>& kernels = recurrent_kernels<T>();
   bool unpacked = false;  // the forward's steps read W_hh as it is (set by forward())
   bool plain_backward = false;  // the backward's steps read W_hh as it is (set by backward())
+  bool blas_steps = false;  // the forward's steps are BLAS GEMMs on W_hh as it is (forward())
 
   static int64_t packed_size(int64_t H) { return cpu::packed_size<T>(H); }
   static int64_t norm_slots(int64_t H) { return cpu::norm_slots<T>(H); }
@@ -44,9 +48,9 @@ struct Backend {
   }
 
   // W_hh's block (H × H) as step() reads it: packed into `packed` (transposed for the
-  // forward), or w itself where unpacked.
+  // forward), or w itself where the steps read it as it is.
   const T* pack(const T* w, int64_t H, bool transpose, T* packed) const {
-    if (transpose ? unpacked : plain_backward) return w;
+    if (transpose ? reads_whole() : plain_backward) return w;
     kernels.pack(w, H, transpose, packed);
     return packed;
   }
@@ -57,11 +61,26 @@ struct Backend {
       if (e == Epilogue::kBackwardRecord) kernels.row_square_sums(rows, H, c, d);
       if (e == Epilogue::kBackward || e == Epilogue::kBackwardRecord)
         kernels.scale_by_derivative(act, rows, H, c, h);
+    } else if (blas_steps) {
+      gemm(false, true, rows, H, H, T(1), a, H, w, H, e == Epilogue::kStore ? T(0) : T(1), c, H);
+      if (e == Epilogue::kForward) kernels.bias_activate(act, rows, H, c, h);
     } else if (unpacked) {
       kernels.step_rows(e, act, rows, H, a, w, c, h, d);
     } else {
       kernels.step(e, act, rows, H, a, w, c, h, d);
     }
+  }
+  // Whether the forward's steps read W_hh as it is: then a cell may take all its gate blocks
+  // in one step_gates() call.
+  bool reads_whole() const { return unpacked || blas_steps; }
+  // C (rows × G·H, row-major) = A (rows × H) · W_hhᵀ, W_hh (G·H × H) as it is (reads_whole()).
+  // The unpacked dot products of a W of 512 KiB or more split its rows over two threads, each
+  // thread always the same half, which stays in its core's cache from step to step.
+  void step_gates(int64_t rows, int64_t H, int64_t G, const T* a, const T* w, T* c) const {
+    if (blas_steps)
+      gemm(false, true, rows, G * H, H, T(1), a, H, w, H, T(0), c, G * H);
+    else
+      kernels.dot(rows, G * H, H, a, H, w, H, false, c, G * H);
   }
   void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
     kernels.scale_by_derivative(act, rows, H, c, h);
@@ -89,7 +108,8 @@ struct Backend {
   void for_row_ranges(const Problem& p, int64_t align, F&& run) const {
     const int64_t B = p.batch, H = p.hidden_size, N = p.total_rows();
     const int threads = omp_get_max_threads();
-    if (threads < 2 || B < kMinRowsPerThread * 2 || N * H * H < kRowSplitMinWork ||
+    // BLAS steps are whole GEMMs: their sums depend on the call's shape, not on the threads.
+    if (blas_steps || threads < 2 || B < kMinRowsPerThread * 2 || N * H * H < kRowSplitMinWork ||
         H > kRowSplitMaxHidden) {
       run(RowRange{0, B});
       return;
@@ -166,6 +186,7 @@ template <typename Cell, typename T>
 void forward(const Problem& p, const Inputs<T>& in, const Outputs<T>& out, T* workspace) {
   Backend<T> k;
   k.unpacked = Backend<T>::reads_unpacked(p);
+  k.blas_steps = !k.unpacked && p.steps <= kBlasMaxSteps && !p.proj_size;
   rnnkern::forward<Cell, T>(p, in, out, workspace, k);
 }
 

@@ -71,6 +71,8 @@ struct RecurrentKernels {
   // packing W_hh, and the weight gradients Σ δᵀ h of a few rows.
   void (*times)(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
                 const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc);
+  // C (rows × H) = φ(C + b), b one bias row or nullptr: kForward's epilogue alone.
+  void (*bias_activate)(Activation act, int64_t rows, int64_t H, T* c, const T* h);
   void (*scale_by_derivative)(Activation act, int64_t rows, int64_t H, T* c, const T* h);
   // Norm slots (see norm_slots) of rows whose d_t is given whole: the sum of squares goes
   // to the first slot, zero to the others.

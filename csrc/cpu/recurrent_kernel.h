@@ -535,16 +535,12 @@ void times(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool tra
   });
 }
 
-// step() for W_hh's rows as they are (the forward's Bm = W_hhᵀ unpacked): the forward
-// epilogues only (kForward, kStore, kAccumulate), the same vector code as the packed step.
+// C = φ(C + b) for rows × H of C (b: one bias row, or nullptr): the forward epilogue kForward
+// after a product computed elsewhere, the same vector code as the packed step's.
 template <typename T>
-void step_rows(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* w,
-               T* c, const T* h, T*) {
+void bias_activate(Activation act, int64_t rows, int64_t H, T* c, const T* h) {
   typedef typename Vec<T>::type V;
   constexpr int64_t L = Vec<T>::lanes;
-  if (rows <= 0) return;
-  dot(rows, H, H, a, H, w, H, e != Epilogue::kStore, c, H);
-  if (e != Epilogue::kForward) return;
   for (int64_t r = 0; r < rows; ++r) {
     T* cr = c + r * H;
     for (int64_t j = 0; j < H; j += L) {
@@ -558,6 +554,16 @@ void step_rows(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, 
       for (int64_t i = 0; i < valid; ++i) cr[j + i] = v[i];
     }
   }
+}
+
+// step() for W_hh's rows as they are (the forward's Bm = W_hhᵀ unpacked): the forward
+// epilogues only (kForward, kStore, kAccumulate), the same vector code as the packed step.
+template <typename T>
+void step_rows(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* w,
+               T* c, const T* h, T*) {
+  if (rows <= 0) return;
+  dot(rows, H, H, a, H, w, H, e != Epilogue::kStore, c, H);
+  if (e == Epilogue::kForward) bias_activate(act, rows, H, c, h);
 }
 
 // The FMA peak's loop: kFmaChains (12) independent chains c = c · m + a, each one vector, in
@@ -718,6 +724,7 @@ RecurrentKernels<T> make(const char* name) {
   RecurrentKernels<T> k{name,          RNNKERN_VECTOR_BYTES,    &pack<T>,
                         &step<T>,      &step_rows<T>,           &dot<T>,
                         &times<T>,
+                        &bias_activate<T>,
                         &scale_by_derivative<T>,                &row_square_sums<T>,
                         &row_norms<T>, &accumulate<T>,          &fma_loop<T>,
                         {}};

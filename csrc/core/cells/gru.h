@@ -59,8 +59,8 @@ struct Gru {
   struct ForwardPass {
     int64_t rows, H;
     T* gates;
-    const T* acc;
-    int64_t acc_plane;
+    const T* acc;  // row r's gate q at acc + r · acc_row + q · acc_plane
+    int64_t acc_row, acc_plane;
     const T *b_ih, *b_hh, *h_prev;
     T *hn, *h;
   };
@@ -81,7 +81,7 @@ struct Gru {
     const int64_t H = a.H;
     for (int64_t r = 0; r < a.rows; ++r) {
       T* gr = a.gates + r * 3 * H;
-      const T* ar = a.acc + r * H;
+      const T* ar = a.acc + r * a.acc_row;
       Isa::template columns<T>(H, [&](int64_t j, auto vector) {
         constexpr bool kV = decltype(vector)::value;
         auto get = [](const T* q) { return Isa::template get<T, kV>(q); };
@@ -133,7 +133,8 @@ struct Gru {
     T *y, *gates, *hidden_n;
     const T* w_step[3] = {};  // block q: W_hh rows [qH, (q+1)H) as the step reads them
     T *bias_x, *bias_h;
-    T* acc;     // 3 planes of B × H: h_{t-1} W_hhᵀ of the rows of one step
+    T* acc;     // h_{t-1} W_hhᵀ of the rows of one step: 3 planes of B × H, or (B, 3H) rows
+                // where the backend's steps read W_hh as it is (one step_gates call)
 
     static int64_t workspace_size(const Problem& p) {
       const int64_t H = p.hidden_size;
@@ -160,12 +161,17 @@ struct Gru {
 
     void step(int64_t off, int64_t a, int64_t b, const T* h_prev, const T*) const {
       const int64_t H = p.hidden_size, B = p.batch;
-      for (int64_t q = 0; q < 3; ++q)
-        k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev, w_step[q],
-               acc + q * B * H + a * H, nullptr, nullptr);
-      k.template forward_pass<Gru>(ForwardPass<T>{b - a, H, gates + (off + a) * 3 * H,
-                                                  acc + a * H, B * H, bias_x, bias_h, h_prev,
-                                                  hidden_n + (off + a) * H, y + (off + a) * H});
+      const bool whole = k.reads_whole();
+      if (whole)  // w_step[0] is W_hh itself
+        k.step_gates(b - a, H, 3, h_prev, w_step[0], acc + a * 3 * H);
+      else
+        for (int64_t q = 0; q < 3; ++q)
+          k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev, w_step[q],
+                 acc + q * B * H + a * H, nullptr, nullptr);
+      const int64_t row = whole ? 3 * H : H;
+      k.template forward_pass<Gru>(ForwardPass<T>{
+          b - a, H, gates + (off + a) * 3 * H, acc + a * row, row, whole ? H : B * H, bias_x,
+          bias_h, h_prev, hidden_n + (off + a) * H, y + (off + a) * H});
     }
   };
 

@@ -71,14 +71,14 @@ struct Lstm {
   }
 
   // The pointwise passes over `rows` rows: gates hold x W_ihᵀ on entry and the activated gates
-  // on exit; acc holds h_{t-1} W_hhᵀ, gate q's block at acc + q · acc_plane; delta gets δ's
-  // planes at delta + q · plane.
+  // on exit; acc holds h_{t-1} W_hhᵀ, row r's gate q at acc + r · acc_row + q · acc_plane;
+  // delta gets δ's planes at delta + q · plane.
   template <typename T>
   struct ForwardPass {
     int64_t rows, H;
     T* gates;
     const T* acc;
-    int64_t acc_plane;
+    int64_t acc_row, acc_plane;
     const T *bias, *c_prev;
     T *c, *m;
   };
@@ -100,7 +100,7 @@ struct Lstm {
     const int64_t H = a.H;
     for (int64_t r = 0; r < a.rows; ++r) {
       T* gr = a.gates + r * 4 * H;
-      const T* ar = a.acc + r * H;
+      const T* ar = a.acc + r * a.acc_row;
       Isa::template columns<T>(H, [&](int64_t j, auto vector) {
         constexpr bool kV = decltype(vector)::value;
         auto get = [](const T* q) { return Isa::template get<T, kV>(q); };
@@ -169,7 +169,8 @@ struct Lstm {
     T *y, *gates, *c_all, *m;
     const T* w_step[4] = {};  // block q: W_hh rows [qH, (q+1)H) as the step reads them (without P)
     T* bias;    // b_ih + b_hh
-    T* acc;     // 4 planes of B × H: h_{t-1} W_hhᵀ of the rows of one step
+    T* acc;     // h_{t-1} W_hhᵀ of the rows of one step: 4 planes of B × H, or (B, 4H) rows
+                // where the backend's steps read W_hh as it is (one step_gates call)
 
     static int64_t workspace_size(const Problem& p) {
       const int64_t H = p.hidden_size;
@@ -193,15 +194,22 @@ struct Lstm {
     const T* c() const { return c_all; }
     int64_t row_align() const { return p.proj_size ? kProjRows : 1; }
 
-    void pass(int64_t off, int64_t a, int64_t b, const T* c_prev, T* m_rows) const {
-      const int64_t H = p.hidden_size;
+    void pass(int64_t off, int64_t a, int64_t b, const T* c_prev, T* m_rows,
+              bool whole = false) const {
+      const int64_t H = p.hidden_size, row = whole ? 4 * H : H;
       k.template forward_pass<Lstm>(ForwardPass<T>{b - a, H, gates + (off + a) * 4 * H,
-                                                   acc + a * H, p.batch * H, bias, c_prev,
-                                                   c_all + (off + a) * H, m_rows});
+                                                   acc + a * row, row, whole ? H : p.batch * H,
+                                                   bias, c_prev, c_all + (off + a) * H,
+                                                   m_rows});
     }
 
     void step(int64_t off, int64_t a, int64_t b, const T* h_prev, const T* c_prev) const {
       const int64_t H = p.hidden_size, B = p.batch, P = p.proj_size;
+      if (!P && k.reads_whole()) {
+        k.step_gates(b - a, H, 4, h_prev, in.w_hh, acc + a * 4 * H);
+        pass(off, a, b, c_prev, y + (off + a) * H, /*whole=*/true);
+        return;
+      }
       if (!P) {
         for (int64_t q = 0; q < 4; ++q)
           k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev, w_step[q],
