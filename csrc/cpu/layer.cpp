@@ -27,8 +27,9 @@ constexpr int64_t kUnpackedMaxSteps = 16;
 constexpr int64_t kUnpackedMaxWork = int64_t(1) << 19;
 // GEMMs C = A · Bᵀ of up to this many rows are dot products too (BLAS packs B for them).
 constexpr int64_t kDotMaxRows = 4;
-// A forward of one step and more rows runs it as BLAS GEMMs on W_hh as it is: packing W_hh
-// costs more than one step gains (measured; at two steps the packed step is as fast or faster).
+// A call of one step and more rows runs it as BLAS GEMMs on W_hh as it is, forward and
+// backward: packing W_hh costs more than one step gains (measured; at two steps the packed
+// step is as fast or faster).
 constexpr int64_t kBlasMaxSteps = 1;
 
 // The primitives core/recurrence.h and the cells ask of a backend.
@@ -38,6 +39,7 @@ struct Backend {
   bool unpacked = false;  // the forward's steps read W_hh as it is (set by forward())
   bool plain_backward = false;  // the backward's steps read W_hh as it is (set by backward())
   bool blas_steps = false;  // the forward's steps are BLAS GEMMs on W_hh as it is (forward())
+  bool blas_backward = false;  // the backward's too (set by backward())
 
   static int64_t packed_size(int64_t H) { return cpu::packed_size<T>(H); }
   static int64_t norm_slots(int64_t H) { return cpu::norm_slots<T>(H); }
@@ -50,14 +52,18 @@ struct Backend {
   // W_hh's block (H × H) as step() reads it: packed into `packed` (transposed for the
   // forward), or w itself where the steps read it as it is.
   const T* pack(const T* w, int64_t H, bool transpose, T* packed) const {
-    if (transpose ? reads_whole() : plain_backward) return w;
+    if (transpose ? reads_whole() : plain_backward || blas_backward) return w;
     kernels.pack(w, H, transpose, packed);
     return packed;
   }
   void step(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a, const T* w,
             T* c, const T* h, T* d) const {
-    if (plain_backward) {  // the backward's epilogues: c (op)= a · W_hh, then the derivative
-      kernels.times(rows, H, H, a, H, false, w, H, e != Epilogue::kStore, c, H);
+    if (plain_backward || blas_backward) {  // the backward's: c (op)= a · W_hh, then φ'
+      if (plain_backward)
+        kernels.times(rows, H, H, a, H, false, w, H, e != Epilogue::kStore, c, H);
+      else
+        gemm(false, false, rows, H, H, T(1), a, H, w, H, e == Epilogue::kStore ? T(0) : T(1), c,
+             H);
       if (e == Epilogue::kBackwardRecord) kernels.row_square_sums(rows, H, c, d);
       if (e == Epilogue::kBackward || e == Epilogue::kBackwardRecord)
         kernels.scale_by_derivative(act, rows, H, c, h);
@@ -109,7 +115,7 @@ struct Backend {
     const int64_t B = p.batch, H = p.hidden_size, N = p.total_rows();
     const int threads = omp_get_max_threads();
     // BLAS steps are whole GEMMs: their sums depend on the call's shape, not on the threads.
-    if (blas_steps || threads < 2 || B < kMinRowsPerThread * 2 || N * H * H < kRowSplitMinWork ||
+    if (blas_steps || blas_backward || threads < 2 || B < kMinRowsPerThread * 2 || N * H * H < kRowSplitMinWork ||
         H > kRowSplitMaxHidden) {
       run(RowRange{0, B});
       return;
@@ -195,6 +201,7 @@ void backward(const Problem& p, const Inputs<T>& in, const Outputs<const T>& out
               const Gradients<T>& grads, T* workspace) {
   Backend<T> k;
   k.plain_backward = Backend<T>::reads_unpacked(p);
+  k.blas_backward = !k.plain_backward && p.steps <= kBlasMaxSteps && !p.proj_size;
   rnnkern::backward<Cell, T>(p, in, out, grads, workspace, k);
 }
 
