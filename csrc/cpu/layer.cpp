@@ -48,6 +48,10 @@ struct Backend {
     return p.batch <= kUnpackedMaxBatch && p.steps <= kUnpackedMaxSteps &&
            p.batch * p.hidden_size * p.hidden_size < kUnpackedMaxWork;
   }
+  // Whether a call's steps are BLAS GEMMs on W_hh as it is (forward and backward alike).
+  static bool blas_step_calls(const Problem& p) {
+    return !reads_unpacked(p) && p.steps <= kBlasMaxSteps && !p.proj_size;
+  }
 
   // W_hh's block (H × H) as step() reads it: packed into `packed` (transposed for the
   // forward), or w itself where the steps read it as it is.
@@ -115,8 +119,8 @@ struct Backend {
     const int64_t B = p.batch, H = p.hidden_size, N = p.total_rows();
     const int threads = omp_get_max_threads();
     // BLAS steps are whole GEMMs: their sums depend on the call's shape, not on the threads.
-    if (blas_steps || blas_backward || threads < 2 || B < kMinRowsPerThread * 2 || N * H * H < kRowSplitMinWork ||
-        H > kRowSplitMaxHidden) {
+    if (blas_steps || blas_backward || threads < 2 || B < kMinRowsPerThread * 2 ||
+        N * H * H < kRowSplitMinWork || H > kRowSplitMaxHidden) {
       run(RowRange{0, B});
       return;
     }
@@ -192,7 +196,7 @@ template <typename Cell, typename T>
 void forward(const Problem& p, const Inputs<T>& in, const Outputs<T>& out, T* workspace) {
   Backend<T> k;
   k.unpacked = Backend<T>::reads_unpacked(p);
-  k.blas_steps = !k.unpacked && p.steps <= kBlasMaxSteps && !p.proj_size;
+  k.blas_steps = Backend<T>::blas_step_calls(p);
   rnnkern::forward<Cell, T>(p, in, out, workspace, k);
 }
 
@@ -201,7 +205,7 @@ void backward(const Problem& p, const Inputs<T>& in, const Outputs<const T>& out
               const Gradients<T>& grads, T* workspace) {
   Backend<T> k;
   k.plain_backward = Backend<T>::reads_unpacked(p);
-  k.blas_backward = !k.plain_backward && p.steps <= kBlasMaxSteps && !p.proj_size;
+  k.blas_backward = Backend<T>::blas_step_calls(p);
   rnnkern::backward<Cell, T>(p, in, out, grads, workspace, k);
 }
 
