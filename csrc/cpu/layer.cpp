@@ -25,7 +25,8 @@ constexpr int64_t kRowSplitMaxHidden = 512;
 constexpr int64_t kUnpackedMaxBatch = 2;
 constexpr int64_t kUnpackedMaxSteps = 16;
 constexpr int64_t kUnpackedMaxWork = int64_t(1) << 19;
-// GEMMs C = A · Bᵀ of up to this many rows are dot products too (BLAS packs B for them).
+// GEMMs of up to this many rows of C (or, for C = Aᵀ · B, this inner size) are the vector
+// kernels dot and times (BLAS packs B for them).
 constexpr int64_t kDotMaxRows = 4;
 // A call of one step and more rows runs it as BLAS GEMMs on W_hh as it is, forward and
 // backward: packing W_hh costs more than one step gains (measured; at two steps the packed
@@ -107,6 +108,8 @@ struct Backend {
       kernels.dot(m, n, k, a, lda, b, ldb, beta == T(1), c, ldc);
     else if (ta && !tb && k <= kDotMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
       kernels.times(m, n, k, a, lda, true, b, ldb, beta == T(1), c, ldc);  // Σ of k outer products
+    else if (!ta && !tb && m <= kDotMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
+      kernels.times(m, n, k, a, lda, false, b, ldb, beta == T(1), c, ldc);  // B's rows streamed
     else
       cpu::gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }

@@ -513,22 +513,46 @@ void times_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, b
   constexpr int64_t L = Vec<T>::lanes;
   for (int64_t r = 0; r < rows; ++r) {
     T* cr = c + r * ldc;
-    if (!accumulate)
-      for (int64_t j = 0; j < n; ++j) cr[j] = T(0);
     for (int64_t i = 0; i < K; ++i) {
       const T s = load1(a + r * a_row + i * a_col);
       const T* wi = w + i * ldw;
       const V sv = V{} + s;
       int64_t j = 0;
+      if (i == 0 && !accumulate) {  // the first term stored, not added to zeros (one pass)
+        for (; j + L <= n; j += L) store(cr + j, sv * load(wi + j));
+        for (; j < n; ++j) cr[j] = s * load1(wi + j);
+        continue;
+      }
       for (; j + L <= n; j += L) store(cr + j, load(cr + j) + sv * load(wi + j));
       for (; j < n; ++j) cr[j] += s * load1(wi + j);
     }
+    if (K == 0 && !accumulate)
+      for (int64_t j = 0; j < n; ++j) cr[j] = T(0);
   }
 }
+
+// An outer products' sum (transpose_a) writing a C of at least this many bytes splits C's rows
+// over two threads (each element's sum is the same on either thread).
+constexpr int64_t kOuterSplitBytes = int64_t(1) << 16;
 
 template <typename T>
 void times(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
            const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc) {
+  if (transpose_a && rows >= 16 && rows * n * int64_t(sizeof(T)) >= kOuterSplitBytes &&
+      omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    const int64_t half = rows / 2;
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_num_threads() == 1)
+        times_serial(rows, n, K, a, lda, true, w, ldw, accumulate, c, ldc);
+      else if (omp_get_thread_num() == 0)
+        times_serial(half, n, K, a, lda, true, w, ldw, accumulate, c, ldc);
+      else
+        times_serial(rows - half, n, K, a + half, lda, true, w, ldw, accumulate, c + half * ldc,
+                     ldc);
+    }
+    return;
+  }
   split_columns<T>(n, K, [&](int64_t first, int64_t count) {
     times_serial(rows, count, K, a, lda, transpose_a, w + first, ldw, accumulate, c + first,
                  ldc);

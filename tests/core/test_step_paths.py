@@ -4,7 +4,9 @@ float32 within torch's own error) and on 1 and 2 threads (bitwise):
 - one step of three rows or more: BLAS GEMMs on W_hh (no packing), the gated cells' gate blocks
   in one GEMM, and a GEMM large enough to be split in parts over the threads;
 - a row or two for a few steps: dot products, the gated cells' gate blocks in one call, split
-  over the threads by W_hh's rows once W_hh reaches 512 KiB.
+  over the threads by W_hh's rows once W_hh reaches 512 KiB;
+- the backward of up to four rows in all: the weight gradients as sums of outer products (split
+  over the threads by rows from 64 KiB), ∂L/∂x and ∂L/∂h0 as rows times a matrix (no BLAS).
 
 Each is checked through the layer (forward, then backward from what the forward saved) and
 through the modules' inference path (the whole stack in one call: two layers, bidirectional).
@@ -27,6 +29,8 @@ SHAPES = [
     pytest.param((1, 9, 16, 256), id="one-step-split-gemm"),
     pytest.param((4, 1, 16, 256), id="one-row-whole-w"),
     pytest.param((3, 2, 8, 384), id="two-rows-whole-w"),
+    pytest.param((1, 1, 128, 256), id="one-row-split-outer-products"),
+    pytest.param((1, 4, 64, 96), id="four-rows-outer-products"),
 ]
 
 DENSE = [spec.name for spec in cells.CELLS if spec.recurrent == "dense"]
