@@ -160,8 +160,9 @@ def _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_f
         return None
     steps, batch, features, hidden = sizes
     rows = w_ih.shape[0]
-    # weight gradients of up to 4 MiB (float32) from torch's allocator (glibc reuses freed
-    # blocks below its 32 MiB mmap threshold), larger ones from the core's block cache
+    # weight gradients of up to 4 MiB (float32) from torch's allocator (glibc's heap reuses
+    # them once its dynamic mmap threshold has risen to their size), larger ones from the
+    # core's block cache
     if y.shape != (*x.shape[:-1], hidden) or rows * max(hidden, features) > 64 * _SMALL_OUTPUT:
         return None
     two = len(states) > 1

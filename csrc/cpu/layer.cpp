@@ -28,9 +28,9 @@ constexpr int64_t kUnpackedMaxWork = int64_t(1) << 19;
 // GEMMs of up to this many rows of C (or, for C = Aᵀ · B, this inner size) are the vector
 // kernels dot and times (BLAS packs B for them).
 constexpr int64_t kDotMaxRows = 4;
-// A call of one step and more rows runs it as BLAS GEMMs on W_hh as it is, forward and
-// backward: packing W_hh costs more than one step gains (measured; at two steps the packed
-// step is as fast or faster).
+// A call of one step and more rows runs it as BLAS GEMMs on W_hh as it is, forward (the gated
+// cells) and backward: packing W_hh costs more than one step gains (measured; at two steps the
+// packed step is as fast or faster).
 constexpr int64_t kBlasMaxSteps = 1;
 
 // The primitives core/recurrence.h and the cells ask of a backend.
@@ -49,7 +49,8 @@ struct Backend {
     return p.batch <= kUnpackedMaxBatch && p.steps <= kUnpackedMaxSteps &&
            p.batch * p.hidden_size * p.hidden_size < kUnpackedMaxWork;
   }
-  // Whether a call's steps are BLAS GEMMs on W_hh as it is (forward and backward alike).
+  // Whether a call's steps are BLAS GEMMs on W_hh as it is: the backward's, and the forward's
+  // for the gated cells (forward()).
   static bool blas_step_calls(const Problem& p) {
     return !reads_unpacked(p) && p.steps <= kBlasMaxSteps && !p.proj_size;
   }

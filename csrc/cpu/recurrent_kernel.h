@@ -471,14 +471,12 @@ void dot_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, con
 // multiple of eight rows, so each sum is the same as on one thread.
 constexpr int64_t kDotSplitBytes = int64_t(1) << 19;
 
-// f(first, count) for the columns of a result of n columns: all of them, or, where W (n × K
-// of T) is kDotSplitBytes or more, split over two threads at a multiple of 8 (each column's
-// sum is the same on either thread).
-template <typename T, typename F>
-void split_columns(int64_t n, int64_t K, F&& f) {
-  if (n >= 64 && n * K * int64_t(sizeof(T)) >= kDotSplitBytes && omp_get_max_threads() > 1 &&
-      !omp_in_parallel()) {
-    const int64_t half = (n / 2 + 7) / 8 * 8;
+// f(first, count) over [0, n): at once, or, where `split`, in two parts on two threads, the first
+// ending at a multiple of `align`.
+template <typename F>
+void in_two_parts(bool split, int64_t n, int64_t align, F&& f) {
+  if (split && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    const int64_t half = (n / 2 + align - 1) / align * align;
 #pragma omp parallel num_threads(2)
     {
       if (omp_get_num_threads() == 1)
@@ -491,6 +489,14 @@ void split_columns(int64_t n, int64_t K, F&& f) {
     return;
   }
   f(int64_t(0), n);
+}
+
+// f(first, count) for the columns of a result of n columns: all of them, or, where W (n × K
+// of T) is kDotSplitBytes or more, split over two threads at a multiple of 8 (each column's
+// sum is the same on either thread).
+template <typename T, typename F>
+void split_columns(int64_t n, int64_t K, F&& f) {
+  in_two_parts(n >= 64 && n * K * int64_t(sizeof(T)) >= kDotSplitBytes, n, 8, f);
 }
 
 template <typename T>
@@ -538,24 +544,16 @@ constexpr int64_t kOuterSplitBytes = int64_t(1) << 16;
 template <typename T>
 void times(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, bool transpose_a,
            const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc) {
-  if (transpose_a && rows >= 16 && rows * n * int64_t(sizeof(T)) >= kOuterSplitBytes &&
-      omp_get_max_threads() > 1 && !omp_in_parallel()) {
-    const int64_t half = rows / 2;
-#pragma omp parallel num_threads(2)
-    {
-      if (omp_get_num_threads() == 1)
-        times_serial(rows, n, K, a, lda, true, w, ldw, accumulate, c, ldc);
-      else if (omp_get_thread_num() == 0)
-        times_serial(half, n, K, a, lda, true, w, ldw, accumulate, c, ldc);
-      else
-        times_serial(rows - half, n, K, a + half, lda, true, w, ldw, accumulate, c + half * ldc,
-                     ldc);
-    }
+  if (transpose_a) {
+    in_two_parts(rows >= 16 && rows * n * int64_t(sizeof(T)) >= kOuterSplitBytes, rows, 1,
+                 [&](int64_t first, int64_t count) {
+                   times_serial(count, n, K, a + first, lda, true, w, ldw, accumulate,
+                                c + first * ldc, ldc);
+                 });
     return;
   }
   split_columns<T>(n, K, [&](int64_t first, int64_t count) {
-    times_serial(rows, count, K, a, lda, transpose_a, w + first, ldw, accumulate, c + first,
-                 ldc);
+    times_serial(rows, count, K, a, lda, false, w + first, ldw, accumulate, c + first, ldc);
   });
 }
 
