@@ -641,12 +641,22 @@ def stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...], weight
     input's dtype. Returns (output (T, B, D·H), final states), or None where this path does
     not apply (a gradient, a tracer, a transform; other dtypes, devices or shapes), for the
     caller to take the general one."""
-    # straight-line code with each check made once: this path is timed in microseconds
-    if type(input) is not Tensor or input.dim() != 3 or not _plain_eager():
+    if type(input) is not Tensor or not _plain_eager():
         return None
+    return eager_stack_inference(cell, input, states, weights, num_layers, bidirectional,
+                                 nonlinearity)
+
+
+def eager_stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...],
+                          weights: List[Tensor], num_layers: int, bidirectional: bool,
+                          nonlinearity: Optional[str]
+                          ) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
+    """:func:`stack_inference` for a caller that has found ``_plain_eager()`` true and input a
+    Tensor (the modules, whose every call pays each check)."""
+    # straight-line code with each check made once: this path is timed in microseconds
     dtype = input.dtype
-    if (dtype is not torch.float32 and dtype is not torch.float64) or not input.is_cpu \
-            or input.is_neg():
+    if (dtype is not torch.float32 and dtype is not torch.float64) or input.dim() != 3 \
+            or not input.is_cpu or input.is_neg():
         return None
     facts = _FACTS.get(cell) or _facts(cell)
     grad = torch.is_grad_enabled()
@@ -662,34 +672,32 @@ def stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...], weight
     hidden = rows // facts.gates
     if steps * batch == 0 or rows != hidden * facts.gates:
         return None
-    w_hh_shape = (rows, hidden) if facts.dense else (rows,)
     state_shape = (count, batch, hidden)
     for t in states:
         if (type(t) is not Tensor or t.shape != state_shape or t.dtype is not dtype
                 or not t.is_cpu or not t.is_contiguous() or t.is_neg()
                 or grad and t.requires_grad):
             return None
-    shapes = ((rows, features), w_hh_shape, (rows,), (rows,))
-    deep = (rows, directions * hidden)
+    shapes = ((rows, features), (rows, hidden) if facts.dense else (rows,), (rows,), (rows,))
     pointers = []
     for index in range(count):
         if index == directions:
-            shapes = (deep,) + shapes[1:]
-        for j in range(4):
-            if j >= per_direction:
-                pointers.append(0)
-                continue
+            shapes = ((rows, directions * hidden),) + shapes[1:]
+        for j in range(per_direction):
             t = weights[index * per_direction + j]
             if ((type(t) is not _PARAMETER and type(t) is not Tensor) or t.shape != shapes[j]
                     or t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()
                     or t.is_neg() or grad and t.requires_grad):
                 return None
             pointers.append(t.data_ptr())
-    x = input.contiguous()
+        if per_direction == 2:  # no biases
+            pointers += (0, 0)
+    x = input if input.is_contiguous() else input.contiguous()
     empty = torch.empty
+    # sizes unpacked: torch.empty parses them faster than a tuple
     y = empty(steps, batch, directions * hidden, dtype=dtype)
-    h_n = empty(state_shape, dtype=dtype)
-    c_n = empty(state_shape, dtype=dtype) if len(states) > 1 else None
+    h_n = empty(count, batch, hidden, dtype=dtype)
+    c_n = empty(count, batch, hidden, dtype=dtype) if len(states) > 1 else None
     _core.stack_forward_pointers(
         cell, dtype is torch.float64, steps, batch, features, hidden, num_layers, directions,
         x.data_ptr(), states[0].data_ptr(), states[1].data_ptr() if c_n is not None else 0,

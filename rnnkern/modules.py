@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import operator
 import sys
 import warnings
 from typing import Optional, Tuple, Union
@@ -24,7 +25,8 @@ from . import cells
 from .cells import CELLS
 from .functional import layers as _layers
 from .functional import step as _step
-from .functional import stack_inference as _stack_inference
+from .functional import _plain_eager
+from .functional import eager_stack_inference as _eager_stack_inference
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "revert"]
 
@@ -47,6 +49,11 @@ def _exporting() -> bool:
     if torch.compiler.is_compiling():  # Dynamo and export; constant under Dynamo
         return torch.compiler.is_exporting()
     return torch.jit.is_tracing()
+
+
+# Whether any device's autocast is on (one C call, before the slower per-device question).
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+_is = operator.is_
 
 
 def _input_data(input) -> Tensor:
@@ -116,6 +123,15 @@ class _DropIn:
     """What all of rnnkern's drop-ins add to their torch class: the hand-off to torch's class
     for scripting, and the warning when torch's quantization would skip them."""
 
+    _cell = ""  # its spec in rnnkern.cells, set by each class
+    _state_count, _takes_nonlinearity = 1, False  # from the spec, for the timed paths
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_cell"):
+            spec = cells.get(cls._cell)
+            cls._state_count, cls._takes_nonlinearity = len(spec.states), spec.nonlinearity
+
     def _get_name(self) -> str:
         """The name repr and print(model) show: rnnkern.LSTM(...) for rnnkern's own classes,
         so that a model shows what runs on rnnkern (a subclass shows its own name)."""
@@ -134,34 +150,30 @@ class _DropIn:
 
     def _forward_fast(self, input, hx):
         """The common case (a float32/64 CPU tensor, weights of its dtype, a valid hx or none,
-        no projection, no autocast, no recording) with the fewest checks; None for anything
-        else, which goes the whole way and gets the torch class's errors. A call that needs no
-        gradient runs the whole stack in one call of the kernels (stack_inference)."""
+        no projection, no autocast, no recording, no graph being made for deployment) with the
+        fewest checks; None for anything else, which goes the whole way and gets the torch
+        class's errors. A call that needs no gradient runs the whole stack in one call of the
+        kernels (stack_inference)."""
         # straight-line code with each check made once: this path is timed in microseconds
-        if (type(input) is not Tensor or self._gradient_flow is not None or not input.is_cpu
-                or getattr(self, "proj_size", 0) or torch.is_autocast_enabled("cpu")):
+        if type(input) is not Tensor or not input.is_cpu or self._gradient_flow is not None:
+            return None
+        eager = _plain_eager()
+        if not eager and _exporting() or _any_autocast() and torch.is_autocast_enabled("cpu"):
             return None
         dtype = input.dtype
-        if dtype is not torch.float32 and dtype is not torch.float64:
+        if dtype is not torch.float32 and dtype is not torch.float64 \
+                or getattr(self, "proj_size", 0):
             return None
         flat = self._flat_weights
-        if type(self) in _OURS:
-            params = self._parameters
-            for name, w in zip(self._flat_weights_names, flat):
-                if params.get(name) is not w:
-                    flat = None
-                    break
-        else:
-            flat = None
-        if flat is None:  # parametrized or replaced weights
-            self._update_flat_weights()
+        if type(self) not in _OURS or not all(map(_is, map(self._parameters.get,
+                                                            self._flat_weights_names), flat)):
+            self._update_flat_weights()  # parametrized or replaced weights
             flat = self._flat_weights
-        spec = cells.get(self._cell)
-        several = len(spec.states) > 1
+        count = self._state_count
         if hx is None:
             states = None
-        elif several:
-            if type(hx) is not tuple or len(hx) != len(spec.states):
+        elif count > 1:
+            if type(hx) is not tuple or len(hx) != count:
                 return None
             states = hx
         else:
@@ -181,14 +193,14 @@ class _DropIn:
         layers = self.num_layers * (2 if self.bidirectional else 1)
         if states is None:
             states = tuple(torch.zeros(layers, batch, self.hidden_size, dtype=dtype)
-                           for _ in spec.states)
+                           for _ in range(count))
         nonlinearity = None
-        if spec.nonlinearity:
+        if self._takes_nonlinearity:
             nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         fast = None
-        if not (self.training and self.dropout > 0 and self.num_layers > 1):
-            fast = _stack_inference(spec.name, input, states, flat, self.num_layers,
-                                    self.bidirectional, nonlinearity)
+        if eager and not (self.training and self.dropout > 0 and self.num_layers > 1):
+            fast = _eager_stack_inference(self._cell, input, states, flat, self.num_layers,
+                                          self.bidirectional, nonlinearity)
         if fast is not None:
             output, hidden = fast
         else:
@@ -200,16 +212,16 @@ class _DropIn:
                 if (type(h) is not Tensor or h.shape != shape or h.dtype is not dtype
                         or not h.is_cpu):
                     return None
-            output, hidden = _layers(spec.name, input, states if several else states[0], flat,
-                                     self.num_layers, self.bidirectional, nonlinearity,
+            output, hidden = _layers(self._cell, input, states if count > 1 else states[0],
+                                     flat, self.num_layers, self.bidirectional, nonlinearity,
                                      self.dropout, self.training, False)
-            hidden = tuple(hidden) if several else (hidden,)
+            hidden = tuple(hidden) if count > 1 else (hidden,)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not batched:
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden)
-        return output, hidden if several else hidden[0]
+        return output, hidden if count > 1 else hidden[0]
 
     @property
     def qconfig(self):
@@ -310,11 +322,13 @@ class RNN(_DropIn, torch.nn.RNN):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the forward pass, like ``torch.nn.RNN.forward``."""
+        fast = self._forward_fast(input, hx)
+        if fast is not None:
+            return fast
         if _exporting():
             _refuse_recording(self)
             return super().forward(input, hx)
-        fast = self._forward_fast(input, hx)
-        return fast if fast is not None else self._forward_checked(input, hx)
+        return self._forward_checked(input, hx)
 
     def _forward_checked(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor]
                          ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
@@ -533,12 +547,11 @@ class LSTM(_GatedCell, torch.nn.LSTM):
     def forward(self, input: Union[Tensor, PackedSequence],
                 hx: Optional[Tuple[Tensor, Tensor]] = None):
         """Runs the forward pass, like ``torch.nn.LSTM.forward``."""
-        data = _input_data(input)
-        if self._on_torch_kernels(data):
-            return super().forward(input, hx)
         fast = self._forward_fast(input, hx)
         if fast is not None:
             return fast
+        if self._on_torch_kernels(_input_data(input)):
+            return super().forward(input, hx)
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise RuntimeError("lstm expects two hidden states: hx must be a tuple (h_0, c_0), "
                                f"got {type(hx).__name__}"
@@ -610,12 +623,11 @@ class GRU(_GatedCell, torch.nn.GRU):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
                 ) -> Tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the forward pass, like ``torch.nn.GRU.forward``."""
-        data = _input_data(input)
-        if self._on_torch_kernels(data):
-            return super().forward(input, hx)
         fast = self._forward_fast(input, hx)
         if fast is not None:
             return fast
+        if self._on_torch_kernels(_input_data(input)):
+            return super().forward(input, hx)
 
         def compute(input, hx, batch_sizes, max_batch_size, unsorted_indices):
             return _compute(
@@ -651,14 +663,6 @@ class _StepCell(_DropIn):
     and its backward one fused call. Anything else (a GPU, other dtypes, autocast, a graph
     for deployment, arguments torch would refuse) runs torch's own forward, errors
     included."""
-
-    _cell = ""  # its spec in rnnkern.cells
-    _state_count, _takes_nonlinearity = 1, False  # from the spec, for the timed path
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        spec = cells.get(cls._cell)
-        cls._state_count, cls._takes_nonlinearity = len(spec.states), spec.nonlinearity
 
     def _fused(self, input, hx) -> Optional[Tuple[Tensor, ...]]:
         """The new states as a tuple, or None where torch's own forward is to run."""

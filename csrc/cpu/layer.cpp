@@ -28,6 +28,9 @@ constexpr int64_t kUnpackedMaxWork = int64_t(1) << 19;
 // GEMMs of up to this many rows of C (or, for C = Aᵀ · B, this inner size) are the vector
 // kernels dot and times (BLAS packs B for them).
 constexpr int64_t kDotMaxRows = 4;
+// C = A · Wᵀ up to this many rows is the blocked dot kernel, which reads W as it is once
+// (BLAS copies W into its packed panels on every call).
+constexpr int64_t kDotBlockMaxRows = 64;
 // A call of one step and more rows runs it as BLAS GEMMs on W_hh as it is, forward (the gated
 // cells) and backward: packing W_hh costs more than one step gains (measured; at two steps the
 // packed step is as fast or faster).
@@ -105,7 +108,7 @@ struct Backend {
   }
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
             const T* b, int64_t ldb, T beta, T* c, int64_t ldc) const {
-    if (!ta && tb && m <= kDotMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
+    if (!ta && tb && m <= kDotBlockMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
       kernels.dot(m, n, k, a, lda, b, ldb, beta == T(1), c, ldc);
     else if (ta && !tb && k <= kDotMaxRows && alpha == T(1) && (beta == T(0) || beta == T(1)))
       kernels.times(m, n, k, a, lda, true, b, ldb, beta == T(1), c, ldc);  // Σ of k outer products

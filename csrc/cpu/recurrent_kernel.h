@@ -453,17 +453,30 @@ void dot_rows_of(int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int6
   }
 }
 
+// W's rows in blocks of this many bytes (a multiple of 8 rows) are taken against every row of
+// A in turn, so that W is read from memory once, not once per pair of rows.
+constexpr int64_t kDotBlockBytes = int64_t(16) << 10;
+
 template <typename T>
 void dot_serial(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w,
                 int64_t ldw, bool accumulate, T* c, int64_t ldc) {
   constexpr int L = int(Vec<T>::lanes);  // fold() takes at most L vectors
-  int64_t r = 0;
-  for (; r + 2 <= rows; r += 2)
-    dot_rows_of<T, 2, (L < 4 ? L : 4)>(n, K, a + r * lda, lda, w, ldw, accumulate,
-                                       c + r * ldc, ldc);
-  if (r < rows)
-    dot_rows_of<T, 1, (L < 8 ? L : 8)>(n, K, a + r * lda, lda, w, ldw, accumulate,
-                                       c + r * ldc, ldc);
+  int64_t block = n;
+  if (rows > 2) {
+    block = kDotBlockBytes / (K * int64_t(sizeof(T))) / 8 * 8;
+    if (block < 8) block = 8;
+  }
+  // Blocks end at multiples of 8, so each sum is the same as without blocks.
+  for (int64_t j = 0; j < n; j += block) {
+    const int64_t width = n - j < block ? n - j : block;
+    int64_t r = 0;
+    for (; r + 2 <= rows; r += 2)
+      dot_rows_of<T, 2, (L < 4 ? L : 4)>(width, K, a + r * lda, lda, w + j * ldw, ldw,
+                                         accumulate, c + r * ldc + j, ldc);
+    if (r < rows)
+      dot_rows_of<T, 1, (L < 8 ? L : 8)>(width, K, a + r * lda, lda, w + j * ldw, ldw,
+                                         accumulate, c + r * ldc + j, ldc);
+  }
 }
 
 // W of at least this many bytes is read by two threads, each its half of W's rows (a row or
@@ -502,7 +515,9 @@ void split_columns(int64_t n, int64_t K, F&& f) {
 template <typename T>
 void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
          bool accumulate, T* c, int64_t ldc) {
-  split_columns<T>(n, K, [&](int64_t first, int64_t count) {
+  const bool split = n >= 64 && (n * K * int64_t(sizeof(T)) >= kDotSplitBytes ||
+                                 rows * n * K >= kParallelMinWork);
+  in_two_parts(split, n, 8, [&](int64_t first, int64_t count) {
     dot_serial(rows, count, K, a, lda, w + first * ldw, ldw, accumulate, c + first, ldc);
   });
 }
