@@ -137,11 +137,14 @@ def _forward_small(facts, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
         if b is not None and b.shape != (w_ih.shape[0],):
             return None
     steps, batch, features, hidden = sizes
-    lead = x.shape[:-1]  # (T, B), or (B,) for one step
-    y = torch.empty(*lead, hidden, dtype=x.dtype)
-    widths = facts.saved[False]
-    saved = tuple(torch.empty(*lead, width * hidden, dtype=x.dtype)
-                  for width in widths) if widths else ()
+    empty, dtype = torch.empty, x.dtype
+    if x.dim() == 3:
+        y = empty(steps, batch, hidden, dtype=dtype)
+        saved = tuple(empty(steps, batch, width * hidden, dtype=dtype)
+                      for width in facts.saved[False])
+    else:  # one step, (B, I)
+        y = empty(batch, hidden, dtype=dtype)
+        saved = tuple(empty(batch, width * hidden, dtype=dtype) for width in facts.saved[False])
     _core.layer_forward_pointers(
         facts.spec.name, x.dtype is torch.float64, steps, batch, features, hidden, x.data_ptr(),
         states[0].data_ptr(), _ptr(states[1]) if len(states) > 1 else 0, w_ih.data_ptr(),
@@ -180,11 +183,13 @@ def _backward_small(facts, x, states, w_ih, w_hh, w_hr, y, saved, grad_y, grad_f
         return None
     # straight-line code: this path is timed in microseconds
     empty = torch.empty
-    gx = empty(x.shape, dtype=dtype) if output_mask[0] else None
+    # sizes unpacked: torch.empty parses them faster than a tuple
+    gx = empty(*x.shape, dtype=dtype) if output_mask[0] else None
     gh0 = empty(batch, hidden, dtype=dtype) if output_mask[1] else None
     gc0 = empty(batch, hidden, dtype=dtype) if two and output_mask[2] else None
-    gw_ih = empty(w_ih.shape, dtype=dtype) if output_mask[3] else None
-    gw_hh = empty(w_hh.shape, dtype=dtype) if output_mask[4] else None
+    gw_ih = empty(rows, features, dtype=dtype) if output_mask[3] else None
+    gw_hh = (empty(rows, hidden, dtype=dtype) if facts.dense else empty(rows, dtype=dtype)) \
+        if output_mask[4] else None
     gb_ih = empty(rows, dtype=dtype) if output_mask[5] else None
     gb_hh = empty(rows, dtype=dtype) if output_mask[6] else None
     norm_h = empty(steps * batch, dtype=torch.float64) if grad_norms else None
