@@ -413,13 +413,21 @@ template <typename T, int R, int J>
 inline void dot_tile(int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw, T* sums) {
   typedef typename Vec<T>::type V;
   constexpr int64_t L = Vec<T>::lanes;
-  V acc[R][J] = {};
+  // unrolled, so that the sums stay in registers (and are zeroed there)
+  V acc[R][J];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int q = 0; q < J; ++q) acc[r][q] = V{};
   int64_t i = 0;
   for (; i + L <= K; i += L) {
     V av[R];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) av[r] = load(a + r * lda + i);
+#pragma GCC unroll 8
     for (int q = 0; q < J; ++q) {
       const V wv = load(w + q * ldw + i);
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) acc[r][q] += av[r] * wv;
     }
   }
