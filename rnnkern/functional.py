@@ -648,14 +648,14 @@ def stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...], weight
     caller to take the general one."""
     if type(input) is not Tensor or not _plain_eager():
         return None
-    return eager_stack_inference(cell, input, states, weights, num_layers, bidirectional,
-                                 nonlinearity)
+    return _stack_inference_eager(cell, input, states, weights, num_layers, bidirectional,
+                                  nonlinearity)
 
 
-def eager_stack_inference(cell: str, input: Tensor, states: Tuple[Tensor, ...],
-                          weights: List[Tensor], num_layers: int, bidirectional: bool,
-                          nonlinearity: Optional[str]
-                          ) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
+def _stack_inference_eager(cell: str, input: Tensor, states: Tuple[Tensor, ...],
+                           weights: List[Tensor], num_layers: int, bidirectional: bool,
+                           nonlinearity: Optional[str]
+                           ) -> Optional[Tuple[Tensor, Tuple[Tensor, ...]]]:
     """:func:`stack_inference` for a caller that has found ``_plain_eager()`` true and input a
     Tensor (the modules, whose every call pays each check)."""
     # straight-line code with each check made once: this path is timed in microseconds

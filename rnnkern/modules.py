@@ -25,8 +25,7 @@ from . import cells
 from .cells import CELLS
 from .functional import layers as _layers
 from .functional import step as _step
-from .functional import _plain_eager
-from .functional import eager_stack_inference as _eager_stack_inference
+from .functional import _plain_eager, _stack_inference_eager
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "revert"]
 
@@ -199,7 +198,7 @@ class _DropIn:
             nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         fast = None
         if eager and not (self.training and self.dropout > 0 and self.num_layers > 1):
-            fast = _eager_stack_inference(self._cell, input, states, flat, self.num_layers,
+            fast = _stack_inference_eager(self._cell, input, states, flat, self.num_layers,
                                           self.bidirectional, nonlinearity)
         if fast is not None:
             output, hidden = fast

@@ -115,6 +115,12 @@ def test_spread_and_the_warnings_it_gives():
     busy.train_ms = {"torch": 2.0, "rnnkern": 1.0}
     busy.sgemm_gflops = busy.peak_gflops = 100.0
     assert "40%!" in bench.format_table([busy])
+    calm.train_ms, calm.peak_gflops = {"torch": 2.0, "rnnkern": 1.0}, 100.0
+    calm.train_flop = 0.5e8  # 50 GFLOP/s: within the peak
+    assert bench.warnings_for([calm], 100.0, 99.0) == []
+    calm.train_flop = 1.13e8  # 113 GFLOP/s: above it, so the probe read low
+    lines = bench.warnings_for([calm], 100.0, 99.0)
+    assert "1 of 1 rows ran faster than the FMA peak" in lines[0] and "113" in lines[0]
 
 
 def test_the_plot_names_each_cell_and_draws_slowdowns_below_one(tmp_path):

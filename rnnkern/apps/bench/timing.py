@@ -288,7 +288,8 @@ def warnings_for(results: Sequence, peak_before: float = math.nan,
                  peak_after: float = math.nan, load: Optional[Load] = None) -> List[str]:
     """What makes these numbers doubtful, each as a line (empty when nothing does): rows
     (Result or StepResult) whose repeats spread by more than SPREAD_WARNING, an FMA peak
-    that fell during the run, and other processes using more than LOAD_WARNING of the CPUs."""
+    that fell during the run or that a row's rate exceeds, and other processes using more
+    than LOAD_WARNING of the CPUs."""
     out = []
     wide = [r for r in results if r.spread() > SPREAD_WARNING]
     if wide:
@@ -300,6 +301,14 @@ def warnings_for(results: Sequence, peak_before: float = math.nan,
     if peak_after < 0.9 * peak_before:
         out.append(f"warning: the FMA peak fell from {peak_before:.0f} to {peak_after:.0f} "
                    "GFLOP/s during the run: another job is using the CPU")
+    # no row can run faster than the FMA peak: one that did means the probe was slowed
+    over = [r for r in results if isinstance(r, Result) and r.device == "cpu"
+            and r.gflops("rnnkern") > r.peak_gflops > 0]
+    if over:
+        fastest = max(r.gflops("rnnkern") for r in over)
+        out.append(f"warning: {len(over)} of {len(results)} rows ran faster than the FMA peak "
+                   f"measured before the grid ({over[0].peak_gflops:.0f} GFLOP/s; up to "
+                   f"{fastest:.0f}): the probe was slowed, so the % of peak column reads high")
     if load is not None and load.busy():
         out.append(f"warning: other processes used {load.others:.2f} of the {load.cpus} "
                    f"logical CPUs during the run ({load.steal:.2f} stolen by the hypervisor): "
