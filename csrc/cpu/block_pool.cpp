@@ -108,7 +108,7 @@ std::size_t free_cached_blocks() {
 
 // Per-thread scratch buffers, listed (intrusively: registering allocates nothing) so that
 // pool_clear can reach every thread's.
-constexpr int kScratchSlots = 2;
+constexpr int kScratchSlots = 3;
 
 struct Scratch {
   std::mutex mutex;  // held from scratch_acquire to scratch_release

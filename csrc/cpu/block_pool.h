@@ -41,7 +41,7 @@ class Workspace {
 // `bytes` if needed and returns it; it returns nullptr, unlocked and with the old buffer
 // kept, when there is no memory for it. A non-null buffer stays the thread's until
 // scratch_release; pool_clear frees it only when it is released.
-enum class ScratchSlot : int { kRowCopy = 0, kSplitK = 1 };
+enum class ScratchSlot : int { kRowCopy = 0, kSplitK = 1, kPackedRows = 2 };
 void* scratch_acquire(ScratchSlot slot, std::size_t bytes) noexcept;
 void scratch_release(ScratchSlot slot) noexcept;
 

@@ -28,8 +28,8 @@ constexpr int64_t kUnpackedMaxWork = int64_t(1) << 19;
 // GEMMs of up to this many rows of C (or, for C = Aᵀ · B, this inner size) are the vector
 // kernels dot and times (BLAS packs B for them).
 constexpr int64_t kDotMaxRows = 4;
-// C = A · Wᵀ up to this many rows is the blocked dot kernel, which reads W as it is once
-// (BLAS copies W into its packed panels on every call).
+// C = A · Wᵀ up to this many rows is the dot kernel, which reads W as it is once (BLAS copies
+// W into its packed panels on every call).
 constexpr int64_t kDotBlockMaxRows = 64;
 // A call of one step and more rows runs it as BLAS GEMMs on W_hh as it is, forward (the gated
 // cells) and backward: packing W_hh costs more than one step gains (measured; at two steps the

@@ -63,7 +63,8 @@ struct RecurrentKernels {
   void (*step_rows)(Epilogue e, Activation act, int64_t rows, int64_t H, const T* a,
                     const T* w, T* c, const T* h, T* d);
   // C (rows × n, ldc) = [C +] A (rows × K, lda) · Wᵀ, W (n × K, ldw) as it is: the same dot
-  // products, for a GEMM of a row or a few (an order that depends only on the shapes).
+  // products for a few rows, from eight rows on W broadcast against A's rows packed in panels
+  // (an order that depends only on the shapes, never on the threads).
   void (*dot)(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w,
               int64_t ldw, bool accumulate, T* c, int64_t ldc);
   // C (rows × n, ldc) = [C +] op(A) · W, W (K × n, ldw) as it is, op(A) = A (rows × K, lda) or

@@ -10,4 +10,6 @@
 // One row: 12 accumulators (and 12 panel loads); two rows: 2 × 8.
 #define RNNKERN_WIDE_PANELS_1 12
 #define RNNKERN_WIDE_PANELS_2 8
+// dot() of 8 rows or more: 12 rows of W × 2 panels of A, 24 accumulators.
+#define RNNKERN_PANEL_ROWS_OF_W 12
 #include "recurrent_kernel.h"

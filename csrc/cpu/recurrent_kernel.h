@@ -520,11 +520,118 @@ void split_columns(int64_t n, int64_t K, F&& f) {
   in_two_parts(n >= 64 && n * K * int64_t(sizeof(T)) >= kDotSplitBytes, n, 8, f);
 }
 
+// The same product for several rows of A, as Cᵀ = W · Aᵀ: Aᵀ is packed into panels of L rows
+// of A (rows × K values, cheap beside W), and each element of W, read once from memory, is
+// broadcast against a panel; each sum is one chain of multiply-adds, k ascending. A tile is
+// kPanelRowsOfW rows of W against up to kPanelsAtOnce panels.
+#ifndef RNNKERN_PANEL_ROWS_OF_W
+#define RNNKERN_PANEL_ROWS_OF_W 6
+#endif
+#ifndef RNNKERN_PANELS_AT_ONCE
+#define RNNKERN_PANELS_AT_ONCE 2
+#endif
+constexpr int kPanelRowsOfW = RNNKERN_PANEL_ROWS_OF_W;
+constexpr int kPanelsAtOnce = RNNKERN_PANELS_AT_ONCE;
+// From this many rows of A on (and with vectors of 8 floats or more), dot() takes panels.
+constexpr int64_t kPanelMinRows = 8;
+
+// pa(p, k, l) = A(p · L + l, k), zero past the last row.
+template <typename T>
+void pack_rows(int64_t rows, int64_t K, const T* a, int64_t lda, T* pa) {
+  constexpr int64_t L = Vec<T>::lanes;
+  const int64_t panels = (rows + L - 1) / L;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t l = 0; l < L; ++l)
+        pa[(p * K + k) * L + l] = p * L + l < rows ? load1(a + (p * L + l) * lda + k) : T(0);
+}
+
+// C(p · L + l, j + q) [+]= Σ_k pa(p, k, l) · W(j + q, k) for JR rows q of W and NP panels p
+// (of `rows` valid rows in all, counted from the tile's first panel).
+template <typename T, int JR, int NP>
+inline void panel_tile(int64_t rows, int64_t K, const T* pa, const T* w, int64_t ldw,
+                       bool accumulate, T* c, int64_t ldc) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = Vec<T>::lanes;
+  V acc[JR][NP];
+#pragma GCC unroll 16
+  for (int q = 0; q < JR; ++q)
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) acc[q][p] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    V av[NP];
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) av[p] = load(pa + (p * K + k) * L);
+#pragma GCC unroll 16
+    for (int q = 0; q < JR; ++q) {
+      const T wv = load1(w + q * ldw + k);
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) acc[q][p] += wv * av[p];
+    }
+  }
+  for (int p = 0; p < NP; ++p) {
+    T sums[JR][L];
+    for (int q = 0; q < JR; ++q) store(sums[q], acc[q][p]);
+    const int64_t valid = rows - p * L < L ? rows - p * L : L;
+    for (int64_t l = 0; l < valid; ++l) {
+      T* cr = c + (p * L + l) * ldc;
+      for (int q = 0; q < JR; ++q) cr[q] = accumulate ? cr[q] + sums[q][l] : sums[q][l];
+    }
+  }
+}
+
+// A tile of JR rows of W or fewer (W's last rows).
+template <typename T, int JR, int NP>
+inline void any_panel_tile(int width, int64_t rows, int64_t K, const T* pa, const T* w,
+                           int64_t ldw, bool accumulate, T* c, int64_t ldc) {
+  if constexpr (JR > 1) {
+    if (width < JR)
+      return any_panel_tile<T, JR - 1, NP>(width, rows, K, pa, w, ldw, accumulate, c, ldc);
+  }
+  panel_tile<T, JR, NP>(rows, K, pa, w, ldw, accumulate, c, ldc);
+}
+
+// Columns [first, first + count) of C from the packed panels pa of all `rows` rows.
+template <typename T>
+void panels_serial(int64_t rows, int64_t first, int64_t count, int64_t K, const T* pa,
+                   const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc) {
+  constexpr int64_t L = Vec<T>::lanes;
+  const int64_t panels = (rows + L - 1) / L;
+  for (int64_t p = 0; p < panels; p += kPanelsAtOnce) {
+    const int64_t left = rows - p * L;
+    const T* pp = pa + p * K * L;
+    T* cp = c + p * L * ldc;
+    for (int64_t j = first; j < first + count; j += kPanelRowsOfW) {
+      const int width = int(first + count - j < kPanelRowsOfW ? first + count - j
+                                                                : kPanelRowsOfW);
+      if (panels - p >= kPanelsAtOnce)
+        any_panel_tile<T, kPanelRowsOfW, kPanelsAtOnce>(width, left, K, pp, w + j * ldw, ldw,
+                                                        accumulate, cp + j, ldc);
+      else
+        any_panel_tile<T, kPanelRowsOfW, 1>(width, left, K, pp, w + j * ldw, ldw, accumulate,
+                                            cp + j, ldc);
+    }
+  }
+}
+
 template <typename T>
 void dot(int64_t rows, int64_t n, int64_t K, const T* a, int64_t lda, const T* w, int64_t ldw,
          bool accumulate, T* c, int64_t ldc) {
   const bool split = n >= 64 && (n * K * int64_t(sizeof(T)) >= kDotSplitBytes ||
                                  rows * n * K >= kParallelMinWork);
+  constexpr int64_t L = Vec<T>::lanes;
+  if (rows >= kPanelMinRows && L * sizeof(T) >= 32 && K > 0) {
+    const std::size_t bytes = sizeof(T) * std::size_t((rows + L - 1) / L * L * K);
+    T* pa = static_cast<T*>(scratch_acquire(ScratchSlot::kPackedRows, bytes));
+    if (pa) {  // else (no memory for it) the dot products below
+      pack_rows(rows, K, a, lda, pa);
+      in_two_parts(split, n, kPanelRowsOfW, [&](int64_t first, int64_t count) {
+        panels_serial(rows, first, count, K, pa, w, ldw, accumulate, c, ldc);
+      });
+      scratch_release(ScratchSlot::kPackedRows);
+      return;
+    }
+  }
   in_two_parts(split, n, 8, [&](int64_t first, int64_t count) {
     dot_serial(rows, count, K, a, lda, w + first * ldw, ldw, accumulate, c + first, ldc);
   });
