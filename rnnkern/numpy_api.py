@@ -85,6 +85,13 @@ def _cell_info(cell: str) -> dict:
     return _core.cell_info(cell)
 
 
+def _nonlinearity(cell: str, nonlinearity: Optional[str]) -> Optional[str]:
+    """None stands for "tanh" for a cell that takes a nonlinearity (the documented default)."""
+    if nonlinearity is None and _cell_info(cell)["takes_nonlinearity"]:
+        return "tanh"
+    return nonlinearity
+
+
 def _states(cell, x, w_ih, batch_sizes, h0, c0, w_hr=None):
     """h0 and (for a cell of two states) c0, the zero states (B, H) that None stands for,
     (B, P) for h0 with w_hr (P, H); c0 stays None for a cell of one state."""
@@ -141,8 +148,9 @@ def layer_forward(cell: str, x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarr
     """
     batch_sizes = _batch_sizes(batch_sizes)
     h0, c0 = _cell_states(cell, x, w_ih, batch_sizes, hx, w_hr)
-    return _core.layer_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, nonlinearity,
-                               batch_sizes, _flag("reverse", reverse))
+    return _core.layer_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                               _nonlinearity(cell, nonlinearity), batch_sizes,
+                               _flag("reverse", reverse))
 
 
 def layer_backward(cell: str, x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray,
@@ -167,7 +175,8 @@ def layer_backward(cell: str, x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndar
                         f"cell {cell!r}, got a tuple of {len(grads)}")
     grads += (None,) * (2 - len(grads))
     result = _core.layer_backward(cell, x, h0, c0, w_ih, w_hh, w_hr, y, tuple(saved), grad_y,
-                                  grads[0], grads[1], nonlinearity, batch_sizes,
+                                  grads[0], grads[1], _nonlinearity(cell, nonlinearity),
+                                  batch_sizes,
                                   _flag("reverse", reverse), need_c0=two,
                                   need_w_hr=w_hr is not None)
     names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")

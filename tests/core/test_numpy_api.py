@@ -377,6 +377,25 @@ def test_layer_forward_and_backward_of_every_cell_match_its_reference(cell, pack
         assert rel_err(grads[name], want.numpy()) <= 1e-10, name
 
 
+def test_nonlinearity_none_is_tanh(cell):
+    """layer_forward and layer_backward's documented default: None is "tanh" for a cell that
+    takes a nonlinearity (and the only value for one that does not)."""
+    spec = cells.get(cell)
+    rng = np.random.default_rng(5)
+    I, H = 4, 6
+    w = [rng.standard_normal(spec.parameter_shape(k, I, H)) * 0.4
+         for k in ("weight_ih", "weight_hh")]
+    x = rng.standard_normal((3, 2, I))
+    tanh = "tanh" if spec.nonlinearity else None
+    y, saved = na.layer_forward(cell, x, None, *w, nonlinearity=None)
+    y_tanh, _ = na.layer_forward(cell, x, None, *w, nonlinearity=tanh)
+    assert np.array_equal(y, y_tanh)
+    grad_y = rng.standard_normal(y.shape)
+    got = na.layer_backward(cell, x, None, *w, y, saved, grad_y, nonlinearity=None)
+    want = na.layer_backward(cell, x, None, *w, y, saved, grad_y, nonlinearity=tanh)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
 def step_norms(cell, p, grads, reverse):
     """‖∂L/∂h_t‖ (and ‖∂L/∂c_t‖) per row from an autograd loop that keeps every state."""
     t = {n: None if a is None else torch.tensor(a, requires_grad=True) for n, a in p.items()}
