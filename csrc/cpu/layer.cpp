@@ -35,6 +35,10 @@ constexpr int64_t kDotBlockMaxRows = 64;
 // cells) and backward: packing W_hh costs more than one step gains (measured; at two steps the
 // packed step is as fast or faster).
 constexpr int64_t kBlasMaxSteps = 1;
+// The pointwise pass of such a step splits its rows over two threads from this many rows and
+// values.
+constexpr int64_t kPassSplitMinRows = 8;
+constexpr int64_t kPassSplitMinWork = 4096;
 
 // The primitives core/recurrence.h and the cells ask of a backend.
 template <typename T>
@@ -96,6 +100,27 @@ struct Backend {
       gemm(false, true, rows, G * H, H, T(1), a, H, w, H, T(0), c, G * H);
     else
       kernels.dot(rows, G * H, H, a, H, w, H, false, c, G * H);
+  }
+  // f(r0, r1) over rows [0, rows) of the pointwise pass after step_gates(): for BLAS steps of
+  // many rows (whose time loop runs on one thread) in two halves on two threads. The pass is
+  // elementwise, so its results do not depend on the split.
+  template <typename F>
+  void pass_rows(int64_t rows, int64_t H, F&& f) const {
+    if (!blas_steps || rows < kPassSplitMinRows || rows * H < kPassSplitMinWork ||
+        omp_in_parallel() || omp_get_max_threads() < 2) {
+      f(int64_t(0), rows);
+      return;
+    }
+#pragma omp parallel num_threads(2)
+    {
+      const int64_t half = rows / 2;
+      if (omp_get_num_threads() == 1)
+        f(int64_t(0), rows);
+      else if (omp_get_thread_num() == 0)
+        f(int64_t(0), half);
+      else
+        f(half, rows);
+    }
   }
   void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
     kernels.scale_by_derivative(act, rows, H, c, h);

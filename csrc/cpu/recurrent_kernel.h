@@ -532,7 +532,8 @@ void split_columns(int64_t n, int64_t K, F&& f) {
 #endif
 constexpr int kPanelRowsOfW = RNNKERN_PANEL_ROWS_OF_W;
 constexpr int kPanelsAtOnce = RNNKERN_PANELS_AT_ONCE;
-// From this many rows of A on (and with vectors of 8 floats or more), dot() takes panels.
+// From this many rows of A on, with vectors of 32 bytes or more (AVX2, AVX-512), dot() takes
+// panels.
 constexpr int64_t kPanelMinRows = 8;
 
 // pa(p, k, l) = A(p · L + l, k), zero past the last row.

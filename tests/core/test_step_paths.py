@@ -3,7 +3,8 @@ float32 within torch's own error) and on 1 and 2 threads (bitwise):
 
 - one step of three rows or more: GEMMs on W_hh (no packing), the gated cells' gate blocks in
   one GEMM, and a GEMM large enough to be split in parts over the threads; from eight rows to 64
-  the rows packed in panels (all rows, or a few panels and a part of one);
+  the rows packed in panels (all rows, or a few panels and a part of one), and from 8 rows and
+  4096 values the pointwise pass split over two threads;
 - a row or two for a few steps: dot products, the gated cells' gate blocks in one call, split
   over the threads by W_hh's rows once W_hh reaches 512 KiB;
 - the backward of up to four rows in all: the weight gradients as sums of outer products (split
@@ -30,6 +31,7 @@ SHAPES = [
     pytest.param((1, 9, 16, 256), id="one-step-split-gemm"),
     pytest.param((1, 45, 33, 50), id="one-step-45-rows-in-panels"),
     pytest.param((12, 1, 20, 64), id="twelve-rows-projection-in-panels"),
+    pytest.param((1, 17, 8, 256), id="one-step-pass-in-two-halves"),
     pytest.param((4, 1, 16, 256), id="one-row-whole-w"),
     pytest.param((3, 2, 8, 384), id="two-rows-whole-w"),
     pytest.param((1, 1, 128, 256), id="one-row-split-outer-products"),

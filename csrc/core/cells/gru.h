@@ -169,9 +169,17 @@ struct Gru {
           k.step(Epilogue::kStore, Activation::kTanh, b - a, H, h_prev, w_step[q],
                  acc + q * B * H + a * H, nullptr, nullptr);
       const int64_t row = whole ? 3 * H : H;
-      k.template forward_pass<Gru>(ForwardPass<T>{
-          b - a, H, gates + (off + a) * 3 * H, acc + a * row, row, whole ? H : B * H, bias_x,
-          bias_h, h_prev, hidden_n + (off + a) * H, y + (off + a) * H});
+      auto pass = [&](int64_t r0, int64_t r1) {
+        const int64_t first = a + r0;
+        k.template forward_pass<Gru>(ForwardPass<T>{
+            r1 - r0, H, gates + (off + first) * 3 * H, acc + first * row, row,
+            whole ? H : B * H, bias_x, bias_h, h_prev + r0 * H, hidden_n + (off + first) * H,
+            y + (off + first) * H});
+      };
+      if (whole)
+        k.pass_rows(b - a, H, pass);
+      else
+        pass(0, b - a);
     }
   };
 

@@ -207,7 +207,9 @@ struct Lstm {
       const int64_t H = p.hidden_size, B = p.batch, P = p.proj_size;
       if (!P && k.reads_whole()) {
         k.step_gates(b - a, H, 4, h_prev, in.w_hh, acc + a * 4 * H);
-        pass(off, a, b, c_prev, y + (off + a) * H, /*whole=*/true);
+        k.pass_rows(b - a, H, [&](int64_t r0, int64_t r1) {
+          pass(off, a + r0, a + r1, c_prev + r0 * H, y + (off + a + r0) * H, /*whole=*/true);
+        });
         return;
       }
       if (!P) {
