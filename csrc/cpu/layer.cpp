@@ -101,26 +101,17 @@ struct Backend {
     else
       kernels.dot(rows, G * H, H, a, H, w, H, false, c, G * H);
   }
-  // f(r0, r1) over rows [0, rows) of the pointwise pass after step_gates(): for BLAS steps of
-  // many rows (whose time loop runs on one thread) in two halves on two threads. The pass is
-  // elementwise, so its results do not depend on the split.
+  // f(r0, r1) over rows [0, rows) of a step's pointwise pass: for BLAS steps of many rows
+  // (whose time loop runs on one thread) in two halves on the threads, else at once. The pass
+  // is elementwise, so its results do not depend on the split.
   template <typename F>
   void pass_rows(int64_t rows, int64_t H, F&& f) const {
-    if (!blas_steps || rows < kPassSplitMinRows || rows * H < kPassSplitMinWork ||
-        omp_in_parallel() || omp_get_max_threads() < 2) {
+    if (!blas_steps || rows < kPassSplitMinRows || rows * H < kPassSplitMinWork) {
       f(int64_t(0), rows);
       return;
     }
-#pragma omp parallel num_threads(2)
-    {
-      const int64_t half = rows / 2;
-      if (omp_get_num_threads() == 1)
-        f(int64_t(0), rows);
-      else if (omp_get_thread_num() == 0)
-        f(int64_t(0), half);
-      else
-        f(half, rows);
-    }
+    const int64_t half = rows / 2;
+    for_each_index(2, [&](int64_t i, int) { i == 0 ? f(int64_t(0), half) : f(half, rows); });
   }
   void scale_by_derivative(Activation act, int64_t rows, int64_t H, T* c, const T* h) const {
     kernels.scale_by_derivative(act, rows, H, c, h);

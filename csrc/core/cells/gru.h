@@ -176,10 +176,7 @@ struct Gru {
             whole ? H : B * H, bias_x, bias_h, h_prev + r0 * H, hidden_n + (off + first) * H,
             y + (off + first) * H});
       };
-      if (whole)
-        k.pass_rows(b - a, H, pass);
-      else
-        pass(0, b - a);
+      k.pass_rows(b - a, H, pass);
     }
   };
 
